@@ -1,0 +1,207 @@
+"""The ``fusion-ledger`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from service.settings import Settings
+from service.store import database
+from service.store.migrations import MigrationError, migrate
+from service.store.verify import Digest, check_digest, take_digest, verify_chains
+
+T = TypeVar("T")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _run(coro: Awaitable[T]) -> T:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def _emit_json(value: Any) -> None:
+    sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[red]error:[/red] {message}")
+    raise SystemExit(code)
+
+
+def _database_url(ctx: click.Context) -> str:
+    url = ctx.obj["database_url"] or ctx.obj["settings"].database_url
+    if not url:
+        _fail("no database given: set DATABASE_URL or pass --database-url")
+    return str(url)
+
+
+async def _with_connection(url: str, work: Callable[[Any], Awaitable[T]]) -> T:
+    try:
+        conn = await database.connect(url)
+    except (OSError, Exception) as exc:  # asyncpg raises many kinds on connect
+        _fail(f"cannot connect to the database: {exc}")
+        raise
+    try:
+        return await work(conn)
+    finally:
+        await conn.close()
+
+
+@click.group()
+@click.option(
+    "--database-url",
+    envvar="DATABASE_URL",
+    default=None,
+    help="Postgres URL (default: $DATABASE_URL).",
+)
+@click.pass_context
+def main(ctx: click.Context, database_url: str | None) -> None:
+    """Fusion Ledger: auditable LLM fusion on an immutable Postgres event log."""
+    ctx.ensure_object(dict)
+    ctx.obj["settings"] = Settings.from_env()
+    ctx.obj["database_url"] = database_url
+
+
+@main.command("migrate")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def migrate_command(ctx: click.Context, as_json: bool) -> None:
+    """Apply pending schema migrations (safe to run twice or concurrently)."""
+    url = _database_url(ctx)
+    try:
+        applied = _run(_with_connection(url, migrate))
+    except MigrationError as exc:
+        _fail(str(exc))
+    if as_json:
+        _emit_json({"applied": applied})
+    elif applied:
+        for name in applied:
+            console.print(f"applied {name}")
+    else:
+        console.print("database is up to date")
+
+
+@main.command("verify")
+@click.option(
+    "--digest",
+    "digest_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Also prove the log still extends this saved digest.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def verify_command(ctx: click.Context, digest_file: Path | None, as_json: bool) -> None:
+    """Recompute every stream's hash chain; exit 1 when anything was tampered with."""
+    url = _database_url(ctx)
+    digest = None
+    if digest_file is not None:
+        try:
+            digest = msgspec.json.decode(digest_file.read_bytes(), type=Digest)
+        except msgspec.DecodeError as exc:
+            _fail(f"{digest_file} is not a fusion-ledger digest: {exc}")
+
+    async def work(conn: Any) -> tuple[Any, Any]:
+        with console.status("verifying hash chains…") if not as_json else _nothing():
+            report = await verify_chains(conn)
+        check = await check_digest(conn, digest) if digest is not None else None
+        return report, check
+
+    report, check = _run(_with_connection(url, work))
+    ok = report.ok and (check is None or check.ok)
+    if as_json:
+        _emit_json(
+            {
+                "ok": ok,
+                "events": report.events,
+                "streams": report.streams,
+                "problems": [
+                    p.__dict__ if hasattr(p, "__dict__") else _problem(p) for p in report.problems
+                ],
+                "digest": None
+                if check is None
+                else {"ok": check.ok, "message": check.message, "events_now": check.events_now},
+            }
+        )
+    else:
+        console.print(f"checked {report.events} events in {report.streams} streams")
+        if report.problems:
+            table = Table("stream", "version", "position", "event id", "problem")
+            for p in report.problems:
+                table.add_row(
+                    p.stream_id,
+                    str(p.stream_version or "-"),
+                    str(p.global_position or "-"),
+                    p.event_id or "-",
+                    p.reason,
+                )
+            console.print(table)
+        if check is not None:
+            console.print(("[green]" if check.ok else "[red]") + check.message)
+        console.print("[green]OK[/green]" if ok else "[red]TAMPERED[/red]")
+    raise SystemExit(0 if ok else 1)
+
+
+def _problem(p: Any) -> dict[str, Any]:
+    return {
+        "stream_id": p.stream_id,
+        "stream_version": p.stream_version,
+        "global_position": p.global_position,
+        "event_id": p.event_id,
+        "reason": p.reason,
+    }
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+
+@main.command("digest")
+@click.option(
+    "--position",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Only events up to this global position.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the digest to this file.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the digest itself).")
+@click.pass_context
+def digest_command(
+    ctx: click.Context, position: int | None, output: Path | None, as_json: bool
+) -> None:
+    """Print a digest (checkpoint and root hash) of the log, to keep elsewhere."""
+    url = _database_url(ctx)
+    digest = _run(_with_connection(url, lambda conn: take_digest(conn, position)))
+    encoded = msgspec.json.encode(digest)
+    if output is not None:
+        output.write_bytes(encoded + b"\n")
+    if as_json or (output is None and not sys.stdout.isatty()):
+        sys.stdout.write(encoded.decode() + "\n")
+    else:
+        console.print(
+            f"events {digest.events} in {digest.streams} streams, up to position "
+            f"{digest.global_position} (transaction {digest.transaction_id})"
+        )
+        console.print(f"root {digest.root}")
+        if output is not None:
+            console.print(f"written to {output}")
+
+
+if __name__ == "__main__":
+    main()

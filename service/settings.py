@@ -1,0 +1,49 @@
+"""One frozen settings object; the only module that reads the environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Process-wide settings; build with ``Settings.from_env()``."""
+
+    database_url: str | None = None
+    config_path: Path | None = None
+    data_dir: Path = Path(".fusion-ledger")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_format: str = "auto"  # auto | json | console
+    log_level: str = "info"
+    pool_min_size: int = 2
+    pool_max_size: int = 10
+    environ: Mapping[str, str] | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from environment variables (``FUSION_LEDGER_*``, ``DATABASE_URL``)."""
+        env = dict(os.environ if environ is None else environ)
+        config = env.get("FUSION_LEDGER_CONFIG")
+        return cls(
+            database_url=env.get("FUSION_LEDGER_DATABASE_URL") or env.get("DATABASE_URL") or None,
+            config_path=Path(config) if config else None,
+            data_dir=Path(env.get("FUSION_LEDGER_DATA_DIR", ".fusion-ledger")),
+            host=env.get("FUSION_LEDGER_HOST", "127.0.0.1"),
+            port=int(env.get("FUSION_LEDGER_PORT", "8000")),
+            log_format=env.get("FUSION_LEDGER_LOG_FORMAT", "auto"),
+            log_level=env.get("FUSION_LEDGER_LOG_LEVEL", "info"),
+            pool_max_size=int(env.get("FUSION_LEDGER_POOL_SIZE", "10")),
+            environ=env,
+        )
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """A copy with some fields replaced (None values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
+
+    def secret(self, name: str) -> str | None:
+        """The value of a named environment variable holding a secret (provider keys)."""
+        return (self.environ or {}).get(name)

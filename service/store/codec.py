@@ -1,0 +1,153 @@
+"""Event <-> stored row encoding, and the canonical bytes the hash chain covers.
+
+The canonical bytes are defined once, in SQL (``event_canonical_bytes`` in
+schema/migrations/0001_event_log.sql); ``canonical_bytes`` below is the same
+definition in Python so that ``verify`` recomputes chains without trusting the
+database's own function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from service.domain.events import EVENT_TYPES, UPCASTERS, Event
+
+_ENCODER = msgspec.json.Encoder(order="sorted")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+class UnstorableEvent(ValueError):
+    """The event holds a value Postgres jsonb cannot store (NUL, NaN, infinity)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event about to be appended, with its idempotency key and metadata."""
+
+    event: Event
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event as the log holds it."""
+
+    global_position: int
+    transaction_id: int
+    stream_id: str
+    stream_version: int
+    event_id: uuid.UUID
+    event_type: str
+    schema_version: int
+    data: str
+    metadata: str
+    recorded_at: datetime
+    prev_hash: bytes
+    hash: bytes
+
+    def decode(self) -> Event:
+        """The typed event, upcast to the current schema version."""
+        return decode_event(self.event_type, self.schema_version, self.data)
+
+    def metadata_dict(self) -> dict[str, Any]:
+        """The metadata as a dict."""
+        result: dict[str, Any] = msgspec.json.decode(self.metadata)
+        return result
+
+
+def encode_json(value: Any) -> str:
+    """JSON text for a jsonb column, refusing what jsonb cannot hold."""
+    try:
+        raw = _ENCODER.encode(value)
+    except (TypeError, ValueError) as exc:
+        raise UnstorableEvent(str(exc)) from exc
+    if b"\\u0000" in raw:
+        raise UnstorableEvent("jsonb cannot store the NUL character (\\u0000)")
+    return raw.decode()
+
+
+def encode_event(event: Event) -> str:
+    """The data column for an event (its fields, without the type name)."""
+    for name in event.__struct_fields__:
+        value = getattr(event, name)
+        if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+            raise UnstorableEvent(f"{event.type}.{name} is not a finite number")
+    return encode_json(event)
+
+
+def decode_event(event_type: str, schema_version: int, data: str | bytes) -> Event:
+    """Decode stored data into its event type, applying upcasters for old versions."""
+    cls = EVENT_TYPES.get(event_type)
+    if cls is None:
+        raise ValueError(f"unknown event type {event_type!r}")
+    if schema_version != cls.schema_version:
+        payload: Any = msgspec.json.decode(data)
+        version = schema_version
+        while version < cls.schema_version:
+            payload = UPCASTERS[(event_type, version)](payload)
+            version += 1
+        return msgspec.convert(payload, cls)
+    return msgspec.json.decode(data, type=cls)
+
+
+def genesis_hash(stream_id: str) -> bytes:
+    """The prev_hash of a stream's first event: binds the chain to the stream id."""
+    return hashlib.sha256(f"fusion-ledger/stream/{stream_id}".encode()).digest()
+
+
+def epoch_microseconds(moment: datetime) -> int:
+    """Microseconds since the Unix epoch, exactly (no float rounding)."""
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def canonical_bytes(
+    event_id: uuid.UUID,
+    event_type: str,
+    schema_version: int,
+    recorded_at: datetime,
+    data_text: str,
+    metadata_text: str,
+) -> bytes:
+    """Canonical bytes of a stored event; data and metadata are jsonb's text form."""
+    return b"".join(
+        (
+            event_id.bytes,
+            event_type.encode(),
+            b"\x00",
+            struct.pack(">h", schema_version),
+            struct.pack(">q", epoch_microseconds(recorded_at)),
+            data_text.encode(),
+            b"\x00",
+            metadata_text.encode(),
+        )
+    )
+
+
+def chain_hash(prev_hash: bytes, canonical: bytes) -> bytes:
+    """hash = sha256(prev_hash || canonical bytes)."""
+    return hashlib.sha256(prev_hash + canonical).digest()
+
+
+def recorded_event_hash(prev_hash: bytes, row: RecordedEvent) -> bytes:
+    """Recompute a recorded event's hash from its stored columns."""
+    return chain_hash(
+        prev_hash,
+        canonical_bytes(
+            row.event_id,
+            row.event_type,
+            row.schema_version,
+            row.recorded_at,
+            row.data,
+            row.metadata,
+        ),
+    )

@@ -1,0 +1,186 @@
+"""The Postgres event store: append with expected version, read a stream, read all
+in gap-safe commit order, and subscribe (NOTIFY wake-up with a polling fallback)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import asyncpg
+
+from service.store.codec import NewEvent, RecordedEvent, encode_event, encode_json
+from service.store.database import Connection
+from service.store.errors import EventIdConflict, WrongExpectedVersion
+
+ANY: Final = -1
+NO_STREAM: Final = 0
+NOTIFY_CHANNEL: Final = "fusion_ledger_events"
+
+APPEND_SQL = """
+SELECT first_position, last_position, stream_version, duplicate
+FROM append_to_stream($1, $2, $3::uuid[], $4::text[], $5::smallint[], $6::jsonb[], $7::jsonb[])
+"""
+
+READ_STREAM_SQL = """
+SELECT global_position, transaction_id::text::bigint AS transaction_id, stream_id,
+    stream_version, event_id, event_type, schema_version, data, metadata, recorded_at,
+    prev_hash, hash
+FROM events
+WHERE stream_id = $1 AND stream_version > $2 AND stream_version <= $3
+ORDER BY stream_version
+"""
+
+# Gap-safe: a transaction that took a lower global_position may still be open. Only
+# events of transactions older than every open one (xid < snapshot xmin) are
+# returned, in (transaction_id, global_position) order, so nothing can later appear
+# before the returned checkpoint.
+READ_ALL_SQL = """
+SELECT global_position, transaction_id::text::bigint AS transaction_id, stream_id,
+    stream_version, event_id, event_type, schema_version, data, metadata, recorded_at,
+    prev_hash, hash
+FROM events
+WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
+  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY transaction_id, global_position
+LIMIT $3
+"""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Checkpoint:
+    """A reader's place in commit order: (transaction_id, global_position)."""
+
+    transaction_id: int = 0
+    global_position: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.transaction_id}:{self.global_position}"
+
+    @classmethod
+    def parse(cls, text: str) -> Checkpoint:
+        """Parse 'transaction_id:global_position'."""
+        xid, _, pos = text.partition(":")
+        return cls(int(xid), int(pos))
+
+
+START: Final = Checkpoint()
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Where an append landed; ``duplicate`` when it was an idempotent retry."""
+
+    first_position: int
+    last_position: int
+    stream_version: int
+    duplicate: bool
+
+
+def _row_to_event(row: asyncpg.Record) -> RecordedEvent:
+    return RecordedEvent(**dict(row))
+
+
+def checkpoint_of(event: RecordedEvent) -> Checkpoint:
+    """The checkpoint just after this event."""
+    return Checkpoint(event.transaction_id, event.global_position)
+
+
+class EventStore:
+    """Append and read events; one instance per pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The connection pool the store uses."""
+        return self._pool
+
+    async def append_to_stream(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int = ANY,
+        *,
+        connection: Connection | None = None,
+    ) -> AppendResult:
+        """Append events atomically; raises WrongExpectedVersion or EventIdConflict."""
+        args = (
+            stream_id,
+            expected_version,
+            [e.event_id for e in events],
+            [e.event.type for e in events],
+            [e.event.schema_version for e in events],
+            [encode_event(e.event) for e in events],
+            [encode_json(dict(e.metadata)) for e in events],
+        )
+        try:
+            if connection is not None:
+                row = await connection.fetchrow(APPEND_SQL, *args)
+            else:
+                row = await self._pool.fetchrow(APPEND_SQL, *args)
+        except asyncpg.PostgresError as exc:
+            raise _translate(exc, stream_id, expected_version) from exc
+        assert row is not None
+        return AppendResult(
+            row["first_position"], row["last_position"], row["stream_version"], row["duplicate"]
+        )
+
+    async def read_stream(
+        self, stream_id: str, after_version: int = 0, up_to_version: int = 2**31 - 1
+    ) -> list[RecordedEvent]:
+        """Events of one stream in version order (empty when it does not exist)."""
+        rows = await self._pool.fetch(READ_STREAM_SQL, stream_id, after_version, up_to_version)
+        return [_row_to_event(r) for r in rows]
+
+    async def read_all(self, after: Checkpoint = START, limit: int = 1000) -> list[RecordedEvent]:
+        """Committed events after a checkpoint, in gap-safe commit order."""
+        rows = await self._pool.fetch(
+            READ_ALL_SQL, str(after.transaction_id), after.global_position, limit
+        )
+        return [_row_to_event(r) for r in rows]
+
+    async def subscribe(
+        self,
+        after: Checkpoint = START,
+        *,
+        batch_size: int = 1000,
+        poll_interval: float = 1.0,
+    ) -> AsyncIterator[list[RecordedEvent]]:
+        """Yield batches of new events forever; wakes on NOTIFY, polls as a fallback."""
+        wake = asyncio.Event()
+
+        def on_notify(*_: Any) -> None:
+            wake.set()
+
+        listener = await self._pool.acquire()
+        try:
+            await listener.add_listener(NOTIFY_CHANNEL, on_notify)
+            checkpoint = after
+            while True:
+                wake.clear()  # before reading, so a NOTIFY during the read is not lost
+                batch = await self.read_all(checkpoint, batch_size)
+                if batch:
+                    checkpoint = checkpoint_of(batch[-1])
+                    yield batch
+                    if len(batch) == batch_size:
+                        continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), poll_interval)
+        finally:
+            with contextlib.suppress(Exception):
+                await listener.remove_listener(NOTIFY_CHANNEL, on_notify)
+            await self._pool.release(listener)
+
+
+def _translate(exc: asyncpg.PostgresError, stream_id: str, expected: int) -> Exception:
+    code = getattr(exc, "sqlstate", None)
+    if code == "FL409":
+        detail = getattr(exc, "detail", "") or ""
+        return WrongExpectedVersion(stream_id, expected, detail.removeprefix("actual="))
+    if code == "FL422" or isinstance(exc, asyncpg.UniqueViolationError):
+        return EventIdConflict(str(exc))
+    return exc
