@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
+from service.store.database import Connection
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -69,7 +69,7 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
     return found
 
 
-async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[str]:
+async def migrate(conn: Connection, migrations: list[Migration] | None = None) -> list[str]:
     """Apply pending migrations; returns the names applied (empty when up to date)."""
     wanted = migrations if migrations is not None else load_migrations()
     await conn.execute(LOCK_SQL)

@@ -1,0 +1,10 @@
+"""HTTP API: one module per resource; ROUTES is what the app mounts."""
+
+from service.api.fusions import create_fusion
+from service.api.health import healthz, readyz
+from service.api.openai_compat import chat_completions, list_models
+from service.api.runs import get_run, list_runs
+
+ROUTES = [create_fusion, list_runs, get_run, chat_completions, list_models, healthz, readyz]
+
+__all__ = ["ROUTES"]

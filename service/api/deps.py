@@ -1,0 +1,28 @@
+"""What request handlers are given: one Services object, built by the lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from litestar.datastructures import State
+
+from service.config import Config
+from service.orchestration.fusion import FusionRunner
+from service.store import EventStore
+
+
+@dataclass(slots=True)
+class Services:
+    """The application's long-lived parts, owned by the lifespan."""
+
+    config: Config
+    store: EventStore
+    runner: FusionRunner
+    extras: dict[str, Any]
+
+
+def provide_services(state: State) -> Services:
+    """Litestar dependency: the Services the lifespan put in app state."""
+    services: Services = state.services
+    return services

@@ -1,0 +1,67 @@
+"""RFC 9457 problem details for every error the API returns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+PROBLEM_JSON = "application/problem+json"
+log = structlog.get_logger("api")
+
+
+class Problem(HTTPException):
+    """An error answered as problem details; ``extra`` fields are added to the body."""
+
+    def __init__(self, status: int, title: str, detail: str, **extra: Any) -> None:
+        super().__init__(status_code=status, detail=detail)
+        self.title = title
+        self.fields = extra
+
+
+def problem_response(status: int, title: str, detail: str, **extra: Any) -> Response[Any]:
+    """A problem-details response."""
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    return Response(body, status_code=status, media_type=PROBLEM_JSON)
+
+
+def handle_problem(_: Request[Any, Any, Any], exc: Problem) -> Response[Any]:
+    return problem_response(exc.status_code, exc.title, exc.detail, **exc.fields)
+
+
+def handle_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    errors = exc.extra if isinstance(exc.extra, list) else []
+    detail = "; ".join(
+        f"{e.get('key') or 'body'}: {e.get('message')}" for e in errors if isinstance(e, dict)
+    ) or str(exc.detail)
+    return problem_response(400, "Bad request", detail, errors=errors)
+
+
+def handle_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    return problem_response(exc.status_code, _title(exc.status_code), str(exc.detail))
+
+
+def handle_internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.exception("api.internal_error", path=request.url.path)
+    return problem_response(500, "Internal error", "the service failed; see its logs")
+
+
+def _title(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    Problem: handle_problem,
+    ValidationException: handle_validation,
+    HTTPException: handle_http,
+    Exception: handle_internal,
+}
+
+__all__ = ["EXCEPTION_HANDLERS", "PROBLEM_JSON", "MediaType", "Problem", "problem_response"]

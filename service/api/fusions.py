@@ -1,0 +1,141 @@
+"""POST /v1/fusions: run a fusion and answer with its outcome."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Request, Response, post
+from litestar.di import Provide
+from litestar.params import Parameter
+
+from service.api.deps import Services, provide_services
+from service.api.errors import Problem
+from service.api.views import FusionResponse, fusion_view
+from service.config import PanelEntry
+from service.domain.events import ClientIdentity, GenerationParams, JudgeSpec, Message
+from service.domain.runs import RunState
+from service.orchestration.fusion import IdempotencyConflict
+from service.orchestration.planning import FusionAsk, InvalidRequest, plan_fusion
+
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class MessageBody(msgspec.Struct, frozen=True, kw_only=True):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class PanelEntryBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    model: str
+    samples: Annotated[int, msgspec.Meta(ge=1, le=16)] = 1
+    params: GenerationParams = GenerationParams()
+
+
+class JudgeBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    kind: Literal["synthesize", "select", "vote"]
+    model: str | None = None
+    weighted: bool = False
+    informed: bool = False
+    fallback: Literal["vote", "first_success", "fail"] = "vote"
+    allow_panel_model: bool = False
+
+    def spec(self) -> JudgeSpec:
+        """As the event catalog records it."""
+        return JudgeSpec(
+            kind=self.kind,
+            model=self.model,
+            weighted=self.weighted,
+            informed=self.informed,
+            allow_panel_model=self.allow_panel_model,
+            fallback=self.fallback,
+        )
+
+
+class FusionBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    prompt: str | None = None
+    messages: list[MessageBody] | None = None
+    category: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    tags: list[Annotated[str, msgspec.Meta(max_length=64)]] = []
+    preset: str | None = None
+    panel: Literal["auto"] | list[str | PanelEntryBody] | None = None
+    judge: JudgeBody | None = None
+    params: GenerationParams = GenerationParams()
+    max_cost_usd: NonNegative | None = None
+    timeout_s: Positive | None = None
+    min_successes: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+def ask_from_body(body: FusionBody, client: ClientIdentity, key: str | None) -> FusionAsk:
+    """Translate the HTTP body into the orchestration's request."""
+    if body.prompt is not None and body.messages is not None:
+        raise InvalidRequest("prompt", "give either prompt or messages, not both")
+    if body.prompt is not None:
+        messages = [Message(role="user", content=body.prompt)]
+    else:
+        messages = [Message(role=m.role, content=m.content) for m in body.messages or []]
+    panel: Any = body.panel
+    if isinstance(body.panel, list):
+        panel = [
+            p
+            if isinstance(p, str)
+            else PanelEntry(model=p.model, samples=p.samples, params=p.params)
+            for p in body.panel
+        ]
+    return FusionAsk(
+        messages=messages, category=body.category, tags=list(body.tags), preset=body.preset,
+        panel=panel, judge=body.judge.spec() if body.judge else None, params=body.params,
+        client=client, idempotency_key=key, max_cost_usd=body.max_cost_usd,
+        timeout_s=body.timeout_s, min_successes=body.min_successes,
+    )  # fmt: skip
+
+
+def client_identity(request: Request[Any, Any, Any]) -> ClientIdentity:
+    """Who is asking (tenant and actor come from the API key once keys exist)."""
+    return ClientIdentity(
+        tenant=getattr(request.state, "tenant", "default"),
+        actor=getattr(request.state, "actor", "anonymous"),
+        user_agent=request.headers.get("user-agent"),
+    )
+
+
+async def run_ask(services: Services, ask: FusionAsk) -> tuple[str, RunState]:
+    """Plan and run; InvalidRequest and IdempotencyConflict become 4xx problems."""
+    try:
+        plan = plan_fusion(services.config, ask)
+    except InvalidRequest as exc:
+        raise Problem(exc.status, "Invalid fusion request", str(exc), field=exc.field) from exc
+    run_id = plan.run_id()
+    try:
+        state = await services.runner.fuse(plan, run_id)
+    except IdempotencyConflict as exc:
+        raise Problem(422, "Idempotency-Key reused", str(exc)) from exc
+    return str(run_id), state
+
+
+@post(
+    "/v1/fusions",
+    dependencies={"services": Provide(provide_services, sync_to_thread=False)},
+    status_code=200,
+    summary="Run a fusion",
+)
+async def create_fusion(
+    request: Request[Any, Any, Any],
+    data: FusionBody,
+    services: Services,
+    idempotency_key: Annotated[
+        str | None, Parameter(header="Idempotency-Key", required=False, max_length=200)
+    ] = None,
+) -> Response[FusionResponse]:
+    """Fan the prompt out to the panel, judge, and answer with the final answer."""
+    try:
+        ask = ask_from_body(data, client_identity(request), idempotency_key)
+    except InvalidRequest as exc:
+        raise Problem(422, "Invalid fusion request", str(exc), field=exc.field) from exc
+    run_id, state = await run_ask(services, ask)
+    view = fusion_view(run_id, state)
+    status = 200 if state.status == "finalized" else 502
+    if state.failed is not None and state.failed.reason == "timeout":
+        status = 504
+    return Response(view, status_code=status, headers={"x-fusion-run-id": run_id})

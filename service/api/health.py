@@ -1,0 +1,30 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Response, get
+from litestar.di import Provide
+
+from service.api.deps import Services, provide_services
+
+
+@get("/healthz", summary="Liveness")
+async def healthz() -> dict[str, str]:
+    """The process answers."""
+    return {"status": "ok"}
+
+
+@get(
+    "/readyz",
+    dependencies={"services": Provide(provide_services, sync_to_thread=False)},
+    summary="Readiness",
+)
+async def readyz(services: Services) -> Response[dict[str, Any]]:
+    """The database answers and the schema is migrated."""
+    try:
+        version = await services.store.pool.fetchval("SELECT max(version) FROM schema_migrations")
+    except Exception as exc:  # any database failure means not ready
+        return Response({"status": "unavailable", "detail": type(exc).__name__}, status_code=503)
+    return Response({"status": "ready", "schema_version": version}, status_code=200)

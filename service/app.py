@@ -1,0 +1,102 @@
+"""The composition root: create_app(settings, config, ...) -> Litestar.
+
+The lifespan owns the process's one asyncpg pool and one httpx client; tests and
+callers may pass their own (then they close them). Nothing is created at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import structlog
+from litestar import Litestar
+from litestar.config.app import AppConfig
+from litestar.openapi import OpenAPIConfig
+
+from service import __version__
+from service.api import ROUTES
+from service.api.deps import Services
+from service.api.errors import EXCEPTION_HANDLERS
+from service.config import Config
+from service.orchestration.caller import ModelCaller
+from service.orchestration.fusion import FusionRunner
+from service.orchestration.sweeper import sweep_forever
+from service.providers.http import create_http_client
+from service.providers.registry import ProviderRegistry
+from service.settings import Settings
+from service.store import EventStore
+from service.store.database import create_pool
+from service.store.migrations import migrate
+
+log = structlog.get_logger("app")
+MAX_BODY_BYTES = 2 * 1024 * 1024
+
+
+def create_app(
+    settings: Settings,
+    config: Config,
+    *,
+    pool: asyncpg.Pool | None = None,
+    http_client: httpx.AsyncClient | None = None,
+    caller: ModelCaller | None = None,
+    run_migrations: bool = True,
+    sweeper: bool = True,
+) -> Litestar:
+    """Build the application; resources open in its lifespan."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            db = pool
+            if db is None:
+                if not settings.database_url:
+                    raise RuntimeError("no database: set DATABASE_URL")
+                db = await create_pool(
+                    settings.database_url, settings.pool_min_size, settings.pool_max_size
+                )
+                stack.push_async_callback(db.close)
+            if run_migrations:
+                async with db.acquire() as conn:
+                    applied = await migrate(conn)
+                if applied:
+                    log.info("migrations.applied", names=applied)
+            client = http_client
+            if client is None:
+                client = create_http_client()
+                stack.push_async_callback(client.aclose)
+            store = EventStore(db)
+            runner = FusionRunner(
+                store, caller or ProviderRegistry(config, client, settings.secret)
+            )
+            stack.push_async_callback(runner.close, "shutdown")
+            tasks: list[asyncio.Task[Any]] = []
+            if sweeper:
+                tasks.append(asyncio.create_task(sweep_forever(store, runner)))
+            app.state.services = Services(config=config, store=store, runner=runner, extras={})
+            try:
+                yield
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
+    return Litestar(
+        route_handlers=ROUTES,
+        lifespan=[lifespan],
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=MAX_BODY_BYTES,
+        openapi_config=OpenAPIConfig(title="Fusion Ledger", version=__version__, path="/schema"),
+        on_app_init=[_quiet],
+    )
+
+
+def _quiet(app_config: AppConfig) -> AppConfig:
+    app_config.debug = False
+    return app_config

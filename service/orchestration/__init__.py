@@ -1,0 +1,1 @@
+"""Orchestration: plan a run, fan out, judge, finalize; sweep abandoned runs."""

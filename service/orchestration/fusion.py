@@ -1,0 +1,306 @@
+"""A fusion run end to end: record the request, fan out, judge, finalize.
+
+Runs are owned by the runner, not by the HTTP request: a client that disconnects
+does not stop its run, and every run ends in answer.finalized or run.failed. On
+shutdown the runner cancels open runs and records run.failed (reason shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import structlog
+
+from service.domain.events import (
+    AnswerFinalized,
+    Event,
+    JudgeSpec,
+    PanelCallFailed,
+    PanelCallSucceeded,
+    PanelMember,
+    PanelSelected,
+    RunFailed,
+    RunFailureReason,
+    RunRequested,
+)
+from service.domain.judging import Candidate, question_text
+from service.domain.runs import RunState, fold
+from service.orchestration.caller import ModelCaller
+from service.orchestration.judge import run_judge
+from service.orchestration.plan import FusionPlan, stable_seed
+from service.orchestration.run_writer import RunWriter
+from service.providers.openai_compatible import CallFailed
+from service.store import EventStore, WrongExpectedVersion
+
+log = structlog.get_logger("fusion")
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before for a different request."""
+
+
+@dataclass(slots=True)
+class RunHandle:
+    """A run in progress: its id and the task that drives it."""
+
+    run_id: uuid.UUID
+    task: asyncio.Task[RunState]
+    cancel_reason: list[str] = field(default_factory=list)
+
+
+class FusionRunner:
+    """Starts runs and owns their tasks."""
+
+    def __init__(self, store: EventStore, caller: ModelCaller) -> None:
+        self.store = store
+        self.caller = caller
+        self._open: dict[uuid.UUID, RunHandle] = {}
+
+    @property
+    def open_runs(self) -> int:
+        """Runs started by this process and not yet closed."""
+        return len(self._open)
+
+    def owned_run_ids(self) -> frozenset[uuid.UUID]:
+        """Ids of the runs this process is driving (the sweeper leaves them alone)."""
+        return frozenset(self._open)
+
+    async def fuse(self, plan: FusionPlan, run_id: uuid.UUID | None = None) -> RunState:
+        """Run a fusion (or return the run its idempotency key already made)."""
+        run_id = run_id or plan.run_id()
+        handle = self._open.get(run_id)
+        if handle is None:
+            handle = RunHandle(run_id, asyncio.create_task(self._run(run_id, plan)))
+            self._open[run_id] = handle
+            handle.task.add_done_callback(lambda _: self._open.pop(run_id, None))
+        # shield: a cancelled request (client gone) must not cancel the run itself
+        return await asyncio.shield(handle.task)
+
+    async def close(self, reason: str = "shutdown") -> None:
+        """Cancel open runs; each records run.failed with the reason."""
+        handles = list(self._open.values())
+        for handle in handles:
+            handle.cancel_reason.append(reason)
+            handle.task.cancel()
+        for handle in handles:
+            with contextlib.suppress(BaseException):
+                await handle.task
+
+    async def _run(self, run_id: uuid.UUID, plan: FusionPlan) -> RunState:
+        stream_id = f"run-{run_id}"
+        writer = RunWriter(self.store, stream_id, plan.client.tenant, plan.client.actor)
+        bound = log.bind(run_id=str(run_id))
+        started = time.perf_counter()
+        members = plan.members()
+        requested = _requested(run_id, plan)
+        selected = PanelSelected(members=members, method=plan.panel_method)
+        try:
+            ids = await writer.append(requested, selected)
+        except WrongExpectedVersion:
+            return await self._existing(stream_id, plan, requested)
+        try:
+            state = await self._drive(writer, plan, members, ids[1], started)
+        except asyncio.CancelledError:
+            handle = self._open.get(run_id)
+            reason: RunFailureReason = "cancelled"
+            if handle is not None and "shutdown" in handle.cancel_reason:
+                reason = "shutdown"
+            await asyncio.shield(self._fail(writer, reason, f"run {reason}", started))
+            raise
+        except WrongExpectedVersion:
+            bound.warning("run.closed_elsewhere")
+            return fold(e.decode() for e in await self.store.read_stream(stream_id))
+        except Exception as exc:
+            bound.exception("run.internal_error")
+            await self._fail(writer, "internal_error", type(exc).__name__, started)
+            return fold(writer.recorded)
+        bound.info(
+            "run.summary",
+            status=state.status,
+            category=plan.category,
+            panel=[m.model for m in members],
+            decided_by=state.finalized.decided_by if state.finalized else None,
+            cost_usd=_total_cost(state),
+            latency_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        return state
+
+    async def _drive(
+        self,
+        writer: RunWriter,
+        plan: FusionPlan,
+        members: list[PanelMember],
+        selected_id: uuid.UUID,
+        started: float,
+    ) -> RunState:
+        deadline = started + plan.timeout_s
+        question = question_text(plan.messages)
+        run_key = writer.correlation_id
+        async with asyncio.TaskGroup() as group:
+            for member in members:
+                group.create_task(
+                    self._call_member(writer, plan, member, run_key, selected_id, deadline)
+                )
+        state = fold(writer.recorded)
+        panel_cost = sum(m.cost_usd for m in state.members.values())
+        successes = [Candidate(m.member_id, m.text or "") for m in state.succeeded]
+        if len(successes) < plan.min_successes:
+            await self._fail(
+                writer,
+                "quorum_not_met",
+                f"{len(successes)} of {len(members)} members answered; {plan.min_successes} needed",
+                started,
+                panel_cost,
+            )
+            return fold(writer.recorded)
+        judge_spec = plan.judge
+        if plan.max_cost_usd is not None and panel_cost >= plan.max_cost_usd:
+            judge_spec = JudgeSpec(kind="vote", fallback=judge_spec.fallback)
+        self_judging = judge_spec.model is not None and judge_spec.model in {
+            m.model for m in members
+        }
+        result = await run_judge(
+            self.caller,
+            judge_spec,
+            question,
+            successes,
+            seed=stable_seed(run_key, "judge"),
+            timeout_s=deadline - time.perf_counter(),
+            self_judging=self_judging,
+        )
+        (judge_event_id,) = await writer.append(result.event, caused_by=selected_id)
+        if result.decision is None:
+            await self._fail(
+                writer,
+                "judge_failed",
+                "the judge failed and the fallback is 'fail'",
+                started,
+                panel_cost + result.cost_usd,
+                caused_by=judge_event_id,
+            )
+            return fold(writer.recorded)
+        answer = result.decision.final_answer
+        await writer.append(
+            AnswerFinalized(
+                answer=answer,
+                answer_sha256=hashlib.sha256(answer.encode()).hexdigest(),
+                decided_by=result.decided_by,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                cost_usd=panel_cost + result.cost_usd,
+                panel_cost_usd=panel_cost,
+                judge_cost_usd=result.cost_usd,
+            ),
+            caused_by=judge_event_id,
+        )
+        return fold(writer.recorded)
+
+    async def _call_member(
+        self,
+        writer: RunWriter,
+        plan: FusionPlan,
+        member: PanelMember,
+        run_key: str,
+        selected_id: uuid.UUID,
+        deadline: float,
+    ) -> None:
+        timeout = min(plan.member_timeout_s, deadline - time.perf_counter())
+        seed = member.params.seed
+        if seed is None:
+            seed = stable_seed(run_key, member.member_id)
+        outcome = await self.caller.complete(
+            member.model, plan.messages, member.params, timeout_s=max(timeout, 0.001), seed=seed
+        )
+        provider = self.caller.provider_of(member.model)
+        event: Event
+        if isinstance(outcome, CallFailed):
+            event = PanelCallFailed(
+                member_id=member.member_id,
+                model=member.model,
+                provider=provider,
+                error_kind=outcome.error_kind,
+                http_status=outcome.http_status,
+                attempts=outcome.attempts,
+                latency_ms=outcome.latency_ms,
+                message=outcome.message,
+            )
+        else:
+            event = PanelCallSucceeded(
+                member_id=member.member_id,
+                model=member.model,
+                provider=provider,
+                text=outcome.text,
+                finish_reason=outcome.finish_reason,
+                input_tokens=outcome.input_tokens,
+                output_tokens=outcome.output_tokens,
+                cost_usd=outcome.cost_usd,
+                latency_ms=outcome.latency_ms,
+                attempts=outcome.attempts,
+                provider_response_id=outcome.provider_response_id,
+            )
+        await writer.append(event, caused_by=selected_id)
+
+    async def _fail(
+        self,
+        writer: RunWriter,
+        reason: RunFailureReason,
+        message: str,
+        started: float,
+        cost: float = 0.0,
+        caused_by: uuid.UUID | None = None,
+    ) -> None:
+        event = RunFailed(
+            reason=reason,
+            message=message,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            cost_usd=cost,
+        )
+        with contextlib.suppress(WrongExpectedVersion):
+            await writer.append(event, caused_by=caused_by)
+
+    async def _existing(self, stream_id: str, plan: FusionPlan, mine: RunRequested) -> RunState:
+        """The run an earlier request with the same idempotency key made, once closed."""
+        deadline = time.monotonic() + plan.timeout_s + 30
+        while True:
+            state = fold(e.decode() for e in await self.store.read_stream(stream_id))
+            if state.request is not None and _fingerprint(state.request) != _fingerprint(mine):
+                raise IdempotencyConflict(
+                    "this Idempotency-Key was already used for a different request"
+                )
+            if state.closed or time.monotonic() > deadline:
+                return state
+            await asyncio.sleep(0.05)
+
+
+def _requested(run_id: uuid.UUID, plan: FusionPlan) -> RunRequested:
+    return RunRequested(
+        run_id=str(run_id),
+        messages=plan.messages,
+        category=plan.category,
+        category_source=plan.category_source,
+        category_rule=plan.category_rule,
+        tags=plan.tags,
+        preset=plan.preset,
+        panel=plan.panel,
+        judge=plan.judge,
+        params=plan.params,
+        client=plan.client,
+        idempotency_key=plan.idempotency_key,
+        max_cost_usd=plan.max_cost_usd,
+        timeout_s=plan.timeout_s,
+        min_successes=plan.min_successes,
+    )
+
+
+def _fingerprint(event: RunRequested) -> tuple[object, ...]:
+    return (event.messages, event.panel, event.judge, event.preset, event.category)
+
+
+def _total_cost(state: RunState) -> float:
+    if state.finalized is not None:
+        return state.finalized.cost_usd
+    return state.failed.cost_usd if state.failed is not None else 0.0

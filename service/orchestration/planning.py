@@ -1,0 +1,157 @@
+"""Turn what a client asked for into a FusionPlan, or say precisely what is wrong.
+
+Every check happens here, before anything is written, so bad input writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from service.config import Config, PanelEntry, UnknownModel, UnknownPreset, infer_category
+from service.domain.events import (
+    ClientIdentity,
+    GenerationParams,
+    JudgeSpec,
+    Message,
+    PanelRequest,
+)
+from service.orchestration.judge import FALLBACKS
+from service.orchestration.plan import FusionPlan
+
+PanelMethod = Literal["fixed", "preset", "router"]
+MAX_PROMPT_CHARS = 200_000
+MAX_PANEL_SEATS = 16
+MAX_TIMEOUT_S = 600.0
+
+
+class InvalidRequest(ValueError):
+    """The request cannot be run; ``field`` names the offending input."""
+
+    def __init__(self, field: str, message: str, status: int = 422) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class FusionAsk:
+    """A fusion request as the API or CLI received it (already type-checked)."""
+
+    messages: list[Message]
+    category: str | None = None
+    tags: list[str] = field(default_factory=list)
+    preset: str | None = None
+    panel: str | Sequence[str | PanelEntry] | None = None
+    judge: JudgeSpec | None = None
+    params: GenerationParams = field(default_factory=GenerationParams)
+    client: ClientIdentity = field(default_factory=ClientIdentity)
+    idempotency_key: str | None = None
+    max_cost_usd: float | None = None
+    timeout_s: float | None = None
+    min_successes: int | None = None
+
+
+def plan_fusion(config: Config, ask: FusionAsk) -> FusionPlan:
+    """Validate an ask against the configuration; raises InvalidRequest."""
+    _check_messages(ask.messages)
+    preset_name = ask.preset or config.default_preset
+    try:
+        preset = config.preset(preset_name)
+    except UnknownPreset:
+        known = ", ".join(sorted(config.presets)) or "none configured"
+        raise InvalidRequest("preset", f"unknown preset {preset_name!r} (known: {known})") from None
+    panel, method = _panel(config, ask, preset.panel_entries(), preset.panel == "auto")
+    judge = ask.judge or preset.judge_spec()
+    _check_judge(config, judge, panel, preset.allow_panel_judge)
+    if ask.max_cost_usd is not None and ask.max_cost_usd < 0:
+        raise InvalidRequest("max_cost_usd", "must be zero or more")
+    timeout = ask.timeout_s if ask.timeout_s is not None else preset.timeout_s
+    if not 0 < timeout <= MAX_TIMEOUT_S:
+        raise InvalidRequest("timeout_s", f"must be in (0, {MAX_TIMEOUT_S:g}] seconds")
+    seats = sum(p.samples for p in panel)
+    quorum = ask.min_successes if ask.min_successes is not None else preset.min_successes
+    quorum = min(quorum, seats) if ask.min_successes is None else quorum
+    if not 1 <= quorum <= seats:
+        raise InvalidRequest("min_successes", f"must be between 1 and the panel size ({seats})")
+    text = ask.messages[-1].content
+    source: Literal["given", "inferred", "default"] = "given"
+    category, rule = ask.category or "", None
+    if not category:
+        category, source, rule = infer_category(config, text)
+    return FusionPlan(
+        messages=ask.messages, category=category, category_source=source,
+        category_rule=rule, tags=list(ask.tags), preset=preset_name, panel=panel,
+        panel_method=method, judge=judge, params=ask.params, client=ask.client,
+        idempotency_key=ask.idempotency_key, max_cost_usd=ask.max_cost_usd,
+        timeout_s=timeout, member_timeout_s=min(preset.member_timeout_s, timeout),
+        min_successes=quorum,
+    )  # fmt: skip
+
+
+def _check_messages(messages: Sequence[Message]) -> None:
+    if not messages:
+        raise InvalidRequest("messages", "give a prompt or at least one message")
+    if not any(m.content.strip() for m in messages):
+        raise InvalidRequest("prompt", "the prompt is empty")
+    size = sum(len(m.content) for m in messages)
+    if size > MAX_PROMPT_CHARS:
+        raise InvalidRequest("prompt", f"{size} characters; the limit is {MAX_PROMPT_CHARS}", 413)
+    for m in messages:
+        if m.role not in ("system", "user", "assistant"):
+            raise InvalidRequest("messages", f"unknown role {m.role!r}")
+        if "\x00" in m.content:
+            raise InvalidRequest("messages", "the NUL character is not allowed")
+
+
+def _panel(
+    config: Config, ask: FusionAsk, preset_panel: list[PanelEntry], preset_auto: bool
+) -> tuple[list[PanelRequest], PanelMethod]:
+    if ask.panel == "auto" or (ask.panel is None and preset_auto):
+        raise InvalidRequest(
+            "panel", "automatic panels need the router, which is not built yet; name the models"
+        )
+    if isinstance(ask.panel, str):
+        raise InvalidRequest("panel", 'must be "auto" or a list of models')
+    entries = (
+        preset_panel
+        if ask.panel is None
+        else [PanelEntry(model=p) if isinstance(p, str) else p for p in ask.panel]
+    )
+    if not entries:
+        raise InvalidRequest("panel", "the panel is empty")
+    for index, entry in enumerate(entries):
+        try:
+            config.model(entry.model)
+        except UnknownModel:
+            raise InvalidRequest(f"panel[{index}]", f"unknown model {entry.model!r}") from None
+        if not 1 <= entry.samples <= MAX_PANEL_SEATS:
+            raise InvalidRequest(f"panel[{index}].samples", f"must be 1..{MAX_PANEL_SEATS}")
+    if sum(e.samples for e in entries) > MAX_PANEL_SEATS:
+        raise InvalidRequest("panel", f"at most {MAX_PANEL_SEATS} seats")
+    requests = [PanelRequest(model=e.model, samples=e.samples, params=e.params) for e in entries]
+    return requests, ("preset" if ask.panel is None else "fixed")
+
+
+def _check_judge(
+    config: Config, judge: JudgeSpec, panel: list[PanelRequest], preset_allows: bool
+) -> None:
+    if judge.fallback not in FALLBACKS:
+        raise InvalidRequest("judge.fallback", f"must be one of {', '.join(FALLBACKS)}")
+    if judge.kind == "vote":
+        return
+    if judge.model is None:
+        raise InvalidRequest("judge.model", f"a {judge.kind} judge needs a model")
+    try:
+        config.model(judge.model)
+    except UnknownModel:
+        raise InvalidRequest("judge.model", f"unknown model {judge.model!r}") from None
+    on_panel = judge.model in {p.model for p in panel}
+    if on_panel and not (preset_allows or judge.allow_panel_model):
+        raise InvalidRequest(
+            "judge.model",
+            f"{judge.model} sits on the panel; a generator does not grade its own answers "
+            "unless the preset allows it (allow_panel_judge)",
+        )

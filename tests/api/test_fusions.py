@@ -1,0 +1,213 @@
+"""POST /v1/fusions end to end on a real Postgres: events, failures, idempotency, 4xx."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import pytest
+from litestar.testing import AsyncTestClient
+
+from service.store import EventStore
+from service.store.verify import verify_chains
+from tests.api.conftest import MockProviders
+
+
+async def events_of(pool: asyncpg.Pool, run_id: str) -> list[str]:
+    rows = await pool.fetch(
+        "SELECT event_type FROM events WHERE stream_id = $1 ORDER BY stream_version",
+        f"run-{run_id}",
+    )
+    return [r["event_type"] for r in rows]
+
+
+async def count(pool: asyncpg.Pool) -> int:
+    return int(await pool.fetchval("SELECT count(*) FROM events"))
+
+
+async def test_fusion_records_the_catalog_in_order(
+    client: AsyncTestClient[Any], pool: asyncpg.Pool, providers: MockProviders
+) -> None:
+    response = await client.post("/v1/fusions", json={"prompt": "What is 2+2?"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "finalized"
+    assert body["answer"] == "Answer: 4"
+    assert response.headers["x-fusion-run-id"] == body["run_id"]
+    assert [m["status"] for m in body["members"]] == ["succeeded"] * 3
+    assert body["judge"] == {
+        "kind": "synthesize",
+        "model": "mock/judge",
+        "fallback": None,
+        "decided_by": "judge",
+        "error": None,
+    }
+    types = await events_of(pool, body["run_id"])
+    assert types[:2] == ["run.requested", "panel.selected"]
+    assert sorted(types[2:5]) == ["panel.call.succeeded"] * 3
+    assert types[5:] == ["judge.decided", "answer.finalized"]
+    # cost includes the judge: 3 members at (10*1 + 5*2)/1e6, judge at (10*3 + 5*6)/1e6
+    assert body["cost_usd"] == pytest.approx(3 * 20e-6 + 60e-6)
+    async with pool.acquire() as conn:
+        report = await verify_chains(conn)
+    assert report.ok and report.events == 7
+    judge_calls = [r for r in providers.requests if r["model"] == "mock/judge"]
+    assert len(judge_calls) == 1
+    # candidates are anonymised: no model id reaches the judge
+    assert "mock/" not in judge_calls[0]["messages"][-1]["content"]
+
+
+async def test_metadata_links_events(client: AsyncTestClient[Any], pool: asyncpg.Pool) -> None:
+    body = (await client.post("/v1/fusions", json={"prompt": "2+2?"})).json()
+    store = EventStore(pool)
+    records = await store.read_stream(f"run-{body['run_id']}")
+    metas = [r.metadata_dict() for r in records]
+    assert {m["correlation_id"] for m in metas} == {body["run_id"]}
+    selected = str(records[1].event_id)
+    assert all(m["causation_id"] == selected for m in metas[2:6])
+    assert metas[6]["causation_id"] == str(records[5].event_id)
+
+
+async def test_member_failures_are_attributed(
+    client: AsyncTestClient[Any], pool: asyncpg.Pool
+) -> None:
+    response = await client.post(
+        "/v1/fusions",
+        json={
+            "prompt": "2+2?",
+            "panel": ["mock/slow", "mock/flaky", "mock/garbled", "mock/a"],
+            "min_successes": 2,
+        },
+    )
+    assert response.status_code == 200, response.text
+    members = {m["model"]: m for m in response.json()["members"]}
+    assert members["mock/slow"]["error_kind"] == "timeout"
+    assert members["mock/flaky"]["status"] == "succeeded"
+    assert members["mock/flaky"]["attempts"] == 2
+    assert members["mock/garbled"]["error_kind"] == "malformed_response"
+    assert members["mock/a"]["status"] == "succeeded"
+    rows = await pool.fetch(
+        "SELECT data FROM events WHERE event_type = 'panel.call.succeeded' "
+        "AND data->>'model' = 'mock/flaky'"
+    )
+    import json
+
+    attempts = json.loads(rows[0]["data"])["attempts"]
+    assert [a["outcome"] for a in attempts] == ["rate_limited", "ok"]
+
+
+async def test_quorum_not_met_fails_the_run(
+    client: AsyncTestClient[Any], pool: asyncpg.Pool
+) -> None:
+    response = await client.post(
+        "/v1/fusions",
+        json={
+            "prompt": "2+2?",
+            "panel": ["mock/down", "mock/garbled", "mock/a"],
+            "min_successes": 2,
+        },
+    )
+    assert response.status_code == 502
+    body = response.json()
+    assert body["status"] == "failed" and body["failure_reason"] == "quorum_not_met"
+    types = await events_of(pool, body["run_id"])
+    assert types[-1] == "run.failed"
+    assert "judge.decided" not in types
+
+
+async def test_invalid_judge_output_takes_recorded_fallback(
+    client: AsyncTestClient[Any], pool: asyncpg.Pool
+) -> None:
+    response = await client.post(
+        "/v1/fusions",
+        json={"prompt": "2+2?", "judge": {"kind": "synthesize", "model": "mock/badjudge"}},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["judge"]["fallback"] == "vote"
+    assert body["judge"]["decided_by"] == "fallback:vote"
+    assert body["answer"] == "4"
+    types = await events_of(pool, body["run_id"])
+    assert types[-2:] == ["judge.failed", "answer.finalized"]
+    row = await pool.fetchrow(
+        "SELECT data->>'error_kind' AS kind, data->>'raw_output' AS raw FROM events "
+        "WHERE event_type = 'judge.failed'"
+    )
+    assert row["kind"] == "malformed_output" and "no JSON" in row["raw"]
+
+
+async def test_same_idempotency_key_makes_one_run(
+    client: AsyncTestClient[Any], pool: asyncpg.Pool
+) -> None:
+    headers = {"Idempotency-Key": "order-42"}
+    first = await client.post("/v1/fusions", json={"prompt": "2+2?"}, headers=headers)
+    second = await client.post("/v1/fusions", json={"prompt": "2+2?"}, headers=headers)
+    assert first.status_code == second.status_code == 200
+    assert first.json()["run_id"] == second.json()["run_id"]
+    assert (
+        await pool.fetchval("SELECT count(*) FROM events WHERE event_type = 'run.requested'") == 1
+    )
+    other = await client.post("/v1/fusions", json={"prompt": "3+3?"}, headers=headers)
+    assert other.status_code == 422
+    assert (
+        await pool.fetchval("SELECT count(*) FROM events WHERE event_type = 'run.requested'") == 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({}, 422, "prompt"),
+        ({"prompt": ""}, 422, "empty"),
+        ({"prompt": "x", "preset": "nope"}, 422, "unknown preset"),
+        ({"prompt": "x", "panel": ["mock/a", "nope/model"]}, 422, "unknown model"),
+        ({"prompt": "x", "panel": []}, 422, "empty"),
+        ({"prompt": "x", "max_cost_usd": -1}, 400, "max_cost_usd"),
+        ({"prompt": "x" * 300_000}, 413, "limit"),
+        ({"prompt": 42}, 400, "prompt"),
+        ({"prompt": "x", "panel": "everyone"}, 400, "panel"),
+        ({"prompt": "x", "judge": {"kind": "oracle"}}, 400, "kind"),
+        ({"prompt": "x", "judge": {"kind": "synthesize"}}, 422, "needs a model"),
+        ({"prompt": "x", "judge": {"kind": "select", "model": "mock/a"}}, 422, "panel"),
+        ({"prompt": "x", "timeout_s": 0}, 400, "timeout_s"),
+        ({"prompt": "x", "surprise": True}, 400, "surprise"),
+        ({"prompt": "x", "messages": [{"role": "user", "content": "y"}]}, 422, "not both"),
+    ],
+)
+async def test_bad_bodies_get_problem_details_and_write_nothing(
+    client: AsyncTestClient[Any],
+    pool: asyncpg.Pool,
+    body: dict[str, Any],
+    status: int,
+    needle: str,
+) -> None:
+    response = await client.post("/v1/fusions", json=body)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert needle in response.json()["detail"]
+    assert await count(pool) == 0
+
+
+async def test_malformed_json_is_400(client: AsyncTestClient[Any], pool: asyncpg.Pool) -> None:
+    response = await client.post(
+        "/v1/fusions", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert await count(pool) == 0
+
+
+async def test_run_provenance_and_listing(client: AsyncTestClient[Any]) -> None:
+    run_id = (await client.post("/v1/fusions", json={"prompt": "2+2?", "category": "math"})).json()[
+        "run_id"
+    ]
+    detail = (await client.get(f"/v1/runs/{run_id}")).json()
+    assert [e["stream_version"] for e in detail["events"]] == list(range(1, 8))
+    assert detail["events"][1]["prev_hash"] == detail["events"][0]["hash"]
+    assert detail["events"][0]["data"]["category"] == "math"
+    listing = (await client.get("/v1/runs", params={"category": "math"})).json()
+    assert [r["run_id"] for r in listing["runs"]] == [run_id]
+    assert listing["runs"][0]["status"] == "finalized"
+    assert (await client.get("/v1/runs/not-a-uuid")).status_code == 404
+    missing = await client.get("/v1/runs/00000000-0000-0000-0000-000000000000")
+    assert missing.status_code == 404
+    assert (await client.get("/v1/runs", params={"limit": 0})).status_code == 400
