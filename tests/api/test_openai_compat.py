@@ -1,0 +1,73 @@
+"""The official openai package against /v1: normal and streamed completions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import openai
+import pytest
+from litestar.testing import AsyncTestClient
+
+
+def sdk(client: AsyncTestClient[Any]) -> openai.AsyncOpenAI:
+    # AsyncTestClient is an httpx.AsyncClient that talks to the app in process.
+    return openai.AsyncOpenAI(
+        base_url=f"{client.base_url}/v1", api_key="unused", http_client=client, max_retries=0
+    )
+
+
+async def test_openai_client_gets_a_completion(
+    client: AsyncTestClient[Any], pool: asyncpg.Pool
+) -> None:
+    raw = await sdk(client).chat.completions.with_raw_response.create(
+        model="fusion", messages=[{"role": "user", "content": "What is 2+2?"}]
+    )
+    completion = raw.parse()
+    assert completion.choices[0].message.content == "Answer: 4"
+    assert completion.choices[0].finish_reason == "stop"
+    run_id = raw.headers["x-fusion-run-id"]
+    extra = completion.model_extra or {}
+    assert extra["fusion"]["run_id"] == run_id
+    assert [m["model"] for m in extra["fusion"]["panel"]] == ["mock/a", "mock/b", "mock/c"]
+    assert extra["fusion"]["judge"]["model"] == "mock/judge"
+    assert completion.usage is not None and completion.usage.total_tokens == 3 * 15 + 15
+    assert (
+        await pool.fetchval("SELECT count(*) FROM events WHERE stream_id = $1", f"run-{run_id}")
+        == 7
+    )
+
+
+async def test_openai_client_streams(client: AsyncTestClient[Any]) -> None:
+    stream = await sdk(client).chat.completions.create(
+        model="fusion/cheap", messages=[{"role": "user", "content": "What is 2+2?"}], stream=True
+    )
+    parts: list[str] = []
+    finish = None
+    async for chunk in stream:
+        if chunk.choices:
+            parts.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+    assert "".join(parts) == "4"
+    assert finish == "stop"
+
+
+async def test_models_and_unknown_model(client: AsyncTestClient[Any]) -> None:
+    models = await sdk(client).models.list()
+    assert {m.id for m in models.data} == {"fusion", "fusion/default", "fusion/cheap"}
+    with pytest.raises(openai.NotFoundError):
+        await sdk(client).chat.completions.create(
+            model="gpt-unknown", messages=[{"role": "user", "content": "hi"}]
+        )
+    with pytest.raises(openai.UnprocessableEntityError):
+        await sdk(client).chat.completions.create(
+            model="fusion/nope", messages=[{"role": "user", "content": "hi"}]
+        )
+
+
+async def test_health_and_schema(client: AsyncTestClient[Any]) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    schema = (await client.get("/schema/openapi.json")).json()
+    assert "/v1/fusions" in schema["paths"]
