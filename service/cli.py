@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -201,6 +202,189 @@ def digest_command(
         console.print(f"root {digest.root}")
         if output is not None:
             console.print(f"written to {output}")
+
+
+def _banner(running: Any, url: str, *, as_json: bool = False) -> None:
+    if running.simulator_url:
+        err_console.print(
+            f"[yellow]no provider configured:[/yellow] using the built-in simulator "
+            f"(a test double of remote model providers) at {running.simulator_url}"
+        )
+    err_console.print(f"Fusion Ledger listening on [bold]{url}[/bold]  (OpenAPI: {url}/schema)")
+    err_console.print(
+        "try:  curl -s " + url + "/v1/fusions -H 'content-type: application/json' "
+        '-d \'{"prompt": "What is 17 + 25 * 2? Reply with the number."}\''
+    )
+
+
+@main.command("serve")
+@click.option("--host", default=None, help="Interface to listen on (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default 8000).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML configuration (or FUSION_LEDGER_CONFIG).",
+)
+@click.option(
+    "--simulator-port",
+    type=int,
+    default=8001,
+    show_default=True,
+    help="Port of the built-in simulator, when no provider is configured.",
+)
+@click.pass_context
+def serve_command(
+    ctx: click.Context,
+    host: str | None,
+    port: int | None,
+    config_path: Path | None,
+    simulator_port: int,
+) -> None:
+    """Run the HTTP API (and the simulator beside it when no provider is configured)."""
+    settings = ctx.obj["settings"].with_overrides(database_url=ctx.obj["database_url"])
+    _serve(settings, config_path, host, port, simulator_port)
+
+
+def _serve(
+    settings: Settings,
+    config_path: Path | None,
+    host: str | None,
+    port: int | None,
+    simulator_port: int,
+) -> None:
+    from service.config import ConfigError
+    from service.logging import configure_logging
+    from service.serving import read_config, serve
+
+    configure_logging(settings.log_format, settings.log_level)
+    if not settings.database_url:
+        _fail(
+            "no database given: set DATABASE_URL or pass --database-url "
+            "(or use `fusion-ledger up` for an embedded one)"
+        )
+    try:
+        config = read_config(settings, config_path)
+    except ConfigError as exc:
+        _fail(str(exc))
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(
+            serve(
+                settings,
+                config,
+                host=host or settings.host,
+                port=port or settings.port,
+                simulator_port=simulator_port,
+                announce=_banner,
+            )
+        )
+
+
+@main.command("up")
+@click.option("--host", default=None, help="Interface to listen on (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default 8000).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML configuration (or FUSION_LEDGER_CONFIG).",
+)
+@click.option("--simulator-port", type=int, default=8001, show_default=True)
+@click.pass_context
+def up_command(
+    ctx: click.Context,
+    host: str | None,
+    port: int | None,
+    config_path: Path | None,
+    simulator_port: int,
+) -> None:
+    """Everything on one machine: embedded Postgres (kept in .fusion-ledger/) unless
+    DATABASE_URL is set, the simulator unless providers are configured, the API."""
+    from service.serving import embedded_postgres
+
+    settings: Settings = ctx.obj["settings"].with_overrides(database_url=ctx.obj["database_url"])
+    if settings.database_url:
+        _serve(settings, config_path, host, port, simulator_port)
+        return
+    err_console.print(f"starting the embedded Postgres in {settings.data_dir / 'postgres'} …")
+    try:
+        with embedded_postgres(settings.data_dir) as url:
+            _serve(
+                settings.with_overrides(database_url=url), config_path, host, port, simulator_port
+            )
+    except RuntimeError as exc:
+        _fail(str(exc))
+
+
+@main.command("fuse")
+@click.argument("prompt")
+@click.option(
+    "--url",
+    envvar="FUSION_LEDGER_URL",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    help="The service's base URL.",
+)
+@click.option("--preset", default=None)
+@click.option("--panel", default=None, help="Comma-separated model ids.")
+@click.option("--judge", default=None, help="vote, or KIND:MODEL (synthesize:sim/judge-strong).")
+@click.option("--category", default=None)
+@click.option("--timeout", type=float, default=120.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the full JSON answer.")
+def fuse_command(
+    prompt: str,
+    url: str,
+    preset: str | None,
+    panel: str | None,
+    judge: str | None,
+    category: str | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Run one fusion through a running service; print the answer and the panel."""
+    import httpx
+
+    body: dict[str, Any] = {"prompt": prompt}
+    if preset:
+        body["preset"] = preset
+    if panel:
+        body["panel"] = [p.strip() for p in panel.split(",") if p.strip()]
+    if category:
+        body["category"] = category
+    if judge:
+        kind, _, model = judge.partition(":")
+        body["judge"] = {"kind": kind, **({"model": model} if model else {})}
+    try:
+        response = httpx.post(f"{url.rstrip('/')}/v1/fusions", json=body, timeout=timeout)
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach the service at {url}: {exc}")
+    result = response.json()
+    if as_json:
+        _emit_json(result)
+        raise SystemExit(0 if response.is_success else 1)
+    if "run_id" not in result:
+        _fail(f"{result.get('title', 'error')}: {result.get('detail', response.text)}")
+    console.print(result.get("answer") or f"[red]run failed: {result.get('failure_reason')}")
+    table = Table("member", "model", "status", "error", "latency ms", "cost $")
+    for m in result["members"]:
+        table.add_row(
+            m["member_id"],
+            m["model"],
+            m["status"],
+            m["error_kind"] or "",
+            f"{m['latency_ms'] or 0:.0f}",
+            f"{m['cost_usd']:.6f}",
+        )
+    console.print(table)
+    judge_view = result.get("judge") or {}
+    console.print(
+        f"judge {judge_view.get('kind')} {judge_view.get('model') or ''} "
+        f"({judge_view.get('decided_by')})  run {result['run_id']}  "
+        f"cost ${result['cost_usd']:.6f}  latency {result['latency_ms'] or 0:.0f} ms"
+    )
+    raise SystemExit(0 if response.is_success else 1)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from service.domain.events import GenerationParams, Message
-from service.providers.openai_compatible import CallFailed, CallSucceeded
+from service.providers.outcomes import CallFailed, CallSucceeded
 
 CallOutcome = CallSucceeded | CallFailed
 

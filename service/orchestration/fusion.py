@@ -34,7 +34,7 @@ from service.orchestration.caller import ModelCaller
 from service.orchestration.judge import run_judge
 from service.orchestration.plan import FusionPlan, stable_seed
 from service.orchestration.run_writer import RunWriter
-from service.providers.openai_compatible import CallFailed
+from service.providers.outcomes import CallFailed
 from service.store import EventStore, WrongExpectedVersion
 
 log = structlog.get_logger("fusion")

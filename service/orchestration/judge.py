@@ -28,7 +28,7 @@ from service.domain.judging import (
     vote,
 )
 from service.orchestration.caller import ModelCaller
-from service.providers.openai_compatible import CallFailed
+from service.providers.outcomes import CallFailed
 
 FALLBACKS = ("vote", "first_success", "fail")
 JUDGE_PARAMS = GenerationParams(temperature=0.0)

@@ -1,0 +1,175 @@
+"""Running the service: the API under uvicorn, with the built-in simulator beside it
+when no provider is configured, and an embedded Postgres for `up`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+import uvicorn
+
+from service.app import create_app
+from service.config import Config, load_config, parse_config
+from service.settings import Settings
+
+log = structlog.get_logger("serve")
+
+# Presets of the simulated world: a cheap three-model panel with a strong judge (the
+# calibration's "cheap panel close to the best model"), the same panel with a vote,
+# and self-fusion of one model.
+SIMULATOR_PRESETS = """
+[presets.default]
+panel = ["sim/model-b", "sim/model-c", "sim/model-e"]
+judge = { kind = "synthesize", model = "sim/judge-strong", fallback = "vote" }
+min_successes = 2
+timeout_s = 60.0
+member_timeout_s = 30.0
+
+[presets.vote]
+panel = ["sim/model-b", "sim/model-c", "sim/model-e"]
+judge = { kind = "vote" }
+min_successes = 2
+
+[presets.select]
+panel = ["sim/model-b", "sim/model-c", "sim/model-e"]
+judge = { kind = "select", model = "sim/judge-strong", fallback = "vote" }
+min_successes = 2
+
+[presets.self]
+panel = [{ model = "sim/model-e", samples = 3 }]
+judge = { kind = "synthesize", model = "sim/judge-strong", fallback = "vote" }
+min_successes = 2
+
+[categories]
+default = "general"
+rules = [
+  { category = "code", pattern = "```python" },
+  { category = "two_choice", keywords = ["Fill in the blank"] },
+  { category = "multiple_choice", pattern = "(?m)^A\\\\) " },
+  { category = "arithmetic", pattern = "^What is [0-9 +*/()-]+\\\\?" },
+  { category = "short_fact", pattern = "(capital|currency|longest river) of|spoken in" },
+]
+"""
+
+
+def simulator_config(
+    model_names: list[str], prices: dict[str, tuple[float, float]], base_url: str
+) -> Config:
+    """A configuration whose every model is served by the simulator at base_url."""
+    lines = [
+        'default_preset = "default"',
+        "",
+        "[providers.sim]",
+        f'base_url = "{base_url}"',
+        "timeout_s = 60.0",
+        "max_concurrency = 256",
+        "",
+    ]
+    for name in model_names:
+        input_price, output_price = prices[name]
+        lines += [
+            f'[models."sim/{name}"]',
+            'provider = "sim"',
+            f'upstream = "{name}"',
+            f"input_price = {input_price!r}",
+            f"output_price = {output_price!r}",
+            "",
+        ]
+    return parse_config("\n".join(lines) + SIMULATOR_PRESETS, source="<simulator>")
+
+
+def read_config(settings: Settings, path: Path | None) -> Config:
+    """The configuration file given (or named by FUSION_LEDGER_CONFIG), else empty."""
+    chosen = path or settings.config_path
+    if chosen is None:
+        return Config()
+    return load_config(chosen, settings.environ)
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """What serve started, for the banner."""
+
+    config: Config
+    simulator_url: str | None
+
+
+@contextlib.asynccontextmanager
+async def providers_or_simulator(
+    config: Config, host: str, simulator_port: int, fixed_latency_ms: float | None = None
+) -> AsyncIterator[Running]:
+    """Use the configured providers, or start the simulator when there are none."""
+    if config.providers:
+        yield Running(config, None)
+        return
+    from service.providers.simulator import default_world, serve_simulator
+
+    world = default_world(fixed_latency_ms=fixed_latency_ms)
+    handle = await serve_simulator(world, host, simulator_port)
+    try:
+        names = sorted(world.models)
+        prices = {
+            n: (world.models[n].input_price_per_m, world.models[n].output_price_per_m)
+            for n in names
+        }
+        simulated = simulator_config(names, prices, handle.base_url)
+        log.warning(
+            "providers.simulated",
+            url=handle.base_url,
+            note="no provider configured: using the built-in simulator, a test "
+            "double of remote model providers",
+        )
+        yield Running(simulated, handle.base_url)
+    finally:
+        await handle.close()
+
+
+async def serve(
+    settings: Settings,
+    config: Config,
+    *,
+    host: str,
+    port: int,
+    simulator_port: int = 0,
+    announce: Callable[[Running, str], None] | None = None,
+) -> None:
+    """Run the API until interrupted; Ctrl-C closes open runs (run.failed: shutdown)."""
+    async with providers_or_simulator(config, host, simulator_port) as running:
+        app = create_app(settings, running.config)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                log_level="warning",
+                lifespan="on",
+                access_log=False,
+                timeout_graceful_shutdown=10,
+            )
+        )
+        if announce is not None:
+            announce(running, f"http://{host}:{port}")
+        await server.serve()
+
+
+@contextlib.contextmanager
+def embedded_postgres(data_dir: Path) -> Iterator[str]:
+    """Start (or reuse) the embedded Postgres in data_dir; yields its URL."""
+    try:
+        import pgserver
+    except ImportError as exc:  # the `embedded` extra is not installed
+        raise RuntimeError(
+            "no DATABASE_URL and the embedded Postgres is not installed: "
+            "pip install 'fusion-ledger[embedded]' or set DATABASE_URL"
+        ) from exc
+    folder = (data_dir / "postgres").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(folder, cleanup_mode="stop")  # type: ignore[attr-defined]
+    try:
+        yield server.get_uri()
+    finally:
+        with contextlib.suppress(Exception):
+            server.cleanup()

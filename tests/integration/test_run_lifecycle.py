@@ -1,0 +1,166 @@
+"""Every run ends in answer.finalized or run.failed: shutdown, client disconnect, crash."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import httpx
+import pytest
+
+from service.config import Config, parse_config
+from service.domain.events import (
+    ClientIdentity,
+    GenerationParams,
+    JudgeSpec,
+    Message,
+    PanelRequest,
+    PanelSelected,
+    RunRequested,
+)
+from service.orchestration.fusion import FusionRunner
+from service.orchestration.plan import FusionPlan
+from service.orchestration.sweeper import sweep_once
+from service.providers.registry import ProviderRegistry
+from service.store import NO_STREAM, EventStore, NewEvent, WrongExpectedVersion
+
+CONFIG = """
+[providers.p]
+base_url = "http://provider.test/v1"
+max_attempts = 1
+[models.fast]
+provider = "p"
+[models.hang]
+provider = "p"
+"""
+
+
+class Remote:
+    """The remote provider: `hang` never answers until released."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.calls = 0
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        if json.loads(request.content)["model"] == "hang":
+            await self.release.wait()
+        return httpx.Response(
+            200, json={"choices": [{"message": {"content": "Answer: 7"}, "finish_reason": "stop"}]}
+        )
+
+
+def plan(models: list[str], timeout_s: float = 30.0) -> FusionPlan:
+    return FusionPlan(
+        messages=[Message(role="user", content="3+4?")],
+        category="arithmetic",
+        category_source="given",
+        category_rule=None,
+        tags=[],
+        preset=None,
+        panel=[PanelRequest(model=m) for m in models],
+        panel_method="fixed",
+        judge=JudgeSpec(kind="vote"),
+        params=GenerationParams(),
+        client=ClientIdentity(),
+        idempotency_key=None,
+        max_cost_usd=None,
+        timeout_s=timeout_s,
+        member_timeout_s=timeout_s,
+        min_successes=1,
+    )
+
+
+@pytest.fixture
+def config() -> Config:
+    return parse_config(CONFIG)
+
+
+async def types_of(store: EventStore, stream_id: str) -> list[str]:
+    return [e.event_type for e in await store.read_stream(stream_id)]
+
+
+async def wait_for(store: EventStore, stream_id: str, count: int) -> None:
+    for _ in range(500):
+        if len(await store.read_stream(stream_id)) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{stream_id} never reached {count} events")
+
+
+async def test_shutdown_fails_open_runs(store: EventStore, config: Config) -> None:
+    remote = Remote()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(remote.handle)) as http:
+        runner = FusionRunner(store, ProviderRegistry(config, http, lambda _: None))
+        run_id = uuid.uuid4()
+        task = asyncio.create_task(runner.fuse(plan(["fast", "hang"]), run_id))
+        await wait_for(store, f"run-{run_id}", 3)  # requested, selected, fast's answer
+        await runner.close("shutdown")
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    types = await types_of(store, f"run-{run_id}")
+    assert types[-1] == "run.failed"
+    last = (await store.read_stream(f"run-{run_id}"))[-1].decode()
+    assert last.reason == "shutdown"  # type: ignore[attr-defined]
+
+
+async def test_client_disconnect_does_not_stop_the_run(store: EventStore, config: Config) -> None:
+    remote = Remote()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(remote.handle)) as http:
+        runner = FusionRunner(store, ProviderRegistry(config, http, lambda _: None))
+        run_id = uuid.uuid4()
+        request = asyncio.create_task(runner.fuse(plan(["fast", "hang"]), run_id))
+        await wait_for(store, f"run-{run_id}", 3)
+        request.cancel()  # what the server does when the client goes away
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        remote.release.set()
+        await wait_for(store, f"run-{run_id}", 6)
+    assert (await types_of(store, f"run-{run_id}"))[-1] == "answer.finalized"
+
+
+async def test_run_deadline_fails_or_finalizes_in_time(store: EventStore, config: Config) -> None:
+    remote = Remote()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(remote.handle)) as http:
+        runner = FusionRunner(store, ProviderRegistry(config, http, lambda _: None))
+        state = await runner.fuse(plan(["hang"], timeout_s=0.3))
+    assert state.failed is not None and state.failed.reason == "quorum_not_met"
+    assert state.members["m1"].error_kind == "timeout"
+
+
+async def test_sweeper_closes_abandoned_runs_only(store: EventStore) -> None:
+    def opened(timeout_s: float) -> list[NewEvent]:
+        requested = RunRequested(
+            run_id="x",
+            messages=[Message(role="user", content="q")],
+            category="c",
+            panel=[PanelRequest(model="fast")],
+            judge=JudgeSpec(kind="vote"),
+            timeout_s=timeout_s,
+        )
+        return [
+            NewEvent(requested, {"tenant": "t1"}),
+            NewEvent(PanelSelected(members=[], method="fixed")),
+        ]
+
+    crashed, recent, owned = (f"run-{uuid.uuid4()}" for _ in range(3))
+    await store.append_to_stream(crashed, opened(0.01), NO_STREAM)
+    await store.append_to_stream(recent, opened(600), NO_STREAM)
+    await store.append_to_stream(owned, opened(0.01), NO_STREAM)
+    await asyncio.sleep(0.05)
+    closed = await sweep_once(
+        store, grace_s=0.0, owned=frozenset({uuid.UUID(owned.partition("-")[2])})
+    )
+    assert closed == 1
+    assert (await types_of(store, crashed))[-1] == "run.failed"
+    event = (await store.read_stream(crashed))[-1]
+    assert event.decode().reason == "abandoned"  # type: ignore[attr-defined]
+    assert event.metadata_dict()["tenant"] == "t1"
+    assert (await types_of(store, recent))[-1] == "panel.selected"
+    assert (await types_of(store, owned))[-1] == "panel.selected"
+    assert await sweep_once(store, grace_s=0.0) == 1  # now the unowned one
+    assert await sweep_once(store, grace_s=0.0) == 0  # closed runs stay closed
+    with pytest.raises(WrongExpectedVersion):  # and its writer can no longer append
+        await store.append_to_stream(crashed, opened(1)[1:], 2)
