@@ -22,7 +22,9 @@ from service import __version__
 from service.api import ROUTES
 from service.api.deps import Services
 from service.api.errors import EXCEPTION_HANDLERS
+from service.api.observability import metrics_endpoint, timing_middleware
 from service.config import Config
+from service.metrics import Metrics
 from service.orchestration.caller import ModelCaller
 from service.orchestration.fusion import FusionRunner
 from service.orchestration.sweeper import sweep_forever
@@ -48,6 +50,7 @@ def create_app(
     sweeper: bool = True,
 ) -> Litestar:
     """Build the application; resources open in its lifespan."""
+    metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -70,14 +73,14 @@ def create_app(
                 client = create_http_client()
                 stack.push_async_callback(client.aclose)
             store = EventStore(db)
-            runner = FusionRunner(
-                store, caller or ProviderRegistry(config, client, settings.secret)
-            )
+            registry = caller or ProviderRegistry(config, client, settings.secret)
+            runner = FusionRunner(store, registry, metrics)
             stack.push_async_callback(runner.close, "shutdown")
             tasks: list[asyncio.Task[Any]] = []
             if sweeper:
                 tasks.append(asyncio.create_task(sweep_forever(store, runner)))
             app.state.services = Services(config=config, store=store, runner=runner, extras={})
+            app.state.metrics = metrics
             try:
                 yield
             finally:
@@ -88,7 +91,8 @@ def create_app(
                         await task
 
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, metrics_endpoint],
+        middleware=[timing_middleware],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=MAX_BODY_BYTES,

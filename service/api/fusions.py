@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -100,6 +101,18 @@ def client_identity(request: Request[Any, Any, Any]) -> ClientIdentity:
     )
 
 
+def observe_overhead(services: Services, state: RunState, started: float) -> None:
+    """Time not spent waiting on a provider: total minus slowest member and judge."""
+    if state.finalized is None:
+        return
+    slowest = max((m.latency_ms or 0.0 for m in state.members.values()), default=0.0)
+    judge = state.judge.latency_ms if state.judge else 0.0
+    if state.judge_failure is not None:
+        judge = state.judge_failure.latency_ms
+    total = (time.perf_counter() - started) * 1000
+    services.runner.metrics.overhead.observe(max(total - slowest - judge, 0.0) / 1000)
+
+
 async def run_ask(services: Services, ask: FusionAsk) -> tuple[str, RunState]:
     """Plan and run; InvalidRequest and IdempotencyConflict become 4xx problems."""
     try:
@@ -133,8 +146,10 @@ async def create_fusion(
         ask = ask_from_body(data, client_identity(request), idempotency_key)
     except InvalidRequest as exc:
         raise Problem(422, "Invalid fusion request", str(exc), field=exc.field) from exc
+    started = time.perf_counter()
     run_id, state = await run_ask(services, ask)
     view = fusion_view(run_id, state)
+    observe_overhead(services, state, started)
     status = 200 if state.status == "finalized" else 502
     if state.failed is not None and state.failed.reason == "timeout":
         status = 504

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -30,6 +31,7 @@ from service.domain.events import (
 )
 from service.domain.judging import Candidate, question_text
 from service.domain.runs import RunState, fold
+from service.metrics import Metrics
 from service.orchestration.caller import ModelCaller
 from service.orchestration.judge import run_judge
 from service.orchestration.plan import FusionPlan, stable_seed
@@ -56,9 +58,12 @@ class RunHandle:
 class FusionRunner:
     """Starts runs and owns their tasks."""
 
-    def __init__(self, store: EventStore, caller: ModelCaller) -> None:
+    def __init__(
+        self, store: EventStore, caller: ModelCaller, metrics: Metrics | None = None
+    ) -> None:
         self.store = store
         self.caller = caller
+        self.metrics = metrics or Metrics()
         self._open: dict[uuid.UUID, RunHandle] = {}
 
     @property
@@ -77,9 +82,18 @@ class FusionRunner:
         if handle is None:
             handle = RunHandle(run_id, asyncio.create_task(self._run(run_id, plan)))
             self._open[run_id] = handle
-            handle.task.add_done_callback(lambda _: self._open.pop(run_id, None))
+            self.metrics.open_runs.set(len(self._open))
+            handle.task.add_done_callback(lambda _: self._forget(run_id))
         # shield: a cancelled request (client gone) must not cancel the run itself
         return await asyncio.shield(handle.task)
+
+    def _forget(self, run_id: uuid.UUID) -> None:
+        self._open.pop(run_id, None)
+        self.metrics.open_runs.set(len(self._open))
+
+    def _count_appended(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self.metrics.events_appended.labels(event.type).inc()
 
     async def close(self, reason: str = "shutdown") -> None:
         """Cancel open runs; each records run.failed with the reason."""
@@ -93,7 +107,9 @@ class FusionRunner:
 
     async def _run(self, run_id: uuid.UUID, plan: FusionPlan) -> RunState:
         stream_id = f"run-{run_id}"
-        writer = RunWriter(self.store, stream_id, plan.client.tenant, plan.client.actor)
+        writer = RunWriter(
+            self.store, stream_id, plan.client.tenant, plan.client.actor, self._count_appended
+        )
         bound = log.bind(run_id=str(run_id))
         started = time.perf_counter()
         members = plan.members()
@@ -119,6 +135,8 @@ class FusionRunner:
             bound.exception("run.internal_error")
             await self._fail(writer, "internal_error", type(exc).__name__, started)
             return fold(writer.recorded)
+        failure = state.failed.reason if state.failed else ""
+        self.metrics.runs.labels(state.status, failure).inc()
         bound.info(
             "run.summary",
             status=state.status,
@@ -174,6 +192,7 @@ class FusionRunner:
             self_judging=self_judging,
         )
         (judge_event_id,) = await writer.append(result.event, caused_by=selected_id)
+        self.metrics.judge_outcomes.labels(judge_spec.kind, result.decided_by).inc()
         if result.decision is None:
             await self._fail(
                 writer,
@@ -216,8 +235,11 @@ class FusionRunner:
             member.model, plan.messages, member.params, timeout_s=max(timeout, 0.001), seed=seed
         )
         provider = self.caller.provider_of(member.model)
+        kind = outcome.error_kind if isinstance(outcome, CallFailed) else "ok"
+        self.metrics.provider_latency.labels(member.model, kind).observe(outcome.latency_ms / 1000)
         event: Event
         if isinstance(outcome, CallFailed):
+            self.metrics.provider_errors.labels(member.model, kind).inc()
             event = PanelCallFailed(
                 member_id=member.member_id,
                 model=member.model,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from service.domain.events import Event
@@ -19,8 +20,16 @@ from service.store import NO_STREAM, EventStore, NewEvent
 class RunWriter:
     """The single writer of one run or replay stream."""
 
-    def __init__(self, store: EventStore, stream_id: str, tenant: str, actor: str) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        stream_id: str,
+        tenant: str,
+        actor: str,
+        on_append: Callable[[Sequence[Event]], None] | None = None,
+    ) -> None:
         self.store = store
+        self._on_append = on_append
         self.stream_id = stream_id
         self.correlation_id = stream_id.partition("-")[2]
         self.version = 0
@@ -36,6 +45,8 @@ class RunWriter:
             result = await self.store.append_to_stream(self.stream_id, batch, expected)
             self.version = result.stream_version
             self.recorded.extend(events)
+            if self._on_append is not None:
+                self._on_append(events)
             return [n.event_id for n in batch]
 
     def _metadata(self, caused_by: uuid.UUID | None) -> dict[str, Any]:

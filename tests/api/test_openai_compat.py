@@ -71,3 +71,19 @@ async def test_health_and_schema(client: AsyncTestClient[Any]) -> None:
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     schema = (await client.get("/schema/openapi.json")).json()
     assert "/v1/fusions" in schema["paths"]
+
+
+async def test_metrics_change_as_runs_happen(client: AsyncTestClient[Any]) -> None:
+    def value(text: str, prefix: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(prefix))
+
+    before = (await client.get("/metrics")).text
+    await client.post("/v1/fusions", json={"prompt": "2+2?"})
+    after = (await client.get("/metrics")).text
+    runs = 'fusion_runs_total{reason="",status="finalized"}'
+    assert value(after, runs) == value(before, runs) + 1
+    appended = "fusion_events_appended_total"
+    assert value(after, appended) == value(before, appended) + 7
+    assert value(after, "fusion_orchestration_overhead_seconds_count") == 1
+    assert 'route="/v1/fusions"' in after

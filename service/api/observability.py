@@ -1,0 +1,49 @@
+"""GET /metrics, and the middleware that times every HTTP request by route."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from litestar import Response, get
+from litestar.datastructures import State
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.metrics import Metrics
+
+
+@get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+async def metrics_endpoint(state: State) -> Response[bytes]:
+    """The Prometheus text exposition of this process's metrics."""
+    metrics: Metrics = state.metrics
+    return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def timing_middleware(app: ASGIApp) -> ASGIApp:
+    """Observe request latency by method, route template and status."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, capture)
+        finally:
+            metrics: Metrics | None = getattr(scope["app"].state, "metrics", None)
+            if metrics is not None:
+                route: Any = scope.get("path_template") or "unmatched"
+                method = str(scope.get("method", "GET"))
+                metrics.http_latency.labels(method, route, str(status["code"])).observe(
+                    time.perf_counter() - started
+                )
+
+    return middleware
