@@ -387,5 +387,13 @@ def fuse_command(
     raise SystemExit(0 if response.is_success else 1)
 
 
+def _register_commands() -> None:
+    from service.providers.simulator.command import simulate_command
+
+    main.add_command(simulate_command)
+
+
+_register_commands()
+
 if __name__ == "__main__":
     main()

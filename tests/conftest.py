@@ -11,12 +11,15 @@ service's code runs unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import tempfile
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -111,3 +114,48 @@ async def pool(database: TestDatabase) -> AsyncIterator[asyncpg.Pool]:
 async def store(pool: asyncpg.Pool) -> EventStore:
     """The event store under test."""
     return EventStore(pool)
+
+
+@dataclass(frozen=True)
+class RunningSimulator:
+    """The simulator of remote providers, serving real HTTP from its own thread."""
+
+    base_url: str
+    root_url: str
+    world: Any
+
+    def config(self) -> Any:
+        """A service configuration whose every model is served by this simulator."""
+        from service.serving import simulator_config
+
+        names = sorted(self.world.models)
+        prices = {
+            n: (self.world.models[n].input_price_per_m, self.world.models[n].output_price_per_m)
+            for n in names
+        }
+        return simulator_config(names, prices, self.base_url)
+
+
+@pytest.fixture
+def simulator() -> Iterator[RunningSimulator]:
+    """The default simulated world with 5 ms latencies, on its own event loop.
+
+    Its own thread and loop: Litestar's AsyncTestClient runs the app in a portal and
+    blocks the test's loop while a request is in flight, so a simulator on the test's
+    loop could never answer.
+    """
+    from service.providers.simulator import default_world, serve_simulator
+
+    world = default_world(fixed_latency_ms=5)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="simulator", daemon=True)
+    thread.start()
+    handle = asyncio.run_coroutine_threadsafe(serve_simulator(world, "127.0.0.1", 0), loop)
+    running = handle.result(timeout=30)
+    try:
+        yield RunningSimulator(running.base_url, running.root_url, world)
+    finally:
+        asyncio.run_coroutine_threadsafe(running.close(), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
