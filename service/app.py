@@ -20,6 +20,7 @@ from litestar.openapi import OpenAPIConfig
 
 from service import __version__
 from service.api import ROUTES
+from service.api.auth import auth_middleware
 from service.api.deps import Services
 from service.api.errors import EXCEPTION_HANDLERS
 from service.api.observability import metrics_endpoint, timing_middleware
@@ -81,6 +82,7 @@ def create_app(
                 tasks.append(asyncio.create_task(sweep_forever(store, runner)))
             app.state.services = Services(config=config, store=store, runner=runner, extras={})
             app.state.metrics = metrics
+            app.state.auth_required = settings.auth_required
             try:
                 yield
             finally:
@@ -92,7 +94,7 @@ def create_app(
 
     return Litestar(
         route_handlers=[*ROUTES, metrics_endpoint],
-        middleware=[timing_middleware],
+        middleware=[timing_middleware, auth_middleware],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=MAX_BODY_BYTES,

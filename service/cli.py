@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -305,6 +306,9 @@ def up_command(
     from service.serving import embedded_postgres
 
     settings: Settings = ctx.obj["settings"].with_overrides(database_url=ctx.obj["database_url"])
+    # One machine, one user: keys are off unless asked for (FUSION_LEDGER_AUTH=on).
+    wanted = (settings.environ or {}).get("FUSION_LEDGER_AUTH", "off").lower()
+    settings = replace(settings, auth_required=wanted in ("on", "1", "true"))
     if settings.database_url:
         _serve(settings, config_path, host, port, simulator_port)
         return
@@ -388,9 +392,11 @@ def fuse_command(
 
 
 def _register_commands() -> None:
+    from service.cli_keys import keys_group
     from service.providers.simulator.command import simulate_command
 
     main.add_command(simulate_command)
+    main.add_command(keys_group)
 
 
 _register_commands()

@@ -21,6 +21,7 @@ class Settings:
     log_level: str = "info"
     pool_min_size: int = 2
     pool_max_size: int = 10
+    auth_required: bool = False  # from_env turns it on unless FUSION_LEDGER_AUTH=off
     environ: Mapping[str, str] | None = None
 
     @classmethod
@@ -37,6 +38,7 @@ class Settings:
             log_format=env.get("FUSION_LEDGER_LOG_FORMAT", "auto"),
             log_level=env.get("FUSION_LEDGER_LOG_LEVEL", "info"),
             pool_max_size=int(env.get("FUSION_LEDGER_POOL_SIZE", "10")),
+            auth_required=env.get("FUSION_LEDGER_AUTH", "on").lower() not in ("off", "0", "false"),
             environ=env,
         )
 
