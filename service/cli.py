@@ -206,13 +206,14 @@ def digest_command(
 
 
 def _banner(running: Any, url: str, *, as_json: bool = False) -> None:
+    out = Console(stderr=True, soft_wrap=True)  # no wrapping: lines stay copy-pasteable
     if running.simulator_url:
-        err_console.print(
+        out.print(
             f"[yellow]no provider configured:[/yellow] using the built-in simulator "
             f"(a test double of remote model providers) at {running.simulator_url}"
         )
-    err_console.print(f"Fusion Ledger listening on [bold]{url}[/bold]  (OpenAPI: {url}/schema)")
-    err_console.print(
+    out.print(f"Fusion Ledger listening on [bold]{url}[/bold]  (OpenAPI: {url}/schema)")
+    out.print(
         "try:  curl -s " + url + "/v1/fusions -H 'content-type: application/json' "
         '-d \'{"prompt": "What is 17 + 25 * 2? Reply with the number."}\''
     )
