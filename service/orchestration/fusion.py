@@ -38,6 +38,7 @@ from service.orchestration.plan import FusionPlan, stable_seed
 from service.orchestration.run_writer import RunWriter
 from service.providers.outcomes import CallFailed
 from service.store import EventStore, WrongExpectedVersion
+from service.tracing import model_call_span, record_call, run_span
 
 log = structlog.get_logger("fusion")
 
@@ -110,7 +111,9 @@ class FusionRunner:
         writer = RunWriter(
             self.store, stream_id, plan.client.tenant, plan.client.actor, self._count_appended
         )
-        bound = log.bind(run_id=str(run_id))
+        # Every log line of this run (its task and the member tasks it starts) names it.
+        structlog.contextvars.bind_contextvars(run_id=str(run_id))
+        bound = log
         started = time.perf_counter()
         members = plan.members()
         requested = _requested(run_id, plan)
@@ -120,7 +123,8 @@ class FusionRunner:
         except WrongExpectedVersion:
             return await self._existing(stream_id, plan, requested)
         try:
-            state = await self._drive(writer, plan, members, ids[1], started)
+            with run_span(str(run_id), plan.category, plan.preset):
+                state = await self._drive(writer, plan, members, ids[1], started)
         except asyncio.CancelledError:
             handle = self._open.get(run_id)
             reason: RunFailureReason = "cancelled"
@@ -231,10 +235,16 @@ class FusionRunner:
         seed = member.params.seed
         if seed is None:
             seed = stable_seed(run_key, member.member_id)
-        outcome = await self.caller.complete(
-            member.model, plan.messages, member.params, timeout_s=max(timeout, 0.001), seed=seed
-        )
         provider = self.caller.provider_of(member.model)
+        with model_call_span(provider, member.model, "member") as span:
+            outcome = await self.caller.complete(
+                member.model,
+                plan.messages,
+                member.params,
+                timeout_s=max(timeout, 0.001),
+                seed=seed,
+            )
+            record_call(span, outcome)
         kind = outcome.error_kind if isinstance(outcome, CallFailed) else "ok"
         self.metrics.provider_latency.labels(member.model, kind).observe(outcome.latency_ms / 1000)
         event: Event

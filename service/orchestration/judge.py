@@ -29,6 +29,7 @@ from service.domain.judging import (
 )
 from service.orchestration.caller import ModelCaller
 from service.providers.outcomes import CallFailed
+from service.tracing import model_call_span, record_call
 
 FALLBACKS = ("vote", "first_success", "fail")
 JUDGE_PARAMS = GenerationParams(temperature=0.0)
@@ -85,9 +86,11 @@ async def run_judge(
         return _fallback(
             spec, who, candidates, "timeout", "no time left for the judge", "", 0.0, 0.0
         )
-    outcome = await caller.complete(
-        spec.model, judge_messages(ballot), JUDGE_PARAMS, timeout_s=timeout_s, seed=seed
-    )
+    with model_call_span(caller.provider_of(spec.model), spec.model, "judge") as span:
+        outcome = await caller.complete(
+            spec.model, judge_messages(ballot), JUDGE_PARAMS, timeout_s=timeout_s, seed=seed
+        )
+        record_call(span, outcome)
     latency = (time.perf_counter() - started) * 1000
     if isinstance(outcome, CallFailed):
         return _fallback(
