@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import click
 import msgspec
 from rich.console import Console
@@ -82,6 +83,8 @@ def migrate_command(ctx: click.Context, as_json: bool) -> None:
         applied = _run(_with_connection(url, migrate))
     except MigrationError as exc:
         _fail(str(exc))
+    except asyncpg.PostgresError as exc:
+        _fail(f"migration failed: {exc} (does this role own the schema?)")
     if as_json:
         _emit_json({"applied": applied})
     elif applied:

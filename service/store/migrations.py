@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 # One lock per schema, so isolated test schemas migrate independently.
 LOCK_SQL = "SELECT pg_advisory_lock(hashtext('fusion_ledger.migrate.' || current_schema()))"
 UNLOCK_SQL = "SELECT pg_advisory_unlock(hashtext('fusion_ledger.migrate.' || current_schema()))"
+LEDGER_EXISTS_SQL = "SELECT to_regclass('schema_migrations') IS NOT NULL"
 APPLIED_SQL = "SELECT version, name, checksum FROM schema_migrations ORDER BY version"
 RECORD_SQL = "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)"
 
@@ -69,9 +70,22 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
     return found
 
 
+async def is_up_to_date(conn: Connection, wanted: list[Migration]) -> bool:
+    """True when every migration is applied unchanged; reads only (no DDL, no lock),
+    so a service running as a role without CREATE can start on a migrated database."""
+    if not await conn.fetchval(LEDGER_EXISTS_SQL):
+        return False
+    applied = {r["version"]: r["checksum"] for r in await conn.fetch(APPLIED_SQL)}
+    return all(applied.get(m.version) == m.checksum for m in wanted) and set(applied) <= {
+        m.version for m in wanted
+    }
+
+
 async def migrate(conn: Connection, migrations: list[Migration] | None = None) -> list[str]:
     """Apply pending migrations; returns the names applied (empty when up to date)."""
     wanted = migrations if migrations is not None else load_migrations()
+    if await is_up_to_date(conn, wanted):
+        return []
     await conn.execute(LOCK_SQL)
     try:
         await conn.execute(CREATE_LEDGER_SQL)
