@@ -26,6 +26,7 @@ from service.api.errors import EXCEPTION_HANDLERS
 from service.api.observability import metrics_endpoint, timing_middleware
 from service.config import Config
 from service.metrics import Metrics
+from service.orchestration.batch import create_replays
 from service.orchestration.caller import ModelCaller
 from service.orchestration.fusion import FusionRunner
 from service.orchestration.sweeper import sweep_forever
@@ -83,6 +84,11 @@ def create_app(
             app.state.services = Services(config=config, store=store, runner=runner, extras={})
             app.state.metrics = metrics
             app.state.auth_required = settings.auth_required
+            # Replays (issue 6): batches a stopped process left unfinished resume here.
+            replays = create_replays(store, registry, config)
+            stack.push_async_callback(replays.close)
+            tasks.append(asyncio.create_task(replays.batches.resume_forever()))
+            app.state.services.extras["replays"] = replays
             try:
                 yield
             finally:

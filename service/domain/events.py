@@ -250,6 +250,41 @@ class ReplayRequested(Event, frozen=True, kw_only=True):
     force: bool = False
 
 
+class ReplayFilter(Part, frozen=True, kw_only=True):
+    """Which recorded runs a batch replays; times are ISO 8601 text."""
+
+    since: str | None = None
+    until: str | None = None
+    category: str | None = None
+    preset: str | None = None
+    model: str | None = None
+    has_ground_truth: bool | None = None
+
+
+class SourceRun(Part, frozen=True, kw_only=True):
+    """A run a batch replays, and the stream version its replay reads up to."""
+
+    run_id: str
+    stream_version: int
+
+
+class ReplayBatchRequested(Event, frozen=True, kw_only=True):
+    type: ClassVar[str] = "replay.batch.requested"
+    batch_id: str
+    filter: ReplayFilter
+    judge: JudgeSpec
+    concurrency: int
+    runs: list[SourceRun]
+    idempotency_key: str | None = None
+
+
+class ReplayBatchCompleted(Event, frozen=True, kw_only=True):
+    type: ClassVar[str] = "replay.batch.completed"
+    replayed: int
+    finalized: int
+    failed: int
+
+
 CATALOG: tuple[type[Event], ...] = (
     RunRequested,
     PanelSelected,
@@ -261,6 +296,8 @@ CATALOG: tuple[type[Event], ...] = (
     RunFailed,
     OutcomeRecorded,
     ReplayRequested,
+    ReplayBatchRequested,
+    ReplayBatchCompleted,
 )
 EVENT_TYPES: dict[str, type[Event]] = {cls.type: cls for cls in CATALOG}
 

@@ -1,0 +1,355 @@
+"""Batch replays: a filter's runs re-judged in the background, with bounded
+concurrency, resumable after a crash, each run replayed exactly once.
+
+A batch is a ``batch-<uuid>`` stream: ``replay.batch.requested`` holds the filter,
+the judge and the resolved list of source runs (with the stream version each replay
+reads up to); ``replay.batch.completed`` closes it. Progress is not stored anywhere:
+it is the set of replay streams that exist, and their ids are a function of
+(batch, run), so a restarted worker replays exactly the runs that lack one, and a
+duplicate worker loses on the log's ``no_stream`` check. One worker per batch across
+replicas holds a Postgres advisory lock; the others skip it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from service.config import Config
+from service.domain.events import (
+    Event,
+    JudgeSpec,
+    ReplayBatchCompleted,
+    ReplayBatchRequested,
+    ReplayFilter,
+    ReplayRequested,
+    RunFailed,
+    SourceRun,
+)
+from service.domain.judge_comparison import Comparison, compare_judges
+from service.domain.runs import fold
+from service.orchestration.caller import ModelCaller
+from service.orchestration.planning import InvalidRequest
+from service.orchestration.replay import (
+    REPLAY_NAMESPACE,
+    Replayer,
+    batch_replay_id,
+    check_judge,
+    stamp,
+)
+from service.orchestration.replay_sources import (
+    existing_streams,
+    judged_runs,
+    read_sources,
+    resolve_runs,
+    terminal_counts,
+    unfinished_batches,
+)
+from service.store import NO_STREAM, EventStore, NewEvent, WrongExpectedVersion
+
+log = structlog.get_logger("replay.batch")
+
+MAX_BATCH_RUNS = 50_000
+MAX_CONCURRENCY = 64
+VOTE_CHUNK = 64  # the vote needs no I/O: read and write 64 runs per round trip
+TRY_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtextextended($1, 42))"
+UNLOCK_SQL = "SELECT pg_advisory_unlock(hashtextextended($1, 42))"
+
+
+class BatchNotFound(LookupError):
+    """No batch with this id (for this tenant)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSubmitted:
+    """A batch accepted (or the one its Idempotency-Key made before)."""
+
+    batch_id: uuid.UUID
+    runs: int
+    existing: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BatchProgress:
+    """Where a batch stands and, once complete, how the judges compare."""
+
+    batch_id: uuid.UUID
+    request: ReplayBatchRequested
+    done: int
+    completed: ReplayBatchCompleted | None
+    comparison: Comparison | None
+
+    @property
+    def status(self) -> str:
+        """running | completed."""
+        return "running" if self.completed is None else "completed"
+
+
+class BatchReplayer:
+    """Accepts batches, drives them in background tasks, and reports on them."""
+
+    def __init__(self, store: EventStore, replayer: Replayer) -> None:
+        self.store = store
+        self.replayer = replayer
+        self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
+
+    async def submit(
+        self,
+        selection: ReplayFilter,
+        spec: JudgeSpec,
+        *,
+        concurrency: int,
+        tenant: str,
+        actor: str,
+        idempotency_key: str | None = None,
+    ) -> BatchSubmitted:
+        """Resolve the filter, record the batch and start it; raises InvalidRequest."""
+        check_judge(self.replayer.config, spec)
+        if not 1 <= concurrency <= MAX_CONCURRENCY:
+            raise InvalidRequest("concurrency", f"must be 1..{MAX_CONCURRENCY}")
+        runs = await resolve_runs(self.store, tenant, selection, MAX_BATCH_RUNS + 1)
+        if not runs:
+            raise InvalidRequest("filter", "no finalized runs match the filter")
+        if len(runs) > MAX_BATCH_RUNS:
+            raise InvalidRequest("filter", f"matches more than {MAX_BATCH_RUNS} runs; narrow it")
+        on_panel = sum(spec.model in r.panel for r in runs) if spec.model else 0
+        if spec.kind != "vote" and on_panel and not spec.allow_panel_model:
+            raise InvalidRequest(
+                "judge.model",
+                f"{spec.model} sat on the panel of {on_panel} of these runs; a generator does "
+                "not grade its own answers unless allow_panel_model is set",
+            )
+        batch_id = uuid.uuid4()
+        if idempotency_key is not None:
+            batch_id = uuid.uuid5(REPLAY_NAMESPACE, f"batch-key\x1f{tenant}\x1f{idempotency_key}")
+        requested = ReplayBatchRequested(
+            batch_id=str(batch_id),
+            filter=selection,
+            judge=spec,
+            concurrency=concurrency,
+            runs=[SourceRun(run_id=r.run_id, stream_version=r.stream_version) for r in runs],
+            idempotency_key=idempotency_key,
+        )
+        meta = {"correlation_id": str(batch_id), "causation_id": None}
+        try:
+            await self.store.append_to_stream(
+                f"batch-{batch_id}",
+                [NewEvent(requested, meta | {"tenant": tenant, "actor": actor})],
+                NO_STREAM,
+            )
+        except WrongExpectedVersion:
+            return await self._existing(batch_id, requested, tenant)
+        log.info("batch.requested", batch_id=str(batch_id), runs=len(runs), judge=spec.kind)
+        self.start(batch_id)
+        return BatchSubmitted(batch_id, len(runs), existing=False)
+
+    async def _existing(
+        self, batch_id: uuid.UUID, mine: ReplayBatchRequested, tenant: str
+    ) -> BatchSubmitted:
+        records = await self.store.read_stream(f"batch-{batch_id}")
+        theirs = records[0].decode()
+        assert isinstance(theirs, ReplayBatchRequested)
+        if (theirs.filter, theirs.judge) != (mine.filter, mine.judge) or records[
+            0
+        ].metadata_dict().get("tenant") != tenant:
+            raise InvalidRequest("Idempotency-Key", "already used for a different batch")
+        self.start(batch_id)
+        return BatchSubmitted(batch_id, len(theirs.runs), existing=True)
+
+    def start(self, batch_id: uuid.UUID) -> None:
+        """Drive the batch in a background task, unless this process already does."""
+        if batch_id in self._tasks:
+            return
+        task = asyncio.create_task(self._drive(batch_id), name=f"replay-batch-{batch_id}")
+        self._tasks[batch_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(batch_id, None))
+
+    async def resume_unfinished(self) -> int:
+        """Start every batch that has no replay.batch.completed; returns how many."""
+        started = 0
+        for stream_id in await unfinished_batches(self.store):
+            batch_id = uuid.UUID(stream_id.removeprefix("batch-"))
+            if batch_id not in self._tasks:
+                self.start(batch_id)
+                started += 1
+        return started
+
+    async def resume_forever(self, interval_s: float = 30.0) -> None:
+        """Resume at start, then pick up batches a dead replica left, until cancelled."""
+        while True:
+            try:
+                resumed = await self.resume_unfinished()
+                if resumed:
+                    log.info("batch.resumed", batches=resumed)
+            except Exception:
+                log.exception("batch.resume_failed")
+            await asyncio.sleep(interval_s)
+
+    async def wait(self, batch_id: uuid.UUID) -> None:
+        """Until this process's task for the batch ends (tests and the CLI's local use)."""
+        task = self._tasks.get(batch_id)
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def close(self) -> None:
+        """Stop every batch task; what they wrote is whole, the rest resumes later."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+    async def progress(
+        self, batch_id: uuid.UUID, tenant: str, *, report: bool = True
+    ) -> BatchProgress:
+        """Replays done so far; the judge comparison once the batch completed."""
+        records = await self.store.read_stream(f"batch-{batch_id}")
+        if not records or records[0].metadata_dict().get("tenant") != tenant:
+            raise BatchNotFound(f"no batch {batch_id}")
+        requested = records[0].decode()
+        assert isinstance(requested, ReplayBatchRequested)
+        completed = records[-1].decode() if len(records) > 1 else None
+        assert completed is None or isinstance(completed, ReplayBatchCompleted)
+        ids = [batch_replay_id(batch_id, r.run_id) for r in requested.runs]
+        done = len(await existing_streams(self.store, [f"replay-{i}" for i in ids]))
+        comparison = None
+        if completed is not None and report:
+            pairs = [(r.run_id, str(i)) for r, i in zip(requested.runs, ids, strict=True)]
+            comparison = compare_judges(await judged_runs(self.store, pairs))
+        return BatchProgress(batch_id, requested, done, completed, comparison)
+
+    async def _drive(self, batch_id: uuid.UUID) -> None:
+        stream_id = f"batch-{batch_id}"
+        async with self.store.pool.acquire() as lock:
+            if not await lock.fetchval(TRY_LOCK_SQL, stream_id):
+                return  # another replica drives it
+            try:
+                await self._replay_batch(batch_id, stream_id)
+            except asyncio.CancelledError:
+                log.info("batch.interrupted", batch_id=str(batch_id))
+                raise
+            except Exception:
+                log.exception("batch.failed", batch_id=str(batch_id))
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(lock.fetchval(UNLOCK_SQL, stream_id))
+
+    async def _replay_batch(self, batch_id: uuid.UUID, stream_id: str) -> None:
+        records = await self.store.read_stream(stream_id)
+        if len(records) != 1:
+            return  # completed already
+        requested = records[0].decode()
+        assert isinstance(requested, ReplayBatchRequested)
+        meta = records[0].metadata_dict()
+        tenant, actor, cause = meta["tenant"], meta["actor"], str(records[0].event_id)
+        ids = {r.run_id: f"replay-{batch_replay_id(batch_id, r.run_id)}" for r in requested.runs}
+        done = await existing_streams(self.store, list(ids.values()))
+        todo = [r for r in requested.runs if ids[r.run_id] not in done]
+        size = VOTE_CHUNK if requested.judge.kind == "vote" else 1
+        chunks: asyncio.Queue[list[SourceRun]] = asyncio.Queue()
+        for start in range(0, len(todo), size):
+            chunks.put_nowait(todo[start : start + size])
+
+        async def worker() -> None:
+            while not chunks.empty():
+                chunk = chunks.get_nowait()
+                await self._replay_chunk(requested, chunk, tenant, actor, cause)
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(requested.concurrency, chunks.qsize())):
+                group.create_task(worker())
+        finalized, failed = await terminal_counts(self.store, list(ids.values()))
+        completed = ReplayBatchCompleted(
+            replayed=finalized + failed, finalized=finalized, failed=failed
+        )
+        closing = NewEvent(
+            completed,
+            {
+                "correlation_id": str(batch_id),
+                "causation_id": cause,
+                "tenant": tenant,
+                "actor": "replay-worker",
+            },
+        )
+        with contextlib.suppress(WrongExpectedVersion):
+            await self.store.append_to_stream(stream_id, [closing], 1)
+        log.info("batch.completed", batch_id=str(batch_id), replayed_now=len(todo), failed=failed)
+
+    async def _replay_chunk(
+        self,
+        requested: ReplayBatchRequested,
+        chunk: Sequence[SourceRun],
+        tenant: str,
+        actor: str,
+        cause: str,
+    ) -> None:
+        sources = await read_sources(self.store, chunk)
+
+        async def one(run: SourceRun) -> tuple[str, list[NewEvent]]:
+            replay_id = batch_replay_id(requested.batch_id, run.run_id)
+            events = await self._rejudge(requested, run, sources.get(run.run_id, []), replay_id)
+            return f"replay-{replay_id}", stamp(events, replay_id, tenant, actor, cause)
+
+        writes = await asyncio.gather(*(one(run) for run in chunk))
+        await self._append_all(writes)
+
+    async def _rejudge(
+        self,
+        requested: ReplayBatchRequested,
+        run: SourceRun,
+        events: list[Event],
+        replay_id: uuid.UUID,
+    ) -> list[Event]:
+        source = fold(events)
+        if source.request is None or source.finalized is None:
+            # Resolved as finalized, so this cannot happen short of a damaged log; the
+            # replay still records it, so the batch ends and says what went wrong.
+            return [
+                ReplayRequested(
+                    replay_id=str(replay_id),
+                    source_run_id=run.run_id,
+                    source_stream_version=source.version,
+                    judge=requested.judge,
+                    batch_id=requested.batch_id,
+                ),
+                RunFailed(reason="internal_error", message="source run has no final answer"),
+            ]
+        return await self.replayer.rejudge(
+            replay_id, run.run_id, source, requested.judge, batch_id=requested.batch_id
+        )
+
+    async def _append_all(self, writes: Sequence[tuple[str, list[NewEvent]]]) -> None:
+        """All streams in one transaction (one commit); one by one if any exists already."""
+        try:
+            async with self.store.pool.acquire() as conn, conn.transaction():
+                for stream_id, events in writes:
+                    await self.store.append_to_stream(stream_id, events, NO_STREAM, connection=conn)
+        except WrongExpectedVersion:
+            for stream_id, events in writes:
+                with contextlib.suppress(WrongExpectedVersion):
+                    await self.store.append_to_stream(stream_id, events, NO_STREAM)
+
+
+@dataclass(frozen=True, slots=True)
+class Replays:
+    """Single and batch replays, as the application's lifespan owns them."""
+
+    replayer: Replayer
+    batches: BatchReplayer
+
+    async def close(self) -> None:
+        """Stop batch workers and replays in flight (each resumes or is retried later)."""
+        await self.batches.close()
+        await self.replayer.close()
+
+
+def create_replays(store: EventStore, caller: ModelCaller, config: Config) -> Replays:
+    """The replay services for one process."""
+    replayer = Replayer(store, caller, config)
+    return Replays(replayer, BatchReplayer(store, replayer))

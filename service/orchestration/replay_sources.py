@@ -1,0 +1,222 @@
+"""What batch replays read from the log: the runs a filter selects, source runs in
+chunks, which replay streams exist, and what a judge comparison needs.
+
+Until the runs read model exists these read the events table directly (as
+service/api/runs.py does); every per-run lookup goes through the unique
+(stream_id, stream_version) index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import msgspec
+
+from service.domain.events import Event, ReplayFilter, SourceRun
+from service.domain.judge_comparison import JudgedRun
+from service.store import EventStore
+from service.store.codec import decode_event
+
+RESOLVE_RUNS_SQL = """
+SELECT r.stream_id, s.version,
+       ARRAY(SELECT jsonb_array_elements(p.data->'members')->>'model') AS panel
+FROM events r
+JOIN streams s ON s.stream_id = r.stream_id
+JOIN events p ON p.stream_id = r.stream_id AND p.stream_version = 2
+              AND p.event_type = 'panel.selected'
+WHERE r.event_type = 'run.requested' AND s.category = 'run'
+  AND r.metadata->>'tenant' = $1
+  AND ($2::timestamptz IS NULL OR r.recorded_at >= $2)
+  AND ($3::timestamptz IS NULL OR r.recorded_at < $3)
+  AND ($4::text IS NULL OR r.data->>'category' = $4)
+  AND ($5::text IS NULL OR r.data->>'preset' = $5)
+  AND ($6::text IS NULL
+       OR p.data->'members' @> jsonb_build_array(jsonb_build_object('model', $6::text)))
+  AND EXISTS (SELECT 1 FROM events f
+              WHERE f.stream_id = r.stream_id AND f.event_type = 'answer.finalized')
+  AND ($7::boolean IS NULL OR $7 = EXISTS (
+        SELECT 1 FROM events o
+        WHERE o.stream_id = r.stream_id AND o.event_type = 'outcome.recorded'
+          AND o.data->>'expected' IS NOT NULL))
+ORDER BY r.global_position
+LIMIT $8
+"""
+
+READ_SOURCES_SQL = """
+SELECT e.stream_id, e.event_type, e.schema_version, e.data
+FROM unnest($1::text[], $2::int[]) AS s(stream_id, up_to)
+JOIN events e ON e.stream_id = s.stream_id AND e.stream_version <= s.up_to
+ORDER BY e.stream_id, e.stream_version
+"""
+
+EXISTING_STREAMS_SQL = "SELECT stream_id FROM streams WHERE stream_id = ANY($1::text[])"
+
+UNFINISHED_BATCHES_SQL = """
+SELECT stream_id FROM streams WHERE category = 'batch' AND version = 1 ORDER BY created_at
+"""
+
+# Prompts stay in the database: run.requested contributes its category only.
+COMPARISON_SQL = """
+SELECT e.stream_id, e.event_type,
+       CASE WHEN e.event_type = 'run.requested'
+            THEN jsonb_build_object('category', e.data->'category') ELSE e.data END AS data
+FROM unnest($1::text[]) AS s(stream_id)
+JOIN events e ON e.stream_id = s.stream_id
+WHERE e.event_type IN ('run.requested', 'judge.decided', 'judge.failed',
+                       'answer.finalized', 'run.failed', 'outcome.recorded')
+ORDER BY e.stream_id, e.stream_version
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedRun:
+    """A run a filter selected: where its replay reads up to, and who sat on its panel."""
+
+    run_id: str
+    stream_version: int
+    panel: tuple[str, ...]
+
+
+async def resolve_runs(
+    store: EventStore, tenant: str, selection: ReplayFilter, limit: int
+) -> list[ResolvedRun]:
+    """Finalized runs of the tenant matching the filter, oldest first, at most limit."""
+    rows = await store.pool.fetch(
+        RESOLVE_RUNS_SQL,
+        tenant,
+        _moment(selection.since),
+        _moment(selection.until),
+        selection.category,
+        selection.preset,
+        selection.model,
+        selection.has_ground_truth,
+        limit,
+    )
+    return [
+        ResolvedRun(r["stream_id"].removeprefix("run-"), r["version"], tuple(r["panel"]))
+        for r in rows
+    ]
+
+
+def _moment(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+async def read_sources(store: EventStore, runs: Sequence[SourceRun]) -> dict[str, list[Event]]:
+    """The events of several runs, each up to its recorded version, in one query."""
+    rows = await store.pool.fetch(
+        READ_SOURCES_SQL,
+        [f"run-{r.run_id}" for r in runs],
+        [r.stream_version for r in runs],
+    )
+    events: dict[str, list[Event]] = {}
+    for row in rows:
+        decoded = decode_event(row["event_type"], row["schema_version"], row["data"])
+        events.setdefault(row["stream_id"].removeprefix("run-"), []).append(decoded)
+    return events
+
+
+async def existing_streams(store: EventStore, stream_ids: Sequence[str]) -> set[str]:
+    """Which of these streams exist."""
+    rows = await store.pool.fetch(EXISTING_STREAMS_SQL, list(stream_ids))
+    return {r["stream_id"] for r in rows}
+
+
+TERMINAL_COUNTS_SQL = """
+SELECT count(*) FILTER (WHERE e.event_type = 'answer.finalized') AS finalized,
+       count(*) FILTER (WHERE e.event_type = 'run.failed') AS failed
+FROM unnest($1::text[]) AS s(stream_id)
+JOIN events e ON e.stream_id = s.stream_id
+WHERE e.event_type IN ('answer.finalized', 'run.failed')
+"""
+
+
+async def terminal_counts(store: EventStore, stream_ids: Sequence[str]) -> tuple[int, int]:
+    """How many of these replay streams ended in answer.finalized, and in run.failed."""
+    row = await store.pool.fetchrow(TERMINAL_COUNTS_SQL, list(stream_ids))
+    assert row is not None
+    return int(row["finalized"]), int(row["failed"])
+
+
+async def unfinished_batches(store: EventStore) -> list[str]:
+    """Stream ids of batches without replay.batch.completed."""
+    return [r["stream_id"] for r in await store.pool.fetch(UNFINISHED_BATCHES_SQL)]
+
+
+class _Category(msgspec.Struct):
+    category: str
+
+
+class _Judged(msgspec.Struct):
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+
+
+class _Final(msgspec.Struct):
+    answer: str
+
+
+class _Outcome(msgspec.Struct):
+    expected: str | None = None
+
+
+@dataclass(slots=True)
+class _Facts:
+    category: str = ""
+    judge_cost: float = 0.0
+    judge_latency: float = 0.0
+    fell_back: bool = False
+    answer: str | None = None
+    closed: bool = False
+    expected: str | None = None
+
+
+async def judged_runs(store: EventStore, pairs: Sequence[tuple[str, str]]) -> list[JudgedRun]:
+    """(source run id, replay id) pairs whose replay is recorded, as comparison input.
+
+    Ground truth is the latest outcome.recorded that names an expected answer, read
+    now: outcomes recorded after the replay still count.
+    """
+    ids = [f"run-{run}" for run, _ in pairs] + [f"replay-{replay}" for _, replay in pairs]
+    facts: dict[str, _Facts] = {}
+    for row in await store.pool.fetch(COMPARISON_SQL, ids):
+        _absorb(facts.setdefault(row["stream_id"], _Facts()), row["event_type"], row["data"])
+    judged: list[JudgedRun] = []
+    for run, replay in pairs:
+        original, new = facts.get(f"run-{run}"), facts.get(f"replay-{replay}")
+        if original is None or new is None or not new.closed or original.answer is None:
+            continue
+        judged.append(
+            JudgedRun(
+                category=original.category,
+                original_answer=original.answer,
+                replay_answer=new.answer,
+                expected=original.expected,
+                original_judge_cost_usd=original.judge_cost,
+                original_judge_latency_ms=original.judge_latency,
+                replay_judge_cost_usd=new.judge_cost,
+                replay_judge_latency_ms=new.judge_latency,
+                replay_fell_back=new.fell_back,
+            )
+        )
+    return judged
+
+
+def _absorb(facts: _Facts, event_type: str, data: str) -> None:
+    match event_type:
+        case "run.requested":
+            facts.category = msgspec.json.decode(data, type=_Category).category
+        case "judge.decided" | "judge.failed":
+            judged = msgspec.json.decode(data, type=_Judged)
+            facts.judge_cost, facts.judge_latency = judged.cost_usd, judged.latency_ms
+            facts.fell_back = event_type == "judge.failed"
+        case "answer.finalized":
+            facts.answer, facts.closed = msgspec.json.decode(data, type=_Final).answer, True
+        case "run.failed":
+            facts.closed = True
+        case "outcome.recorded":
+            expected = msgspec.json.decode(data, type=_Outcome).expected
+            if expected is not None:
+                facts.expected = expected
