@@ -9,6 +9,7 @@ database's own function.
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 import uuid
 from collections.abc import Mapping
@@ -65,7 +66,7 @@ class RecordedEvent:
         return result
 
 
-def encode_json(value: Any) -> str:
+def encode_json(value: Any, name: str = "value") -> str:
     """JSON text for a jsonb column, refusing what jsonb cannot hold."""
     try:
         raw = _ENCODER.encode(value)
@@ -73,16 +74,32 @@ def encode_json(value: Any) -> str:
         raise UnstorableEvent(str(exc)) from exc
     if b"\\u0000" in raw:
         raise UnstorableEvent("jsonb cannot store the NUL character (\\u0000)")
+    # msgspec writes NaN and infinity as null, at any depth: the value would be lost
+    # silently (or stored where a float is required and fail to decode later).
+    if b"null" in raw:
+        where = _non_finite_float(msgspec.to_builtins(value), name)
+        if where is not None:
+            raise UnstorableEvent(f"{where} is not a finite number")
     return raw.decode()
+
+
+def _non_finite_float(value: Any, path: str) -> str | None:
+    """The path of the first NaN or infinity inside a JSON-like value, if any."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    items: Any = value.items() if isinstance(value, dict) else None
+    if isinstance(value, list):
+        items = enumerate(value)
+    for key, item in items or ():
+        found = _non_finite_float(item, f"{path}.{key}")
+        if found is not None:
+            return found
+    return None
 
 
 def encode_event(event: Event) -> str:
     """The data column for an event (its fields, without the type name)."""
-    for name in event.__struct_fields__:
-        value = getattr(event, name)
-        if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-            raise UnstorableEvent(f"{event.type}.{name} is not a finite number")
-    return encode_json(event)
+    return encode_json(event, event.type)
 
 
 def decode_event(event_type: str, schema_version: int, data: str | bytes) -> Event:

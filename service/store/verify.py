@@ -23,12 +23,24 @@ SELECT global_position, transaction_id::text::bigint AS transaction_id, stream_i
 FROM events ORDER BY stream_id, stream_version
 """
 STREAM_HEADS_SQL = "SELECT stream_id, version, last_hash FROM streams"
+# A digest covers a prefix of the log in commit order (check_digest re-reads exactly
+# "everything up to the digest's checkpoint"). With a position limit the prefix ends
+# before the first event beyond it: commit order and position order can differ, so
+# filtering on position alone would leave holes that check_digest reads as tampering.
 DIGEST_SQL = """
-SELECT transaction_id::text::bigint AS transaction_id, global_position, stream_id, hash
-FROM events
-WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-  AND global_position <= $1
-ORDER BY transaction_id, global_position
+WITH beyond AS MATERIALIZED (
+    SELECT transaction_id, global_position FROM events
+    WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot()) AND global_position > $1
+    ORDER BY transaction_id, global_position
+    LIMIT 1
+)
+SELECT e.transaction_id::text::bigint AS transaction_id, e.global_position, e.stream_id, e.hash
+FROM events e
+WHERE e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+  AND NOT EXISTS (
+      SELECT 1 FROM beyond b
+      WHERE (e.transaction_id, e.global_position) >= (b.transaction_id, b.global_position))
+ORDER BY e.transaction_id, e.global_position
 """
 EXTENDS_SQL = """
 SELECT transaction_id::text::bigint AS transaction_id, global_position, stream_id, hash
@@ -99,9 +111,12 @@ async def verify_chains(conn: asyncpg.Connection, progress: Progress | None = No
     broken = False
 
     def close_stream() -> None:
-        if current is None or broken:
+        if current is None:
             return
+        # Pop even a broken stream's head: one left behind reads as "all events missing".
         head = heads.pop(current, None)
+        if broken:
+            return
         if head is None:
             report.problems.append(
                 Problem(current, None, None, None, "stream has no bookkeeping row")
