@@ -1,0 +1,152 @@
+"""Migrations: applied once each, safe to repeat and to race, refused when files drift."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from service.store.database import connect
+from service.store.migrations import Migration, MigrationError, load_migrations, migrate
+from tests.conftest import with_search_path
+
+CLI = Path(sys.executable).with_name("fusion-ledger")
+ALL = [f"{m.version:04d}_{m.name}" for m in load_migrations()]
+
+
+@pytest.fixture
+async def fresh_url(postgres_url: str) -> AsyncIterator[str]:
+    """The URL of an empty schema (nothing migrated), dropped afterwards."""
+    schema = f"m_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres_url)
+    await admin.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield with_search_path(postgres_url, schema)
+    finally:
+        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await admin.close()
+
+
+async def recorded(conn: asyncpg.Connection) -> list[tuple[int, str]]:
+    rows = await conn.fetch("SELECT version, checksum FROM schema_migrations ORDER BY version")
+    return [(r["version"], r["checksum"]) for r in rows]
+
+
+async def table_exists(conn: asyncpg.Connection, name: str) -> bool:
+    return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name))
+
+
+def extra(version: int, sql: str) -> Migration:
+    return Migration(version, f"extra_{version}", sql)
+
+
+async def test_migrate_twice_applies_once(fresh_url: str) -> None:
+    conn = await connect(fresh_url)
+    try:
+        assert ALL, "there are migration files"
+        assert await migrate(conn) == ALL
+        before = await recorded(conn)
+        assert await migrate(conn) == []
+        assert await recorded(conn) == before
+        assert [v for v, _ in before] == [m.version for m in load_migrations()]
+        assert await table_exists(conn, "events")
+    finally:
+        await conn.close()
+
+
+async def test_concurrent_migrators_both_succeed_and_apply_once(fresh_url: str) -> None:
+    first, second = await connect(fresh_url), await connect(fresh_url)
+    try:
+        results = await asyncio.gather(migrate(first), migrate(second))
+        assert sorted(results[0] + results[1]) == ALL, "each migration applied exactly once"
+        assert len(await recorded(first)) == len(ALL)
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_changed_applied_migration_is_refused_and_nothing_applied(fresh_url: str) -> None:
+    conn = await connect(fresh_url)
+    try:
+        await migrate(conn)
+        before = await recorded(conn)
+        edited = [
+            dataclasses.replace(m, sql=m.sql + "\n-- edited after it was applied\n")
+            if i == 0
+            else m
+            for i, m in enumerate(load_migrations())
+        ]
+        pending = extra(9000, "CREATE TABLE should_not_exist (id int)")
+        with pytest.raises(MigrationError, match="changed after it was applied"):
+            await migrate(conn, [*edited, pending])
+        assert await recorded(conn) == before
+        assert not await table_exists(conn, "should_not_exist")
+        # The advisory lock was released: a correct run goes through at once.
+        assert await asyncio.wait_for(migrate(conn, [*load_migrations(), pending]), 30) == [
+            "9000_extra_9000"
+        ]
+        assert await table_exists(conn, "should_not_exist")
+    finally:
+        await conn.close()
+
+
+async def test_unknown_applied_version_is_refused(fresh_url: str) -> None:
+    known = load_migrations()
+    future = extra(9001, "CREATE TABLE from_the_future (id int)")
+    conn = await connect(fresh_url)
+    try:
+        # Applied by newer code than ours, and one of ours is still pending.
+        await migrate(conn, [*known[:-1], future])
+        before = await recorded(conn)
+        with pytest.raises(MigrationError, match="does not know"):
+            await migrate(conn, known)
+        assert await recorded(conn) == before
+        assert known[-1].version not in [v for v, _ in before]
+    finally:
+        await conn.close()
+
+
+async def test_failing_migration_leaves_nothing_behind(fresh_url: str) -> None:
+    broken = extra(9002, "CREATE TABLE half_done (id int);\nSELECT * FROM no_such_table;")
+    conn = await connect(fresh_url)
+    try:
+        with pytest.raises(asyncpg.PostgresError):
+            await migrate(conn, [*load_migrations(), broken])
+        # The good migrations before it stay applied; the broken one left no trace.
+        assert [v for v, _ in await recorded(conn)] == [m.version for m in load_migrations()]
+        assert not await table_exists(conn, "half_done")
+        assert await migrate(conn) == []
+    finally:
+        await conn.close()
+
+
+async def test_cli_migrate_twice(fresh_url: str) -> None:
+    async def run() -> tuple[int, str]:
+        command = [str(CLI)] if CLI.exists() else [sys.executable, "-m", "service"]
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            "--database-url",
+            fresh_url,
+            "migrate",
+            "--json",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
+        )
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0, err.decode()
+        return process.returncode, out.decode()
+
+    first, second = await asyncio.gather(run(), run())
+    applied = json.loads(first[1])["applied"] + json.loads(second[1])["applied"]
+    assert sorted(applied) == ALL
+    _, third = await run()
+    assert json.loads(third)["applied"] == []
