@@ -397,9 +397,11 @@ def fuse_command(
 
 def _register_commands() -> None:
     from service.cli_keys import keys_group
+    from service.cli_replay import replay_command
     from service.providers.simulator.command import simulate_command
 
     main.add_command(simulate_command)
+    main.add_command(replay_command)
     main.add_command(keys_group)
 
 

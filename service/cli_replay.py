@@ -1,0 +1,262 @@
+"""``fusion-ledger replay``: re-judge past runs through a running service's HTTP API,
+with a progress bar while the batch runs and the judge comparison as aligned tables."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+import httpx
+import msgspec
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+_RELATIVE = re.compile(r"^(\d+)\s*([mhdw])$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_moment(text: str, now: datetime | None = None) -> datetime:
+    """An ISO 8601 date or time, or a span back from now ('30m', '12h', '7d', '2w')."""
+    relative = _RELATIVE.match(text.strip())
+    if relative:
+        amount, unit = int(relative.group(1)), relative.group(2)
+        return (now or datetime.now(UTC)) - timedelta(**{_UNITS[unit]: amount})
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give an ISO date/time or a span like 7d") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def judge_body(
+    judge: str, weighted: bool, informed: bool, fallback: str, allow_panel_model: bool
+) -> dict[str, Any]:
+    """The judge spec from KIND[:MODEL]."""
+    kind, _, model = judge.partition(":")
+    body: dict[str, Any] = {"kind": kind, "fallback": fallback}
+    if model:
+        body["model"] = model
+    if weighted:
+        body["weighted"] = True
+    if informed:
+        body["informed"] = True
+    if allow_panel_model:
+        body["allow_panel_model"] = True
+    return body
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[red]error:[/red] {message}")
+    raise SystemExit(2)
+
+
+def _problem(response: httpx.Response) -> None:
+    try:
+        body = response.json()
+        _fail(f"{body.get('title', response.status_code)}: {body.get('detail', response.text)}")
+    except ValueError:
+        _fail(f"HTTP {response.status_code}: {response.text[:300]}")
+
+
+def _emit_json(value: Any) -> None:
+    sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
+
+
+@click.command("replay")
+@click.option(
+    "--judge", "judge", required=True, help="vote, or KIND:MODEL (select:sim/judge-strong)."
+)
+@click.option("--run", "run_id", default=None, help="Replay this one run instead of a batch.")
+@click.option("--since", default=None, help="Runs from this time (ISO 8601, or 7d / 12h back).")
+@click.option("--until", default=None, help="Runs before this time (ISO 8601, or a span back).")
+@click.option("--category", default=None)
+@click.option("--preset", default=None)
+@click.option("--model", default=None, help="Only runs with this model on the panel.")
+@click.option(
+    "--ground-truth/--no-ground-truth",
+    "has_ground_truth",
+    default=None,
+    help="Only runs with (or without) a recorded expected answer.",
+)
+@click.option("--weighted", is_flag=True, help="Weighted vote.")
+@click.option("--informed", is_flag=True, help="Give an LLM judge the members' track records.")
+@click.option("--fallback", type=click.Choice(["vote", "first_success", "fail"]), default="vote")
+@click.option("--allow-panel-model", is_flag=True, help="Let a panel model judge.")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.option("--force", is_flag=True, help="With --run: a new replay even if one exists.")
+@click.option(
+    "--url",
+    envvar="FUSION_LEDGER_URL",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    help="The service's base URL.",
+)
+@click.option("--poll", "poll_s", type=float, default=0.5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
+def replay_command(
+    judge: str,
+    run_id: str | None,
+    since: str | None,
+    until: str | None,
+    category: str | None,
+    preset: str | None,
+    model: str | None,
+    has_ground_truth: bool | None,
+    weighted: bool,
+    informed: bool,
+    fallback: str,
+    allow_panel_model: bool,
+    concurrency: int,
+    force: bool,
+    url: str,
+    poll_s: float,
+    as_json: bool,
+) -> None:
+    """Re-judge past runs with another judge (the panel is not called again) and
+    compare: agreement, accuracy on ground truth with 95% intervals, cost, latency."""
+    spec = judge_body(judge, weighted, informed, fallback, allow_panel_model)
+    base = url.rstrip("/")
+    with httpx.Client(base_url=base, timeout=120.0) as client:
+        try:
+            if run_id is not None:
+                _replay_one(client, run_id, spec, force, as_json)
+                return
+            selection: dict[str, Any] = {
+                "category": category,
+                "preset": preset,
+                "model": model,
+                "has_ground_truth": has_ground_truth,
+            }
+            if since:
+                selection["since"] = parse_moment(since).isoformat()
+            if until:
+                selection["until"] = parse_moment(until).isoformat()
+            body = {
+                "filter": {k: v for k, v in selection.items() if v is not None},
+                "judge": spec,
+                "concurrency": concurrency,
+            }
+            response = client.post("/v1/replays", json=body)
+            if response.status_code != 202:
+                _problem(response)
+            accepted = response.json()
+            report = _follow(client, accepted, poll_s, quiet=as_json)
+        except httpx.HTTPError as exc:
+            _fail(f"cannot reach the service at {url}: {exc}")
+            return
+    if as_json:
+        _emit_json(report)
+    else:
+        print_report(report)
+
+
+def _replay_one(
+    client: httpx.Client, run_id: str, spec: dict[str, Any], force: bool, as_json: bool
+) -> None:
+    response = client.post(f"/v1/runs/{run_id}/replays", json={"judge": spec, "force": force})
+    if response.status_code not in (200, 201):
+        _problem(response)
+    body = response.json()
+    if as_json:
+        _emit_json(body)
+        return
+    table = Table("", "original", "replay", title=f"replay {body['replay_id']}")
+    table.add_row("answer", str(body["original_answer"]), str(body["answer"]))
+    judge = body.get("judge") or {}
+    table.add_row("judge", "", f"{judge.get('kind')} {judge.get('model') or ''}".strip())
+    table.add_row("decided by", "", str(judge.get("decided_by")))
+    table.add_row("agrees", "", str(body["agrees_with_original"]))
+    table.add_row("judge cost $", "", f"{body['cost_usd']:.6f}")
+    console.print(table)
+    if body["existing"]:
+        console.print("[yellow]this replay existed already; --force makes a new one[/yellow]")
+
+
+def _follow(
+    client: httpx.Client, accepted: dict[str, Any], poll_s: float, *, quiet: bool
+) -> dict[str, Any]:
+    """Poll the batch until it completes, with a progress bar on stderr."""
+    status_url = accepted["status_url"]
+    progress = Progress(
+        TextColumn("replaying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=quiet,
+    )
+    with progress:
+        bar = progress.add_task("replay", total=accepted["runs"])
+        while True:
+            response = client.get(status_url)
+            if response.status_code != 200:
+                _problem(response)
+            body: dict[str, Any] = response.json()
+            progress.update(bar, completed=body["done"])
+            if body["status"] == "completed":
+                return body
+            time.sleep(poll_s)
+
+
+def _rate(p: dict[str, Any]) -> str:
+    if p["rate"] is None:
+        return "-"
+    return f"{p['rate']:.1%} [{p['ci_low']:.1%}, {p['ci_high']:.1%}]  ({p['successes']}/{p['n']})"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def print_report(batch: dict[str, Any]) -> None:
+    """The judge comparison as aligned tables."""
+    report = batch["report"]
+    judge = batch["judge"]
+    name = f"{judge['kind']} {judge['model'] or ''}".strip()
+    console.print(
+        f"batch {batch['batch_id']}: {report['replayed']} of {batch['runs']} runs replayed "
+        f"with [bold]{name}[/bold] ({report['failed']} failed, {report['fallbacks']} fallbacks)"
+    )
+    summary = Table("", "original judge", "replay judge", title="judges on the same runs")
+    truth = report["ground_truth"]
+    summary.add_row(
+        f"accuracy on ground truth (n={truth['n']})",
+        _rate(truth["original"]),
+        _rate(truth["replay"]),
+    )
+    summary.add_row("agreement with the original", "", _rate(report["agreement"]))
+    original, replay = report["original_judge"], report["replay_judge"]
+    summary.add_row(
+        "judge cost $ total",
+        f"{original['cost']['total_usd']:.6f}",
+        f"{replay['cost']['total_usd']:.6f}",
+    )
+    for label, key in (("mean", "mean_ms"), ("p50", "p50_ms"), ("p95", "p95_ms")):
+        summary.add_row(
+            f"judge latency ms {label}",
+            _ms(original["latency"][key]),
+            _ms(replay["latency"][key]),
+        )
+    console.print(summary)
+    if report["by_category"]:
+        table = Table(
+            "category", "n", "original", "replay", "difference", title="accuracy by category"
+        )
+        for row in report["by_category"]:
+            difference = row["difference"]
+            table.add_row(
+                row["category"],
+                str(row["n"]),
+                _rate(row["original"]),
+                _rate(row["replay"]),
+                "-" if difference is None else f"{difference:+.1%}",
+            )
+        console.print(table)

@@ -1,0 +1,70 @@
+"""Comparing judges (pure): Wilson intervals, failed replays, categories, percentiles."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.domain.judge_comparison import (
+    JudgedRun,
+    compare_judges,
+    percentile,
+    proportion,
+    wilson_interval,
+)
+
+
+def run(
+    original: str,
+    replay: str | None,
+    expected: str | None,
+    category: str = "math",
+    cost: float = 0.0,
+) -> JudgedRun:
+    return JudgedRun(
+        category=category,
+        original_answer=original,
+        replay_answer=replay,
+        expected=expected,
+        original_judge_cost_usd=0.0,
+        original_judge_latency_ms=0.0,
+        replay_judge_cost_usd=cost,
+        replay_judge_latency_ms=10.0,
+        replay_fell_back=False,
+    )
+
+
+def test_wilson_matches_published_values() -> None:
+    # 8 of 10: the textbook Wilson 95% interval is [0.490, 0.943]
+    low, high = wilson_interval(8, 10)
+    assert (round(low, 3), round(high, 3)) == (0.490, 0.943)
+    assert wilson_interval(0, 5)[0] == 0.0
+    assert wilson_interval(5, 5)[1] == 1.0
+    with pytest.raises(ValueError):
+        wilson_interval(0, 0)
+    assert proportion(0, 0).rate is None
+
+
+def test_a_failed_replay_is_wrong_and_disagrees() -> None:
+    report = compare_judges(
+        [
+            run("Answer: 4", "4", "4", cost=0.5),
+            run("Answer: 5", "4", "4", cost=0.25),
+            run("4", None, "4"),  # the new judge failed with fallback 'fail'
+            run("B", "C", None, category="mc"),  # no ground truth: agreement only
+        ]
+    )
+    assert (report.replayed, report.finalized, report.failed) == (4, 3, 1)
+    assert (report.agreement.successes, report.agreement.n) == (1, 4)
+    truth = report.ground_truth
+    assert (truth.n, truth.original.successes, truth.replay.successes) == (3, 2, 2)
+    assert truth.difference == 0.0
+    assert [row.category for row in report.by_category] == ["math"]
+    assert report.replay_judge.cost.total_usd == 0.75
+    assert report.replay_judge.latency.p95_ms == 10.0
+
+
+def test_nearest_rank_percentiles() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 95) == 95.0
+    assert percentile([], 50) is None
