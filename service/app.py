@@ -29,6 +29,7 @@ from service.metrics import Metrics
 from service.orchestration.batch import create_replays
 from service.orchestration.caller import ModelCaller
 from service.orchestration.fusion import FusionRunner
+from service.orchestration.router import Router, follow_log
 from service.orchestration.sweeper import sweep_forever
 from service.providers.http import create_http_client
 from service.providers.registry import ProviderRegistry
@@ -50,6 +51,7 @@ def create_app(
     caller: ModelCaller | None = None,
     run_migrations: bool = True,
     sweeper: bool = True,
+    router: Router | None = None,
 ) -> Litestar:
     """Build the application; resources open in its lifespan."""
     metrics = Metrics()
@@ -76,12 +78,16 @@ def create_app(
                 stack.push_async_callback(client.aclose)
             store = EventStore(db)
             registry = caller or ProviderRegistry(config, client, settings.secret)
-            runner = FusionRunner(store, registry, metrics)
+            router_ = router or Router(config)  # issue 5: profiles followed in memory
+            runner = FusionRunner(store, registry, metrics, router=router_)
             stack.push_async_callback(runner.close, "shutdown")
             tasks: list[asyncio.Task[Any]] = []
             if sweeper:
                 tasks.append(asyncio.create_task(sweep_forever(store, runner)))
-            app.state.services = Services(config=config, store=store, runner=runner, extras={})
+            tasks.append(asyncio.create_task(follow_log(router_, store)))
+            app.state.services = Services(
+                config=config, store=store, runner=runner, extras={"router": router_}
+            )
             app.state.metrics = metrics
             app.state.auth_required = settings.auth_required
             # Replays (issue 6): batches a stopped process left unfinished resume here.

@@ -30,11 +30,13 @@ from service.domain.events import (
     RunRequested,
 )
 from service.domain.judging import Candidate, question_text
+from service.domain.routing import RouteInfeasible
 from service.domain.runs import RunState, fold
 from service.metrics import Metrics
 from service.orchestration.caller import ModelCaller
 from service.orchestration.judge import run_judge
 from service.orchestration.plan import FusionPlan, stable_seed
+from service.orchestration.router import Router
 from service.orchestration.run_writer import RunWriter
 from service.providers.outcomes import CallFailed
 from service.store import EventStore, WrongExpectedVersion
@@ -60,11 +62,16 @@ class FusionRunner:
     """Starts runs and owns their tasks."""
 
     def __init__(
-        self, store: EventStore, caller: ModelCaller, metrics: Metrics | None = None
+        self,
+        store: EventStore,
+        caller: ModelCaller,
+        metrics: Metrics | None = None,
+        router: Router | None = None,
     ) -> None:
         self.store = store
         self.caller = caller
         self.metrics = metrics or Metrics()
+        self.router = router
         self._open: dict[uuid.UUID, RunHandle] = {}
 
     @property
@@ -115,9 +122,15 @@ class FusionRunner:
         structlog.contextvars.bind_contextvars(run_id=str(run_id))
         bound = log
         started = time.perf_counter()
-        members = plan.members()
         requested = _requested(run_id, plan)
-        selected = PanelSelected(members=members, method=plan.panel_method)
+        try:
+            plan = self._routed(plan, run_id)
+        except RouteInfeasible as exc:
+            return await self._unroutable(writer, plan, requested, exc, started)
+        members = plan.members()
+        selected = PanelSelected(
+            members=members, method=plan.panel_method, router=plan.router_decision
+        )
         try:
             ids = await writer.append(requested, selected)
         except WrongExpectedVersion:
@@ -186,6 +199,7 @@ class FusionRunner:
         self_judging = judge_spec.model is not None and judge_spec.model in {
             m.model for m in members
         }
+        weights = self._judge_weights(plan, judge_spec, state)
         result = await run_judge(
             self.caller,
             judge_spec,
@@ -193,6 +207,7 @@ class FusionRunner:
             successes,
             seed=stable_seed(run_key, "judge"),
             timeout_s=deadline - time.perf_counter(),
+            weights=weights,
             self_judging=self_judging,
         )
         (judge_event_id,) = await writer.append(result.event, caused_by=selected_id)
@@ -246,6 +261,8 @@ class FusionRunner:
             )
             record_call(span, outcome)
         kind = outcome.error_kind if isinstance(outcome, CallFailed) else "ok"
+        if self.router is not None:
+            self.router.record_call(member.model, failed=isinstance(outcome, CallFailed))
         self.metrics.provider_latency.labels(member.model, kind).observe(outcome.latency_ms / 1000)
         event: Event
         if isinstance(outcome, CallFailed):
@@ -275,6 +292,43 @@ class FusionRunner:
                 provider_response_id=outcome.provider_response_id,
             )
         await writer.append(event, caused_by=selected_id)
+
+    # --- the router (issue 5): automatic panels, learned judge weights -----------------
+
+    def _routed(self, plan: FusionPlan, run_id: uuid.UUID) -> FusionPlan:
+        if plan.route is None:
+            return plan
+        if self.router is None:
+            raise RouteInfeasible("panel", "automatic panels need a router; none is running")
+        return self.router.route_plan(plan, run_id)
+
+    async def _unroutable(
+        self,
+        writer: RunWriter,
+        plan: FusionPlan,
+        requested: RunRequested,
+        exc: RouteInfeasible,
+        started: float,
+    ) -> RunState:
+        """Valid at list prices, but the router finds no panel now (the profiles' costs
+        exceed the budget): the run fails on the record."""
+        try:
+            await writer.append(requested)
+        except WrongExpectedVersion:
+            return await self._existing(writer.stream_id, plan, requested)
+        over = exc.field == "max_cost_usd"
+        reason: RunFailureReason = "budget_exceeded" if over else "internal_error"
+        await self._fail(writer, reason, f"router: {exc}", started)
+        return fold(writer.recorded)
+
+    def _judge_weights(
+        self, plan: FusionPlan, spec: JudgeSpec, state: RunState
+    ) -> dict[str, float] | None:
+        """Posterior accuracy of each answering member, when the judge wants them."""
+        if self.router is None or not (spec.weighted or spec.informed):
+            return None
+        members = [(m.member_id, m.model) for m in state.succeeded]
+        return self.router.member_weights(plan.category, members)
 
     async def _fail(
         self,
@@ -317,7 +371,7 @@ def _requested(run_id: uuid.UUID, plan: FusionPlan) -> RunRequested:
         category_rule=plan.category_rule,
         tags=plan.tags,
         preset=plan.preset,
-        panel=plan.panel,
+        panel="auto" if plan.route is not None else plan.panel,
         judge=plan.judge,
         params=plan.params,
         client=plan.client,

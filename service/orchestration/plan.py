@@ -14,9 +14,19 @@ from service.domain.events import (
     Message,
     PanelMember,
     PanelRequest,
+    RouterDecision,
 )
 
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c2d0e-8a55-4c3e-9b7a-0f1e2d3c4b5a")
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    """An automatic panel, still to be picked by the router: k seats from the pool."""
+
+    k: int
+    pool: tuple[str, ...]
+    budget_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +49,8 @@ class FusionPlan:
     timeout_s: float
     member_timeout_s: float
     min_successes: int
+    route: RouteRequest | None = None  # panel "auto": the router fills ``panel``
+    router_decision: RouterDecision | None = None  # set once the router has picked
 
     def run_id(self) -> uuid.UUID:
         """A new run id, or the one the idempotency key always maps to."""

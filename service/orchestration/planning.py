@@ -9,7 +9,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from service.config import Config, PanelEntry, UnknownModel, UnknownPreset, infer_category
+from service.config import (
+    Config,
+    PanelEntry,
+    PresetConfig,
+    UnknownModel,
+    UnknownPreset,
+    infer_category,
+)
 from service.domain.events import (
     ClientIdentity,
     GenerationParams,
@@ -17,8 +24,10 @@ from service.domain.events import (
     Message,
     PanelRequest,
 )
+from service.domain.routing import RouteInfeasible
 from service.orchestration.judge import FALLBACKS
-from service.orchestration.plan import FusionPlan
+from service.orchestration.plan import FusionPlan, RouteRequest
+from service.orchestration.router import check_affordable, route_request
 
 PanelMethod = Literal["fixed", "preset", "router"]
 MAX_PROMPT_CHARS = 200_000
@@ -68,10 +77,11 @@ def plan_fusion(config: Config, ask: FusionAsk) -> FusionPlan:
     _check_judge(config, judge, panel, preset.allow_panel_judge)
     if ask.max_cost_usd is not None and ask.max_cost_usd < 0:
         raise InvalidRequest("max_cost_usd", "must be zero or more")
+    route = _route(config, ask, preset, judge) if method == "router" else None
     timeout = ask.timeout_s if ask.timeout_s is not None else preset.timeout_s
     if not 0 < timeout <= MAX_TIMEOUT_S:
         raise InvalidRequest("timeout_s", f"must be in (0, {MAX_TIMEOUT_S:g}] seconds")
-    seats = sum(p.samples for p in panel)
+    seats = route.k if route is not None else sum(p.samples for p in panel)
     quorum = ask.min_successes if ask.min_successes is not None else preset.min_successes
     quorum = min(quorum, seats) if ask.min_successes is None else quorum
     if not 1 <= quorum <= seats:
@@ -87,7 +97,7 @@ def plan_fusion(config: Config, ask: FusionAsk) -> FusionPlan:
         panel_method=method, judge=judge, params=ask.params, client=ask.client,
         idempotency_key=ask.idempotency_key, max_cost_usd=ask.max_cost_usd,
         timeout_s=timeout, member_timeout_s=min(preset.member_timeout_s, timeout),
-        min_successes=quorum,
+        min_successes=quorum, route=route,
     )  # fmt: skip
 
 
@@ -110,9 +120,7 @@ def _panel(
     config: Config, ask: FusionAsk, preset_panel: list[PanelEntry], preset_auto: bool
 ) -> tuple[list[PanelRequest], PanelMethod]:
     if ask.panel == "auto" or (ask.panel is None and preset_auto):
-        raise InvalidRequest(
-            "panel", "automatic panels need the router, which is not built yet; name the models"
-        )
+        return [], "router"
     if isinstance(ask.panel, str):
         raise InvalidRequest("panel", 'must be "auto" or a list of models')
     entries = (
@@ -133,6 +141,17 @@ def _panel(
         raise InvalidRequest("panel", f"at most {MAX_PANEL_SEATS} seats")
     requests = [PanelRequest(model=e.model, samples=e.samples, params=e.params) for e in entries]
     return requests, ("preset" if ask.panel is None else "fixed")
+
+
+def _route(config: Config, ask: FusionAsk, preset: PresetConfig, judge: JudgeSpec) -> RouteRequest:
+    """An automatic panel: checked now, picked by the router when the run starts."""
+    try:
+        request = route_request(config, preset, judge, budget_usd=ask.max_cost_usd)
+        check_affordable(config, request, ask.messages)
+    except RouteInfeasible as exc:
+        field = "panel" if exc.field in ("k", "pool") else exc.field
+        raise InvalidRequest(field, exc.message) from None
+    return request
 
 
 def _check_judge(

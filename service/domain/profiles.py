@@ -1,0 +1,258 @@
+"""Model error profiles as counts: what the router reads, and the maths that builds them.
+
+A ``ProfileSnapshot`` is an immutable view of the profile read models at one log
+checkpoint: per (model, category) ground-truth right / wrong, judge agreement, calls,
+failures, cost and latency; per (category, model pair) how often two panel members
+were wrong together. ``ProfileBuilder`` is the counting itself (one method per kind
+of fact), and ``ProfileFold`` applies it to run events in log order, so a snapshot can
+be rebuilt from the log up to any checkpoint (``route explain``) and a benchmark can
+update one after each prompt with the read models' maths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from service.domain.events import (
+    Event,
+    JudgeDecided,
+    OutcomeRecorded,
+    PanelCallFailed,
+    PanelCallSucceeded,
+    PanelSelected,
+    RunRequested,
+)
+
+START_CHECKPOINT = "0:0"
+
+
+@dataclass(frozen=True, slots=True)
+class CellStats:
+    """One model in one category (or overall): the counts of a model error profile."""
+
+    right: float = 0.0  # ground truth: the member's answer was right
+    wrong: float = 0.0
+    agree: float = 0.0  # the judge agreed with the member
+    disagree: float = 0.0
+    calls: int = 0
+    failures: int = 0
+    cost_usd: float = 0.0  # summed over successful calls
+    latency_ms: float = 0.0  # summed over all calls
+    output_tokens: float = 0.0  # summed over successful calls
+
+    def __add__(self, other: CellStats) -> CellStats:
+        return CellStats(
+            self.right + other.right,
+            self.wrong + other.wrong,
+            self.agree + other.agree,
+            self.disagree + other.disagree,
+            self.calls + other.calls,
+            self.failures + other.failures,
+            self.cost_usd + other.cost_usd,
+            self.latency_ms + other.latency_ms,
+            self.output_tokens + other.output_tokens,
+        )
+
+    def __sub__(self, other: CellStats) -> CellStats:
+        return CellStats(
+            self.right - other.right,
+            self.wrong - other.wrong,
+            self.agree - other.agree,
+            self.disagree - other.disagree,
+            self.calls - other.calls,
+            self.failures - other.failures,
+            self.cost_usd - other.cost_usd,
+            self.latency_ms - other.latency_ms,
+            self.output_tokens - other.output_tokens,
+        )
+
+    @property
+    def mean_cost_usd(self) -> float | None:
+        """Mean cost of a successful call, None without one."""
+        successes = self.calls - self.failures
+        return self.cost_usd / successes if successes > 0 else None
+
+    @property
+    def mean_output_tokens(self) -> float | None:
+        """Mean completion tokens of a successful call, None without one."""
+        successes = self.calls - self.failures
+        return self.output_tokens / successes if successes > 0 else None
+
+
+@dataclass(frozen=True, slots=True)
+class PairStats:
+    """Two panel seats graded against ground truth on the same runs."""
+
+    both_wrong: float = 0.0
+    one_wrong: float = 0.0
+    both_right: float = 0.0
+
+    def __add__(self, other: PairStats) -> PairStats:
+        return PairStats(
+            self.both_wrong + other.both_wrong,
+            self.one_wrong + other.one_wrong,
+            self.both_right + other.both_right,
+        )
+
+
+EMPTY_CELL = CellStats()
+EMPTY_PAIR = PairStats()
+
+
+def pair_key(category: str, a: str, b: str) -> tuple[str, str, str]:
+    """The key of a pair: category and the two models in sorted order."""
+    return (category, a, b) if a <= b else (category, b, a)
+
+
+@dataclass(frozen=True)
+class ProfileSnapshot:
+    """The profiles as of ``checkpoint`` ('transaction_id:global_position' of the log)."""
+
+    checkpoint: str = START_CHECKPOINT
+    cells: Mapping[tuple[str, str], CellStats] = field(default_factory=dict)
+    pairs: Mapping[tuple[str, str, str], PairStats] = field(default_factory=dict)
+    # Derived once per snapshot: overall per model and per pair, and per-category caches
+    # the router fills (snapshots never change, so caching is safe).
+    overall: dict[str, CellStats] = field(init=False, repr=False, compare=False)
+    overall_pairs: dict[tuple[str, str], PairStats] = field(init=False, repr=False, compare=False)
+    cache: dict[object, object] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        overall: dict[str, CellStats] = {}
+        for (model, _), cell in self.cells.items():
+            overall[model] = overall.get(model, EMPTY_CELL) + cell
+        pairs: dict[tuple[str, str], PairStats] = {}
+        for (_, a, b), pair in self.pairs.items():
+            pairs[(a, b)] = pairs.get((a, b), EMPTY_PAIR) + pair
+        object.__setattr__(self, "overall", overall)
+        object.__setattr__(self, "overall_pairs", pairs)
+        object.__setattr__(self, "cache", {})
+
+    def cell(self, model: str, category: str) -> CellStats:
+        """The model's counts in the category (zero when it has none)."""
+        return self.cells.get((model, category), EMPTY_CELL)
+
+    def model_overall(self, model: str) -> CellStats:
+        """The model's counts over every category."""
+        return self.overall.get(model, EMPTY_CELL)
+
+    def pair(self, category: str, a: str, b: str) -> PairStats:
+        """Two models' joint counts in the category (zero when none)."""
+        return self.pairs.get(pair_key(category, a, b), EMPTY_PAIR)
+
+    def pair_overall(self, a: str, b: str) -> PairStats:
+        """Two models' joint counts over every category."""
+        return self.overall_pairs.get((a, b) if a <= b else (b, a), EMPTY_PAIR)
+
+
+class ProfileBuilder:
+    """Mutable counts; ``snapshot`` freezes them. The read models' maths, in one place."""
+
+    def __init__(self, base: ProfileSnapshot | None = None) -> None:
+        self.cells: dict[tuple[str, str], CellStats] = dict(base.cells) if base else {}
+        self.pairs: dict[tuple[str, str, str], PairStats] = dict(base.pairs) if base else {}
+
+    def record_call(
+        self, model: str, category: str, *, failed: bool, cost_usd: float, latency_ms: float,
+        output_tokens: int = 0,
+    ) -> None:  # fmt: skip
+        """A panel call ended (panel.call.succeeded or panel.call.failed)."""
+        c = self.cells.get((model, category), EMPTY_CELL)
+        self.cells[(model, category)] = CellStats(
+            c.right, c.wrong, c.agree, c.disagree, c.calls + 1, c.failures + failed,
+            c.cost_usd + (0.0 if failed else cost_usd), c.latency_ms + latency_ms,
+            c.output_tokens + (0 if failed else output_tokens),
+        )  # fmt: skip
+
+    def record_verdicts(self, category: str, verdicts: Iterable[tuple[str, bool]]) -> None:
+        """The judge agreed or not with each (model) member (judge.decided)."""
+        for model, agrees in verdicts:
+            c = self.cells.get((model, category), EMPTY_CELL)
+            self.cells[(model, category)] = CellStats(
+                c.right, c.wrong, c.agree + agrees, c.disagree + (not agrees),
+                c.calls, c.failures, c.cost_usd, c.latency_ms, c.output_tokens,
+            )  # fmt: skip
+
+    def record_outcome(self, category: str, members: Iterable[tuple[str, bool]]) -> None:
+        """Ground truth: each (model) member's answer was right or not (outcome.recorded).
+
+        Also counts co-failure over every pair of graded seats, a model with itself
+        included (self-fusion seats), since that is what makes self-fusion pay or not.
+        """
+        graded = list(members)
+        for model, correct in graded:
+            c = self.cells.get((model, category), EMPTY_CELL)
+            self.cells[(model, category)] = CellStats(
+                c.right + correct, c.wrong + (not correct), c.agree, c.disagree,
+                c.calls, c.failures, c.cost_usd, c.latency_ms, c.output_tokens,
+            )  # fmt: skip
+        for i, (a, a_right) in enumerate(graded):
+            for b, b_right in graded[i + 1 :]:
+                key = pair_key(category, a, b)
+                p = self.pairs.get(key, EMPTY_PAIR)
+                both_wrong = not a_right and not b_right
+                both_right = a_right and b_right
+                self.pairs[key] = PairStats(
+                    p.both_wrong + both_wrong,
+                    p.one_wrong + (not both_wrong and not both_right),
+                    p.both_right + both_right,
+                )
+
+    def snapshot(self, checkpoint: str) -> ProfileSnapshot:
+        """The counts so far, frozen, labelled with the checkpoint they reflect."""
+        return ProfileSnapshot(checkpoint, dict(self.cells), dict(self.pairs))
+
+
+@dataclass(slots=True)
+class _RunSeen:
+    category: str
+    models: dict[str, str] = field(default_factory=dict)  # member_id -> model
+
+
+class ProfileFold:
+    """Applies run events, in log order, to a ProfileBuilder.
+
+    Only ``run-`` streams count: a replay re-judges a run that was already counted.
+    Keeps each run's category and seats, because outcomes can come at any time later.
+    """
+
+    def __init__(self) -> None:
+        self.builder = ProfileBuilder()
+        self._runs: dict[str, _RunSeen] = {}
+
+    def apply(self, stream_id: str, event: Event) -> None:
+        """Count one event of stream ``stream_id``."""
+        if not stream_id.startswith("run-"):
+            return
+        if isinstance(event, RunRequested):
+            self._runs[stream_id] = _RunSeen(event.category)
+            return
+        run = self._runs.get(stream_id)
+        if run is None:
+            return
+        match event:
+            case PanelSelected(members=members):
+                run.models = {m.member_id: m.model for m in members}
+            case PanelCallSucceeded():
+                self.builder.record_call(
+                    event.model, run.category, failed=False,
+                    cost_usd=event.cost_usd, latency_ms=event.latency_ms,
+                    output_tokens=event.output_tokens,
+                )  # fmt: skip
+            case PanelCallFailed():
+                self.builder.record_call(
+                    event.model, run.category, failed=True,
+                    cost_usd=0.0, latency_ms=event.latency_ms,
+                )  # fmt: skip
+            case JudgeDecided(verdicts=verdicts):
+                seats = run.models
+                known = [(seats[v.member_id], v.agrees) for v in verdicts if v.member_id in seats]
+                self.builder.record_verdicts(run.category, known)
+            case OutcomeRecorded(members=outcomes):
+                graded = [
+                    (run.models[o.member_id], o.correct)
+                    for o in outcomes
+                    if o.correct is not None and o.member_id in run.models
+                ]
+                self.builder.record_outcome(run.category, graded)

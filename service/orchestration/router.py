@@ -1,0 +1,295 @@
+"""The Router: panels for `panel: "auto"` from an in-memory profile snapshot.
+
+Never a database query per request: the snapshot is replaced as the profiles advance
+(``follow_log``), and each snapshot carries the log checkpoint it reflects, which goes
+into panel.selected with the seed, so ``route explain`` can rebuild the same inputs.
+
+The breakers are fed twice: by this process's own member calls as they end
+(``record_call``; reacts within a few runs) and by the calls other processes made, as
+newer snapshots show them (``install``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+
+import asyncpg
+import structlog
+
+from service.config import Config, PresetConfig, UnknownModel
+from service.domain.breaker import (
+    Breaker,
+    BreakerSettings,
+    BreakerState,
+    record_call,
+    record_calls,
+    start_probe,
+)
+from service.domain.events import JudgeSpec, Message, PanelRequest
+from service.domain.profiles import ProfileFold, ProfileSnapshot
+from service.domain.routing import (
+    DEFAULT_SETTINGS,
+    PoolModel,
+    Route,
+    RouteInfeasible,
+    RouteQuery,
+    RouterSettings,
+    member_weights,
+    price_estimate,
+    prompt_tokens,
+    route,
+)
+from service.orchestration.plan import FusionPlan, RouteRequest, stable_seed
+from service.store import EventStore, RecordedEvent
+from service.store.postgres import START, checkpoint_of
+
+log = structlog.get_logger("router")
+
+
+def router_seed(run_id: uuid.UUID | str) -> int:
+    """The Thompson-sampling seed of a run: derived from its id, so explain can redo it."""
+    return stable_seed(str(run_id), "router")
+
+
+def route_request(
+    config: Config,
+    preset: PresetConfig,
+    judge: JudgeSpec,
+    *,
+    k: int | None = None,
+    pool: Sequence[str] | None = None,
+    budget_usd: float | None = None,
+) -> RouteRequest:
+    """Validate an automatic panel against the configuration; raises RouteInfeasible.
+
+    The pool is the preset's router candidates (every configured model when it names
+    none), without the judge's model unless the preset or judge allows it.
+    """
+    names = list(pool) if pool is not None else list(preset.router.candidates or config.models)
+    for index, name in enumerate(names):
+        try:
+            config.model(name)
+        except UnknownModel:
+            raise RouteInfeasible(f"pool[{index}]", f"unknown model {name!r}") from None
+    if (
+        pool is None
+        and judge.model is not None
+        and not (preset.allow_panel_judge or judge.allow_panel_model)
+    ):
+        names = [n for n in names if n != judge.model]
+    distinct = tuple(dict.fromkeys(names))
+    seats = k if k is not None else preset.router.k
+    if not distinct:
+        raise RouteInfeasible("pool", "no candidate models")
+    if seats < 1 or seats > len(distinct):
+        raise RouteInfeasible(
+            "k", f"{seats} seats cannot be filled from a pool of {len(distinct)} models"
+        )
+    budget = budget_usd if budget_usd is not None else preset.router.max_cost_usd
+    return RouteRequest(k=seats, pool=distinct, budget_usd=budget)
+
+
+def pool_models(config: Config, names: Iterable[str]) -> tuple[PoolModel, ...]:
+    """Pool candidates with their configured prices."""
+    found = []
+    for name in names:
+        price = config.model(name).price
+        found.append(PoolModel(name, price.input_per_million, price.output_per_million))
+    return tuple(found)
+
+
+def check_affordable(config: Config, request: RouteRequest, messages: Sequence[Message]) -> None:
+    """Before anything is written: refuse a budget that could never pay for k seats,
+    not even the prompt's input tokens on the cheapest model. The router decides with
+    the profiles' costs when the run starts."""
+    if request.budget_usd is None:
+        return
+    tokens = prompt_tokens(messages)
+    floor = {c.model: price_estimate(c, tokens, 0) for c in pool_models(config, request.pool)}
+    cheapest = min(floor, key=floor.__getitem__)
+    if request.k * floor[cheapest] > request.budget_usd:
+        raise RouteInfeasible(
+            "max_cost_usd",
+            f"{request.budget_usd:.6g} USD cannot pay for {request.k} seats: the prompt "
+            f"alone costs at least {floor[cheapest]:.6g} USD a seat on the cheapest model "
+            f"({cheapest})",
+        )
+
+
+def seats_to_panel(seats: Iterable[str]) -> list[PanelRequest]:
+    """Seats as panel requests: a model's seats become its samples (self-fusion)."""
+    counts: dict[str, int] = {}
+    for model in seats:
+        counts[model] = counts.get(model, 0) + 1
+    return [PanelRequest(model=m, samples=n) for m, n in counts.items()]
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerView:
+    """A model's breaker as the route endpoint shows it."""
+
+    state: BreakerState
+    recent_failure_rate: float
+    cooldown_s: float
+
+
+class Router:
+    """Decides panels; holds the current snapshot and the breakers (one per process)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        settings: RouterSettings = DEFAULT_SETTINGS,
+        breaker: BreakerSettings | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        snapshot: ProfileSnapshot | None = None,
+    ) -> None:
+        self.config = config
+        self.settings = settings
+        self.breaker_settings = breaker or BreakerSettings()
+        self.clock = clock
+        self._snapshot = snapshot or ProfileSnapshot()
+        self._breakers: dict[str, Breaker] = {}
+        self._called: set[str] = set()
+        self._pools: dict[tuple[str, ...], tuple[PoolModel, ...]] = {}
+
+    @property
+    def snapshot(self) -> ProfileSnapshot:
+        """The profiles the next decision reads."""
+        return self._snapshot
+
+    def install(self, snapshot: ProfileSnapshot) -> None:
+        """Use a newer snapshot; calls it shows for models this process did not call
+        since the last one (other replicas' calls) may open their breakers."""
+        now = self.clock()
+        previous = self._snapshot
+        for model, cell in snapshot.overall.items():
+            if model in self._called:
+                continue
+            seen = cell - previous.model_overall(model)
+            if seen.calls > 0:
+                breaker = self._breakers.get(model, Breaker())
+                self._breakers[model] = record_calls(
+                    breaker, seen.calls, seen.failures, now, self.breaker_settings
+                )
+        self._called.clear()
+        self._snapshot = snapshot
+
+    def record_call(self, model: str, failed: bool) -> None:
+        """A panel call of this process ended: feed the model's breaker."""
+        self._called.add(model)
+        breaker = self._breakers.get(model, Breaker())
+        updated = record_call(breaker, failed, self.clock(), self.breaker_settings)
+        if updated.opened_at is not None and breaker.opened_at != updated.opened_at:
+            log.warning("router.breaker_opened", model=model, cooldown_s=updated.cooldown_s)
+        self._breakers[model] = updated
+
+    def breakers(self, models: Iterable[str]) -> dict[str, BreakerView]:
+        """The breaker of each model, now."""
+        now = self.clock()
+        views = {}
+        for model in models:
+            b = self._breakers.get(model, Breaker())
+            views[model] = BreakerView(b.state(now), b.failure_rate(), b.cooldown_s)
+        return views
+
+    def decide(
+        self,
+        category: str,
+        request: RouteRequest,
+        seed: int,
+        *,
+        messages: Sequence[Message] = (),
+        output_tokens: int | None = None,
+        dry_run: bool = False,
+    ) -> Route:
+        """Pick a panel now; a dry run starts no probe. Raises RouteInfeasible."""
+        now = self.clock()
+        pool = self._pools.get(request.pool)
+        if pool is None:  # the configuration never changes: prices are looked up once
+            pool = self._pools[request.pool] = pool_models(self.config, request.pool)
+        states = {m: b.state(now) for m, b in self._breakers.items() if b.opened_at is not None}
+        query = RouteQuery(
+            category=category,
+            pool=pool,
+            k=request.k,
+            seed=seed,
+            budget_usd=request.budget_usd,
+            prompt_tokens=prompt_tokens(messages),
+            output_tokens=output_tokens,
+            resting=frozenset(m for m, s in states.items() if s == "open"),
+            probes=frozenset(m for m, s in states.items() if s == "half_open"),
+        )
+        decided = route(self._snapshot, query, self.settings)
+        if decided.probe is not None and not dry_run:
+            self._breakers[decided.probe] = start_probe(self._breakers[decided.probe], now)
+        return decided
+
+    def route_plan(self, plan: FusionPlan, run_id: uuid.UUID) -> FusionPlan:
+        """The plan with its automatic panel picked; raises RouteInfeasible."""
+        assert plan.route is not None
+        decided = self.decide(
+            plan.category,
+            plan.route,
+            router_seed(run_id),
+            messages=plan.messages,
+            output_tokens=plan.params.max_tokens,
+        )
+        return replace(plan, panel=seats_to_panel(decided.seats), router_decision=decided.decision)
+
+    def member_weights(self, category: str, members: Iterable[tuple[str, str]]) -> dict[str, float]:
+        """Each (member_id, model)'s posterior accuracy in the category: judge weights."""
+        return member_weights(self._snapshot, category, members, self.settings)
+
+
+INSTALL_EVERY_BATCHES = 20
+PROFILE_EVENT_TYPES = frozenset(
+    {
+        "run.requested",
+        "panel.selected",
+        "panel.call.succeeded",
+        "panel.call.failed",
+        "judge.decided",
+        "outcome.recorded",
+    }
+)
+
+
+def fold_profiles(fold: ProfileFold, batch: Iterable[RecordedEvent]) -> None:
+    """Count the events of a batch that profiles are made of (run streams only)."""
+    for recorded in batch:
+        if recorded.stream_id.startswith("run-") and recorded.event_type in PROFILE_EVENT_TYPES:
+            fold.apply(recorded.stream_id, recorded.decode())
+
+
+async def follow_log(
+    router: Router, store: EventStore, *, batch_size: int = 1000, poll_interval: float = 1.0
+) -> None:
+    """Keep the router's snapshot current: fold new events in log order (forever).
+
+    An in-memory projection with the read models' maths (``ProfileFold``); a snapshot
+    is installed when the fold has caught up, and every few batches while it catches
+    up. A database error is logged and the reading resumes from the last checkpoint.
+    """
+    fold = ProfileFold()
+    checkpoint = START
+    batches = 0
+    while True:
+        try:
+            async for batch in store.subscribe(
+                checkpoint, batch_size=batch_size, poll_interval=poll_interval
+            ):
+                fold_profiles(fold, batch)
+                checkpoint = checkpoint_of(batch[-1])
+                batches += 1
+                if len(batch) < batch_size or batches % INSTALL_EVERY_BATCHES == 0:
+                    router.install(fold.builder.snapshot(str(checkpoint)))
+                    await asyncio.sleep(0)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("router.profiles_unavailable", error=str(exc), retry_in_s=poll_interval)
+            await asyncio.sleep(poll_interval)

@@ -1,0 +1,116 @@
+"""The router on a real log: profiles followed in memory, decisions recorded in
+panel.selected, and `route explain` reproducing them from the log alone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from service.config import Config
+from service.domain.events import JudgeDecided
+from service.domain.routing import ROUTER_VERSION, RouterSettings
+from service.orchestration.fusion import FusionRunner
+from service.orchestration.route_explain import NotRouted, explain_run, snapshot_at
+from service.orchestration.router import Router, follow_log, router_seed
+from service.providers.registry import ProviderRegistry
+from service.store import Checkpoint, EventStore
+from service.store.postgres import START, checkpoint_of
+from tests.conftest import RunningSimulator
+from tests.integration.router_world import (
+    fuse,
+    record_truth,
+    routed_config,
+    run_events,
+    selection,
+)
+
+
+async def log_end(store: EventStore) -> Checkpoint:
+    """The checkpoint after the last committed event."""
+    end = START
+    while batch := await store.read_all(end, 1000):
+        end = checkpoint_of(batch[-1])
+    return end
+
+
+async def caught_up(store: EventStore, router: Router) -> Checkpoint:
+    """Wait until the router's snapshot reflects the whole log. Gap-safe reading waits
+    for every older transaction on the server, other tests' too: allow for that."""
+    for _ in range(1200):
+        end = await log_end(store)
+        if end != START and router.snapshot.checkpoint == str(end):
+            return end
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"router still at {router.snapshot.checkpoint}, log at {end}")
+
+
+@pytest.fixture
+async def routed(
+    store: EventStore, simulator: RunningSimulator
+) -> AsyncIterator[tuple[FusionRunner, Router, Config]]:
+    config = routed_config(simulator)
+    router = Router(config)
+    async with httpx.AsyncClient() as client:
+        runner = FusionRunner(
+            store, ProviderRegistry(config, client, lambda _: None), router=router
+        )
+        follower = asyncio.create_task(follow_log(router, store, poll_interval=0.05))
+        try:
+            yield runner, router, config
+        finally:
+            follower.cancel()
+            await runner.close()
+
+
+async def test_a_routed_run_is_explained_from_the_log(
+    routed: tuple[FusionRunner, Router, Config], store: EventStore, simulator: RunningSimulator
+) -> None:
+    runner, router, config = routed
+    questions = simulator.world.bank.in_category("multiple_choice")[:7]
+    for q in questions[:6]:
+        run_id, state = await fuse(runner, config, q.prompt)
+        await record_truth(store, run_id, state, q.expected)
+    await caught_up(store, router)
+    run_id, state = await fuse(runner, config, questions[6].prompt)
+
+    selected = await selection(store, run_id)
+    decision = selected.router
+    assert selected.method == "router" and decision is not None
+    assert decision.version == ROUTER_VERSION and decision.k == 3
+    assert decision.seed == router_seed(run_id)
+    assert decision.profile_checkpoint != "0:0"
+    assert [c.model for c in decision.candidates] == list(config.presets["auto"].router.candidates)
+    assert len(selected.members) == 3
+
+    explanation = await explain_run(store, config, str(run_id))
+    assert explanation.identical, explanation.differences
+    assert explanation.category == "multiple_choice"
+    assert explanation.seats == [m.model for m in selected.members]
+    # Other maths would not reproduce it: the comparison is real.
+    other = await explain_run(store, config, str(run_id), RouterSettings(prior_strength=60))
+    assert not other.identical
+
+    judged = next(e for e in await run_events(store, run_id) if isinstance(e, JudgeDecided))
+    assert judged.judge.weighted and judged.member_weights is not None
+    assert set(judged.member_weights) == {m.member_id for m in state.succeeded}
+    assert all(0.0 < w < 1.0 for w in judged.member_weights.values())
+
+
+async def test_the_followed_snapshot_equals_a_rebuild_from_the_log(
+    routed: tuple[FusionRunner, Router, Config], store: EventStore, simulator: RunningSimulator
+) -> None:
+    runner, router, config = routed
+    for q in simulator.world.bank.in_category("arithmetic")[:4]:
+        run_id, state = await fuse(runner, config, q.prompt, preset="vote")
+        await record_truth(store, run_id, state, q.expected)
+    end = await caught_up(store, router)
+    rebuilt = await snapshot_at(store, end)
+    assert router.snapshot.cells == rebuilt.cells and router.snapshot.pairs == rebuilt.pairs
+    calls = sum(c.calls for c in rebuilt.cells.values())
+    graded = sum(c.right + c.wrong for c in rebuilt.cells.values())
+    assert calls == 12 and graded == 12  # 4 runs x 3 members, each graded
+    with pytest.raises(NotRouted, match="not chosen by the router"):
+        await explain_run(store, config, str(run_id))

@@ -1,0 +1,286 @@
+"""The router's maths: posteriors, Thompson sampling, co-failure, budget, breaker."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.domain.breaker import Breaker, BreakerSettings, record_call, start_probe
+from service.domain.events import (
+    JudgeDecided,
+    JudgeIdentity,
+    JudgeSpec,
+    MemberOutcome,
+    Message,
+    OutcomeRecorded,
+    PanelCallFailed,
+    PanelCallSucceeded,
+    PanelMember,
+    PanelSelected,
+    RunRequested,
+    Verdict,
+)
+from service.domain.profiles import ProfileBuilder, ProfileFold, ProfileSnapshot
+from service.domain.routing import (
+    PoolModel,
+    RouteInfeasible,
+    RouteQuery,
+    expected_costs,
+    member_weights,
+    model_view,
+    route,
+)
+
+POOL = tuple(PoolModel(m, 1.0, 3.0) for m in ("a", "b", "c", "d"))
+
+
+def labelled(results: dict[str, tuple[int, int]], category: str = "math") -> ProfileSnapshot:
+    """A snapshot where each model was right r and wrong w times, on separate runs."""
+    builder = ProfileBuilder()
+    for model, (right, wrong) in results.items():
+        for i in range(right + wrong):
+            builder.record_outcome(category, [(model, i < right)])
+    return builder.snapshot("5:9")
+
+
+def test_same_snapshot_and_seed_give_the_same_decision() -> None:
+    snap = labelled({"a": (8, 2), "b": (6, 4), "c": (5, 5)})
+    query = RouteQuery("math", POOL, 2, seed=42)
+    first, again = (
+        route(snap, query),
+        route(labelled({"a": (8, 2), "b": (6, 4), "c": (5, 5)}), query),
+    )
+    assert first == again
+    assert first.decision.seed == 42 and first.decision.profile_checkpoint == "5:9"
+    seeds = {route(snap, RouteQuery("math", POOL, 2, seed=s)).seats for s in range(40)}
+    assert len(seeds) > 1  # Thompson sampling explores: other seeds pick other panels
+
+
+def test_every_candidate_gets_a_score_and_a_reason() -> None:
+    decided = route(labelled({"a": (90, 10), "b": (80, 20)}), RouteQuery("math", POOL, 2, seed=1))
+    assert [c.model for c in decided.decision.candidates] == ["a", "b", "c", "d"]
+    for c in decided.decision.candidates:
+        assert 0.0 <= c.score <= 1.0 and c.reason and c.expected_cost_usd is not None
+        assert c.chosen == (c.model in decided.seats)
+
+
+def test_ground_truth_weighs_more_than_judge_agreement() -> None:
+    builder = ProfileBuilder()
+    for _ in range(20):
+        builder.record_outcome("math", [("truth", True)])
+        builder.record_verdicts("math", [("judged", True)])
+    snap = builder.snapshot("1:1")
+    assert model_view(snap, "truth", "math").accuracy > model_view(snap, "judged", "math").accuracy
+    assert model_view(snap, "judged", "math").accuracy > 0.5  # but agreement still counts
+
+
+def test_an_unseen_category_starts_from_the_models_overall_profile() -> None:
+    builder = ProfileBuilder()
+    for i in range(100):
+        builder.record_outcome("math", [("good", i % 10 != 0), ("bad", i % 10 == 0)])
+    snap = builder.snapshot("1:1")
+    assert model_view(snap, "good", "poetry").accuracy > 0.7
+    assert model_view(snap, "bad", "poetry").accuracy < 0.3
+    assert model_view(snap, "new", "poetry").accuracy == pytest.approx(0.5)
+
+
+def test_a_pair_that_fails_together_is_split_up() -> None:
+    builder = ProfileBuilder()
+    for i in range(200):  # a and b: 80% right, always wrong together; c: 75%, independent
+        builder.record_outcome("math", [("a", i % 5 != 0), ("b", i % 5 != 0)])
+        builder.record_outcome("math", [("a", i % 5 != 0), ("c", i % 4 != 1)])
+    snap = builder.snapshot("1:1")
+    pool = tuple(PoolModel(m) for m in ("a", "b", "c"))
+    panels = [route(snap, RouteQuery("math", pool, 2, seed=s)) for s in range(30)]
+    assert all(set(p.seats) != {"a", "b"} for p in panels)
+    reasons = {c.reason for p in panels for c in p.decision.candidates if not c.chosen}
+    assert "co-failure penalty" in reasons
+
+
+def test_self_fusion_when_one_model_is_far_better() -> None:
+    builder = ProfileBuilder()
+    for i in range(300):  # a's two samples err independently; b and c are poor
+        builder.record_outcome("math", [("a", i % 10 != 0), ("a", i % 10 != 5)])
+        builder.record_outcome("math", [("b", i % 3 == 0), ("c", i % 3 == 1)])
+    snap = builder.snapshot("1:1")
+    pool = tuple(PoolModel(m) for m in ("a", "b", "c"))
+    decided = route(snap, RouteQuery("math", pool, 3, seed=3))
+    assert decided.seats == ("a", "a", "a")
+    assert decided.decision.candidates[0].reason == "top score (3 seats: self-fusion)"
+
+
+def test_resting_and_probing_models() -> None:
+    snap = labelled({"a": (90, 10), "b": (80, 20), "c": (70, 30), "d": (60, 40)})
+    query = RouteQuery("math", POOL, 2, seed=1, resting=frozenset({"a"}), probes=frozenset("cd"))
+    decided = route(snap, query)
+    reasons = {c.model: c.reason for c in decided.decision.candidates}
+    assert reasons["a"] == "resting: breaker open"
+    assert reasons["c"] == "probe: breaker half-open" and decided.probe == "c"
+    assert reasons["d"] == "resting: another model is being probed"
+    assert sorted(decided.seats) == ["b", "c"]
+
+
+def test_every_model_resting_still_gives_a_panel() -> None:
+    query = RouteQuery("math", POOL[:2], 2, seed=1, resting=frozenset({"a", "b"}))
+    decided = route(ProfileSnapshot(), query)
+    assert len(decided.seats) == 2
+    assert all(
+        "every candidate resting" in c.reason for c in decided.decision.candidates if c.chosen
+    )
+
+
+def test_bad_queries_are_refused() -> None:
+    with pytest.raises(RouteInfeasible) as too_many:
+        route(ProfileSnapshot(), RouteQuery("math", POOL, 5, seed=1))
+    assert too_many.value.field == "k" and "pool of 4" in too_many.value.message
+    with pytest.raises(RouteInfeasible) as poor:
+        route(
+            ProfileSnapshot(),
+            RouteQuery("math", POOL, 2, seed=1, budget_usd=1e-9, prompt_tokens=10),
+        )
+    assert poor.value.field == "max_cost_usd" and "cheapest panel" in poor.value.message
+
+
+def test_an_expensive_favourite_is_reported_over_budget() -> None:
+    builder = ProfileBuilder()
+    for i in range(100):
+        builder.record_outcome("math", [("rich", True), ("cheap", i % 3 != 0)])
+        builder.record_call("rich", "math", failed=False, cost_usd=0.01, latency_ms=1)
+        builder.record_call("cheap", "math", failed=False, cost_usd=0.001, latency_ms=1)
+    pool = (PoolModel("rich"), PoolModel("cheap"))
+    decided = route(builder.snapshot("1:1"), RouteQuery("math", pool, 2, seed=1, budget_usd=0.005))
+    assert decided.seats == ("cheap", "cheap")
+    assert decided.decision.candidates[0].reason == "over budget"
+
+
+@st.composite
+def snapshots_and_queries(draw: st.DrawFn) -> tuple[ProfileSnapshot, RouteQuery]:
+    names = [f"m{i}" for i in range(draw(st.integers(1, 8)))]
+    builder = ProfileBuilder()
+    for name in names:
+        for _ in range(draw(st.integers(0, 6))):
+            builder.record_outcome("c", [(name, draw(st.booleans()))])
+        for _ in range(draw(st.integers(0, 3))):
+            cost = draw(st.floats(1e-7, 1e-1))
+            builder.record_call(name, "c", failed=draw(st.booleans()), cost_usd=cost, latency_ms=1)
+    pool = tuple(PoolModel(n, draw(st.floats(0, 50)), draw(st.floats(0, 150))) for n in names)
+    query = RouteQuery(
+        "c", pool, draw(st.integers(1, len(names))), seed=draw(st.integers(0, 2**31 - 1)),
+        budget_usd=draw(st.floats(0, 0.2)), prompt_tokens=draw(st.integers(0, 4000)),
+        resting=frozenset(draw(st.sets(st.sampled_from(names)))),
+        probes=frozenset(draw(st.sets(st.sampled_from(names)))),
+    )  # fmt: skip
+    return builder.snapshot("1:1"), query
+
+
+@settings(max_examples=300, deadline=None)
+@given(snapshots_and_queries())
+def test_the_budget_is_never_exceeded_by_the_expected_cost(
+    case: tuple[ProfileSnapshot, RouteQuery],
+) -> None:
+    snapshot, query = case
+    try:
+        decided = route(snapshot, query)
+    except RouteInfeasible as exc:
+        assert exc.field == "max_cost_usd"
+        return
+    costs = {c.model: c.expected_cost_usd or 0.0 for c in decided.decision.candidates}
+    spent = sum(costs[m] for m in decided.seats)
+    assert query.budget_usd is not None and spent <= query.budget_usd
+    assert len(decided.seats) == query.k
+
+
+def test_member_weights_are_posterior_accuracies() -> None:
+    snap = labelled({"a": (90, 10), "b": (10, 90)})
+    weights = member_weights(snap, "math", [("m1", "a"), ("m2", "b"), ("m3", "a")])
+    assert weights["m1"] == weights["m3"] > 0.85 and weights["m2"] < 0.15
+
+
+# --- breaker ---------------------------------------------------------------------
+
+
+def test_the_breaker_rests_a_failing_model_and_probes_it_after_the_cool_down() -> None:
+    cfg = BreakerSettings(window=10, min_calls=3, open_at_failure_rate=0.5, cooldown_s=30)
+    breaker = Breaker()
+    for t in range(10):
+        breaker = record_call(breaker, False, t, cfg)
+    calls = 0
+    while breaker.state(100) == "closed":
+        breaker = record_call(breaker, True, 100, cfg)
+        calls += 1
+    assert calls <= math.ceil(cfg.window * cfg.open_at_failure_rate)
+    assert breaker.state(129) == "open" and breaker.state(130) == "half_open"
+    breaker = start_probe(breaker, 130)
+    assert breaker.state(131) == "open"  # one probe at a time
+    breaker = record_call(breaker, True, 131, cfg)  # the probe failed: rest twice as long
+    assert breaker.state(190) == "open" and breaker.state(191) == "half_open"
+    breaker = record_call(start_probe(breaker, 191), False, 192, cfg)
+    assert breaker.state(192) == "closed" and breaker.recent == ()
+
+
+def test_a_lost_probe_does_not_block_probing_forever() -> None:
+    cfg = BreakerSettings(cooldown_s=10)
+    breaker = Breaker()
+    for _ in range(3):
+        breaker = record_call(breaker, True, 0, cfg)
+    breaker = start_probe(breaker, 10)
+    assert breaker.state(15) == "open" and breaker.state(20) == "half_open"
+
+
+# --- the profile fold (the read models' maths over events) -----------------------
+
+
+def test_the_fold_counts_calls_verdicts_outcomes_and_pairs() -> None:
+    seats = [PanelMember(member_id="m1", model="a"), PanelMember(member_id="m2", model="b")]
+    judge = JudgeIdentity(kind="vote", model=None, prompt_version="vote-v1")
+    events = [
+        RunRequested(
+            run_id="r", messages=[Message(role="user", content="q")], category="math",
+            panel="auto", judge=JudgeSpec(kind="vote"),
+        ),
+        PanelSelected(members=seats, method="router"),
+        PanelCallSucceeded(
+            member_id="m1", model="a", provider="p", text="1", finish_reason="stop",
+            input_tokens=1, output_tokens=1, cost_usd=0.5, latency_ms=10, attempts=[],
+        ),
+        PanelCallFailed(
+            member_id="m2", model="b", provider="p", error_kind="timeout", http_status=None,
+            attempts=[], latency_ms=30, message="slow",
+        ),
+        JudgeDecided(
+            judge=judge, final_answer="1", verdicts=[Verdict(member_id="m1", agrees=True)]
+        ),
+        OutcomeRecorded(
+            source="dataset", final_correct=True,
+            members=[MemberOutcome(member_id="m1", correct=True),
+                     MemberOutcome(member_id="m2", correct=False)],
+        ),
+    ]  # fmt: skip
+    fold = ProfileFold()
+    for event in events:
+        fold.apply("run-r", event)
+        fold.apply("replay-x", event)  # replays re-judge counted runs: ignored
+    snap = fold.builder.snapshot("1:6")
+    a, b = snap.cell("a", "math"), snap.cell("b", "math")
+    assert (a.calls, a.failures, a.cost_usd, a.agree, a.right) == (1, 0, 0.5, 1, 1)
+    assert (b.calls, b.failures, b.latency_ms, b.wrong) == (1, 1, 30, 1)
+    assert snap.pair("math", "b", "a").one_wrong == 1
+
+
+def test_expected_costs_follow_the_prompt_and_the_tokens_models_write() -> None:
+    builder = ProfileBuilder()
+    for _ in range(10):
+        builder.record_call("a", "math", failed=False, cost_usd=1.0, latency_ms=1, output_tokens=20)
+    snap = builder.snapshot("1:1")
+    pool = (PoolModel("a", 1.0, 10.0), PoolModel("new", 2.0, 20.0))
+    short = expected_costs(snap, pool, "math", prompt_tokens=100)
+    long = expected_costs(snap, pool, "math", prompt_tokens=1000)
+    assert short["a"] == pytest.approx((100 * 1.0 + 20 * 10.0) / 1e6)
+    assert long["a"] == pytest.approx((1000 * 1.0 + 20 * 10.0) / 1e6)
+    # untried: priced with the completion tokens the others write, not a 256-token guess
+    assert short["new"] == pytest.approx((100 * 2.0 + 20 * 20.0) / 1e6)
+    capped = expected_costs(snap, pool, "math", prompt_tokens=100, output_tokens=5)
+    assert capped["a"] == pytest.approx((100 * 1.0 + 5 * 10.0) / 1e6)
