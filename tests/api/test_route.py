@@ -62,6 +62,8 @@ async def test_route_shows_the_panel_and_why_without_running_it(
     again = await client.post("/v1/route", json=body)
     assert again.json() == answer  # same snapshot, same seed: same decision
     assert await event_count(pool) == 0  # nothing run, nothing written
+    schema = (await client.get("/schema/openapi.json")).json()
+    assert "/v1/route" in schema["paths"]
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import pytest
 
 from service.config import Config
 from service.domain.events import JudgeDecided
+from service.domain.profiles import ProfileBuilder
 from service.domain.routing import ROUTER_VERSION, RouterSettings
 from service.orchestration.fusion import FusionRunner
 from service.orchestration.route_explain import NotRouted, explain_run, snapshot_at
@@ -114,3 +115,25 @@ async def test_the_followed_snapshot_equals_a_rebuild_from_the_log(
     assert calls == 12 and graded == 12  # 4 runs x 3 members, each graded
     with pytest.raises(NotRouted, match="not chosen by the router"):
         await explain_run(store, config, str(run_id))
+
+
+async def test_a_budget_the_profiles_say_is_too_small_fails_the_run_on_the_record(
+    store: EventStore, simulator: RunningSimulator
+) -> None:
+    config = routed_config(simulator)
+    builder = ProfileBuilder()  # every candidate has written ~100k tokens per answer
+    for model in config.presets["auto"].router.candidates:
+        builder.record_call(
+            model, "arithmetic", failed=False, cost_usd=1.0, latency_ms=1, output_tokens=100_000
+        )
+    router = Router(config, snapshot=builder.snapshot("1:1"))
+    async with httpx.AsyncClient() as client:
+        runner = FusionRunner(
+            store, ProviderRegistry(config, client, lambda _: None), router=router
+        )
+        prompt = simulator.world.bank.in_category("arithmetic")[0].prompt
+        run_id, state = await fuse(runner, config, prompt, max_cost_usd=0.01)  # passes planning
+    assert state.failed is not None and state.failed.reason == "budget_exceeded"
+    assert "cannot pay for 3 seats" in state.failed.message
+    types = [type(e).__name__ for e in await run_events(store, run_id)]
+    assert types == ["RunRequested", "RunFailed"]
