@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from service.config import parse_config
 from service.domain.breaker import Breaker, BreakerSettings, record_call, start_probe
 from service.domain.events import (
     JudgeDecided,
@@ -33,6 +34,7 @@ from service.domain.routing import (
     model_view,
     route,
 )
+from service.orchestration.router import Router
 
 POOL = tuple(PoolModel(m, 1.0, 3.0) for m in ("a", "b", "c", "d"))
 
@@ -284,3 +286,19 @@ def test_expected_costs_follow_the_prompt_and_the_tokens_models_write() -> None:
     assert short["new"] == pytest.approx((100 * 2.0 + 20 * 20.0) / 1e6)
     capped = expected_costs(snap, pool, "math", prompt_tokens=100, output_tokens=5)
     assert capped["a"] == pytest.approx((100 * 1.0 + 5 * 10.0) / 1e6)
+
+
+def test_calls_other_replicas_made_can_rest_a_model() -> None:
+    config = parse_config(
+        '[providers.p]\nbase_url = "http://p.test/v1"\n[models.x]\nprovider = "p"\n'
+        '[models.y]\nprovider = "p"\n'
+    )
+    router = Router(config, clock=lambda: 50.0)
+    failing = ProfileBuilder()
+    for _ in range(6):  # seen in the log: x failing for someone else, y failing here too
+        failing.record_call("x", "math", failed=True, cost_usd=0, latency_ms=1)
+        failing.record_call("y", "math", failed=True, cost_usd=0, latency_ms=1)
+    router.record_call("y", failed=False)  # this process has fresher news about y
+    router.install(failing.snapshot("9:9"))
+    views = router.breakers(["x", "y"])
+    assert views["x"].state == "open" and views["y"].state == "closed"
