@@ -220,6 +220,8 @@ class AnswerFinalized(Event, frozen=True, kw_only=True):
     cost_usd: float
     panel_cost_usd: float = 0.0
     judge_cost_usd: float = 0.0
+    # scoring.normalize_answer(answer): lets projections grade answers in SQL
+    answer_normalized: str | None = None
 
 
 class RunFailed(Event, frozen=True, kw_only=True):
@@ -235,6 +237,7 @@ class OutcomeRecorded(Event, frozen=True, kw_only=True):
     source: OutcomeSource
     recorded_by: str = "anonymous"
     expected: str | None = None
+    expected_normalized: str | None = None  # scoring.normalize_answer(expected)
     label: str | None = None
     final_correct: bool | None
     members: list[MemberOutcome] = []

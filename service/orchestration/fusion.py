@@ -32,6 +32,7 @@ from service.domain.events import (
 from service.domain.judging import Candidate, question_text
 from service.domain.routing import RouteInfeasible
 from service.domain.runs import RunState, fold
+from service.domain.scoring import normalize_answer
 from service.metrics import Metrics
 from service.orchestration.caller import ModelCaller
 from service.orchestration.judge import run_judge
@@ -227,6 +228,7 @@ class FusionRunner:
             AnswerFinalized(
                 answer=answer,
                 answer_sha256=hashlib.sha256(answer.encode()).hexdigest(),
+                answer_normalized=normalize_answer(answer),
                 decided_by=result.decided_by,
                 latency_ms=(time.perf_counter() - started) * 1000,
                 cost_usd=panel_cost + result.cost_usd,

@@ -37,6 +37,7 @@ from service.domain.events import (
 )
 from service.domain.judging import Candidate, question_text
 from service.domain.runs import RunState, fold
+from service.domain.scoring import normalize_answer
 from service.orchestration.caller import ModelCaller
 from service.orchestration.judge import run_judge
 from service.orchestration.plan import stable_seed
@@ -244,6 +245,7 @@ class Replayer:
         finalized = AnswerFinalized(
             answer=answer,
             answer_sha256=hashlib.sha256(answer.encode()).hexdigest(),
+            answer_normalized=normalize_answer(answer),
             decided_by=result.decided_by,
             latency_ms=latency,
             cost_usd=result.cost_usd,  # a replay pays for its judge only
