@@ -31,6 +31,7 @@ from service.orchestration.caller import ModelCaller
 from service.orchestration.fusion import FusionRunner
 from service.orchestration.router import Router, follow_log
 from service.orchestration.sweeper import sweep_forever
+from service.projections.runner import ProjectionWorker
 from service.providers.http import create_http_client
 from service.providers.registry import ProviderRegistry
 from service.settings import Settings
@@ -52,6 +53,7 @@ def create_app(
     run_migrations: bool = True,
     sweeper: bool = True,
     router: Router | None = None,
+    projections: bool = True,
 ) -> Litestar:
     """Build the application; resources open in its lifespan."""
     metrics = Metrics()
@@ -85,6 +87,9 @@ def create_app(
             if sweeper:
                 tasks.append(asyncio.create_task(sweep_forever(store, runner)))
             tasks.append(asyncio.create_task(follow_log(router_, store)))
+            if projections:  # issue 4: read models; safe on every replica (advisory locks)
+                worker = ProjectionWorker(db, metrics=metrics)
+                tasks.append(asyncio.create_task(worker.run(), name="projections"))
             app.state.services = Services(
                 config=config, store=store, runner=runner, extras={"router": router_}
             )

@@ -6,9 +6,11 @@ from service.api.openai_compat import chat_completions, list_models
 from service.api.replays import create_batch, get_batch, replay_run
 from service.api.route import explain_route
 from service.api.runs import get_run, list_runs
+from service.api.stats import STATS_ROUTES
 
 ROUTES = [create_fusion, list_runs, get_run, chat_completions, list_models, healthz, readyz]
 ROUTES += [replay_run, create_batch, get_batch]
 ROUTES += [explain_route]
+ROUTES += STATS_ROUTES
 
 __all__ = ["ROUTES"]

@@ -1,21 +1,11 @@
 """Load a ProfileSnapshot from the profile read models: one query per read model.
 
-The read models belong to the projections (issue 4), which are not in the repository
-yet; until they are, the service builds the same snapshot by following the log
-(``router.follow_log``). These queries name the tables and columns the router needs,
-as DESIGN.md describes them, and are the contract to align with when they land:
-
-    projection_checkpoints (name text PRIMARY KEY, transaction_id bigint,
-                            global_position bigint)
-    model_error_profile    (model text, category text, gt_right bigint, gt_wrong bigint,
-                            judge_agree bigint, judge_disagree bigint, calls bigint,
-                            failures bigint, cost_usd float8, latency_ms float8,
-                            output_tokens bigint)             -- one row per (model, category)
-    co_failure             (category text, model_a text, model_b text,   -- model_a <= model_b
-                            both_wrong bigint, one_wrong bigint, both_right bigint)
-
-The three reads run in one repeatable-read transaction, so they agree with each other
-and with the checkpoint they report.
+The read models are kept by the ``model_error_profile`` projection
+(service/projections/definitions.py, schema/migrations/0030_projections.sql), with the
+same counts as ``ProfileFold`` (tests hold them equal). Rows are per tenant; the router
+learns about models from every tenant's runs, so the loader sums over tenants. The
+reads run in one repeatable-read transaction, so they agree with each other and with
+the checkpoint they report.
 """
 
 from __future__ import annotations
@@ -31,13 +21,19 @@ SELECT transaction_id, global_position FROM projection_checkpoints WHERE name = 
 """
 
 PROFILE_SQL = """
-SELECT model, category, gt_right, gt_wrong, judge_agree, judge_disagree, calls, failures,
-       cost_usd, latency_ms, output_tokens
+SELECT model, category, sum(gt_right)::bigint AS gt_right, sum(gt_wrong)::bigint AS gt_wrong,
+       sum(judge_agree)::bigint AS judge_agree, sum(judge_disagree)::bigint AS judge_disagree,
+       sum(calls)::bigint AS calls, sum(failures)::bigint AS failures, sum(cost_usd) AS cost_usd,
+       sum(latency_ms) AS latency_ms, sum(output_tokens)::bigint AS output_tokens
 FROM model_error_profile
+GROUP BY model, category
 """
 
 CO_FAILURE_SQL = """
-SELECT category, model_a, model_b, both_wrong, one_wrong, both_right FROM co_failure
+SELECT category, model_a, model_b, sum(both_wrong)::bigint AS both_wrong,
+       sum(one_wrong)::bigint AS one_wrong, sum(both_right)::bigint AS both_right
+FROM co_failure
+GROUP BY category, model_a, model_b
 """
 
 

@@ -1,25 +1,16 @@
-"""The read-model loader, against the tables it expects (the projections of issue 4
-are not built yet: this schema is the contract the loader documents)."""
+"""The read-model loader reads what the model_error_profile tables hold, summed over
+tenants (the projections fill them; tests/integration/test_projections.py proves the
+projection and the router's in-memory fold agree)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import asyncpg
 
 from service.domain.profiles import ProfileBuilder, ProfileSnapshot
 from service.domain.routing import PoolModel, RouteQuery, route
 from service.orchestration.profile_loader import load_profile_snapshot
-
-EXPECTED_TABLES = """
-CREATE TABLE projection_checkpoints (
-    name text PRIMARY KEY, transaction_id bigint NOT NULL, global_position bigint NOT NULL);
-CREATE TABLE model_error_profile (
-    model text, category text, gt_right bigint, gt_wrong bigint, judge_agree bigint,
-    judge_disagree bigint, calls bigint, failures bigint, cost_usd float8,
-    latency_ms float8, output_tokens bigint, PRIMARY KEY (model, category));
-CREATE TABLE co_failure (
-    category text, model_a text, model_b text, both_wrong bigint, one_wrong bigint,
-    both_right bigint, PRIMARY KEY (category, model_a, model_b));
-"""
 
 
 def profiles() -> ProfileSnapshot:
@@ -33,26 +24,43 @@ def profiles() -> ProfileSnapshot:
     return builder.snapshot("812:40")
 
 
+def half(value: Any, first: bool) -> Any:
+    """Split a count in two parts that add up to it (a float in two equal halves)."""
+    if isinstance(value, float):
+        return value / 2
+    return value // 2 if first else value - value // 2
+
+
 async def test_the_loader_reads_what_the_read_models_hold(pool: asyncpg.Pool) -> None:
     expected = profiles()
     async with pool.acquire() as conn:
-        await conn.execute(EXPECTED_TABLES)
         await conn.execute(
             "INSERT INTO projection_checkpoints VALUES ('model_error_profile', 812, 40)"
         )
         await conn.executemany(
-            "INSERT INTO model_error_profile VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            [
-                (m, c, int(s.right), int(s.wrong), int(s.agree), int(s.disagree), s.calls,
-                 s.failures, s.cost_usd, s.latency_ms, int(s.output_tokens))
+            "INSERT INTO model_error_profile (tenant, model, category, gt_right, gt_wrong,"
+            " judge_agree, judge_disagree, calls, failures, cost_usd, latency_ms, output_tokens)"
+            " VALUES ($12, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            [  # one half of every count in each of two tenants: the loader adds them up
+                (m, c, *(half(v, first) for v in (int(s.right), int(s.wrong), int(s.agree),
+                 int(s.disagree), s.calls, s.failures, s.cost_usd, s.latency_ms,
+                 int(s.output_tokens))), tenant)
                 for (m, c), s in expected.cells.items()
+                for first, tenant in ((True, "t1"), (False, "t2"))
             ],
         )  # fmt: skip
         await conn.executemany(
-            "INSERT INTO co_failure VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO co_failure VALUES ($7, $1, $2, $3, $4, $5, $6)",
             [
-                (c, a, b, int(p.both_wrong), int(p.one_wrong), int(p.both_right))
+                (
+                    c,
+                    a,
+                    b,
+                    *(half(int(v), first) for v in (p.both_wrong, p.one_wrong, p.both_right)),
+                    tenant,
+                )
                 for (c, a, b), p in expected.pairs.items()
+                for first, tenant in ((True, "t1"), (False, "t2"))
             ],
         )
         loaded = await load_profile_snapshot(conn)
@@ -64,6 +72,5 @@ async def test_the_loader_reads_what_the_read_models_hold(pool: asyncpg.Pool) ->
 
 async def test_before_any_projection_ran_the_snapshot_is_empty(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
-        await conn.execute(EXPECTED_TABLES)
         loaded = await load_profile_snapshot(conn)
     assert loaded.checkpoint == "0:0" and not loaded.cells and not loaded.pairs

@@ -1,0 +1,145 @@
+"""Statistics: GET /v1/profiles, /v1/stats/failures, /v1/stats/co-failures,
+/v1/stats/judges. JSON by default, CSV with ``Accept: text/csv``; every answer names
+the read models' checkpoint and lag (in the body, and in headers for CSV)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Annotated, Any
+
+from litestar import Request, Response, get
+from litestar.di import Provide
+from litestar.params import Parameter
+
+from service.api.deps import Services, provide_services
+from service.api.errors import Problem
+from service.projections.queries import (
+    BadQuery,
+    Query,
+    StatsAnswer,
+    Window,
+    answer,
+    parse_group_by,
+    parse_time,
+)
+
+_DEPS = {"services": Provide(provide_services, sync_to_thread=False)}
+CSV = "text/csv"
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    """Rows as CSV with a header line; columns in first-seen order."""
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+async def respond(request: Request[Any, Any, Any], services: Services, build: Any) -> Response[Any]:
+    """Check the query, answer it, and render JSON or CSV."""
+    tenant = getattr(request.state, "tenant", "default")
+    try:
+        query: Query = build(tenant)
+        async with services.store.pool.acquire() as conn:
+            result: StatsAnswer = await answer(conn, query)
+    except BadQuery as exc:
+        raise Problem(400, "Bad statistics query", str(exc)) from None
+    headers = {
+        "x-projection-checkpoint": result.checkpoint,
+        "x-projection-lag-events": str(result.lag.events),
+        "x-projection-lag-seconds": f"{result.lag.seconds:.3f}",
+    }
+    if CSV in (request.headers.get("accept") or ""):
+        return Response(to_csv(result.rows), media_type=CSV, headers=headers)
+    return Response(result, headers=headers)
+
+
+@get("/v1/profiles", dependencies=_DEPS, summary="Model error profiles")
+async def get_profiles(
+    request: Request[Any, Any, Any],
+    services: Services,
+    model: str | None = None,
+    category: str | None = None,
+    as_of: str | None = None,
+) -> Response[Any]:
+    """Per model and category: ground-truth accuracy (Beta posterior), judge agreement,
+    failure rate, mean cost and latency."""
+    return await respond(
+        request,
+        services,
+        lambda tenant: Query("profiles", tenant, model=model, category=category, as_of=as_of),
+    )
+
+
+@get("/v1/stats/failures", dependencies=_DEPS, summary="Model call failures")
+async def get_failures(
+    request: Request[Any, Any, Any],
+    services: Services,
+    group_by: str | None = None,
+    model: str | None = None,
+    category: str | None = None,
+    error_kind: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    as_of: str | None = None,
+) -> Response[Any]:
+    """Calls, failures and failure rate grouped by any of model, category, error_kind,
+    day (UTC); latency p50/p95, tokens and cost unless grouped by error kind."""
+    return await respond(
+        request,
+        services,
+        lambda tenant: Query(
+            "failures",
+            tenant,
+            model=model,
+            category=category,
+            error_kind=error_kind,
+            group_by=parse_group_by(group_by),
+            window=Window(parse_time("since", since), parse_time("until", until)),
+            as_of=as_of,
+        ),
+    )
+
+
+@get("/v1/stats/co-failures", dependencies=_DEPS, summary="Models wrong together")
+async def get_co_failures(
+    request: Request[Any, Any, Any],
+    services: Services,
+    model: str | None = None,
+    category: str | None = None,
+    min_n: Annotated[int, Parameter(ge=0)] = 1,
+    as_of: str | None = None,
+) -> Response[Any]:
+    """Pairs of models graded on the same runs: both wrong, one wrong, both right."""
+    return await respond(
+        request,
+        services,
+        lambda tenant: Query(
+            "co-failures", tenant, model=model, category=category, min_n=min_n, as_of=as_of
+        ),
+    )
+
+
+@get("/v1/stats/judges", dependencies=_DEPS, summary="Judges compared")
+async def get_judges(
+    request: Request[Any, Any, Any],
+    services: Services,
+    category: str | None = None,
+    judge: str | None = None,
+    as_of: str | None = None,
+) -> Response[Any]:
+    """Per judge and category, replays included: accuracy against ground truth and
+    agreement with other judges on the same runs."""
+    return await respond(
+        request,
+        services,
+        lambda tenant: Query("judges", tenant, category=category, judge=judge, as_of=as_of),
+    )
+
+
+STATS_ROUTES = [get_profiles, get_failures, get_co_failures, get_judges]

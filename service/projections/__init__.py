@@ -1,0 +1,2 @@
+"""Projections: read models kept from the log (runner.py), their SQL (definitions.py)
+and the statistics asked of them (queries.py)."""

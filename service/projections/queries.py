@@ -1,0 +1,465 @@
+"""Statistics over the read models: profiles, failures, co-failures, judges.
+
+Every answer is limited to one tenant, names the read models' checkpoint and how far
+they are behind the log, and can be asked ``as_of`` an earlier checkpoint, time or
+position (runner.as_of rebuilds the read models up to it inside a transaction, so the
+same queries answer). Filters are checked before any query runs: a bad one raises
+``BadQuery`` (a 400 over HTTP, a usage error in the CLI).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from service.domain.events import ERROR_KINDS
+from service.projections.definitions import LATENCY_BOUNDS_MS
+from service.projections.runner import Lag, as_of, head, lag_after, read_checkpoint
+from service.store import Checkpoint
+from service.store.database import Connection
+
+GROUP_DIMENSIONS = ("model", "category", "error_kind", "day")
+_CHECKPOINT = re.compile(r"^(\d+):(\d+)$")
+Z_90 = 1.6448536269514722  # the 90% two-sided normal quantile
+
+
+class BadQuery(ValueError):
+    """A filter or option that cannot be answered; the message says which and why."""
+
+
+class LagView(msgspec.Struct, frozen=True):
+    events: int
+    seconds: float
+
+
+class StatsAnswer(msgspec.Struct, frozen=True):
+    """Rows plus where the read models stood when they answered."""
+
+    rows: list[dict[str, Any]]
+    checkpoint: str
+    lag: LagView
+    as_of: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A time window, [since, until)."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.since and self.until and self.since >= self.until:
+            raise BadQuery(f"since ({self.since.isoformat()}) is not before until "
+                           f"({self.until.isoformat()})")  # fmt: skip
+
+
+def parse_time(name: str, text: str | None) -> datetime | None:
+    """An ISO 8601 date or time (UTC unless it says otherwise)."""
+    if text is None or text == "":
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise BadQuery(f"{name}: {text!r} is not an ISO 8601 date or time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def parse_group_by(text: str | None, default: Sequence[str] = ("model",)) -> tuple[str, ...]:
+    """'model,category' -> ('model', 'category'); unknown names are refused."""
+    if text is None or not text.strip():
+        return tuple(default)
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in GROUP_DIMENSIONS]
+    if unknown:
+        raise BadQuery(f"group_by: unknown {', '.join(map(repr, unknown))}; "
+                       f"choose from {', '.join(GROUP_DIMENSIONS)}")  # fmt: skip
+    if len(set(names)) != len(names):
+        raise BadQuery("group_by: a dimension is named twice")
+    return names
+
+
+def check_error_kind(kind: str | None) -> str | None:
+    if kind is not None and kind not in ERROR_KINDS:
+        raise BadQuery(f"error_kind: {kind!r} is not one of {', '.join(ERROR_KINDS)}")
+    return kind
+
+
+async def resolve_as_of(conn: Connection, text: str) -> Checkpoint:
+    """'txid:position' (a checkpoint as answers print it), a global position, or a time.
+
+    A time means every event recorded at or before it; a position, every event up to
+    and including it in commit order. Beyond the log's head means the head.
+    """
+    text = text.strip()
+    found = _CHECKPOINT.match(text)
+    if found:
+        wanted = Checkpoint(int(found.group(1)), int(found.group(2)))
+        return min(wanted, await head(conn))
+    if text.isdigit():
+        row = await conn.fetchrow(
+            "SELECT transaction_id::text::bigint AS xid FROM events WHERE global_position = $1",
+            int(text),
+        )
+        if row is None:
+            last = await head(conn)
+            if int(text) >= last.global_position:
+                return last
+            raise BadQuery(f"as_of: no event at position {text}")
+        return min(Checkpoint(row["xid"], int(text)), await head(conn))
+    moment = parse_time("as_of", text)
+    assert moment is not None
+    row = await conn.fetchrow(
+        "SELECT transaction_id::text::bigint AS xid, global_position AS pos FROM events "
+        "WHERE recorded_at <= $1 ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
+        moment,
+    )
+    if row is None:
+        return Checkpoint()
+    return min(Checkpoint(row["xid"], row["pos"]), await head(conn))
+
+
+# --- profiles -------------------------------------------------------------------------
+
+PROFILES_SQL = """
+SELECT model, category, sum(gt_right) AS right_, sum(gt_wrong) AS wrong,
+       sum(judge_agree) AS agree, sum(judge_disagree) AS disagree, sum(calls) AS calls,
+       sum(failures) AS failures, sum(cost_usd) AS cost_usd, sum(latency_ms) AS latency_ms
+FROM model_error_profile
+WHERE tenant = $1 AND ($2::text IS NULL OR model = $2) AND ($3::text IS NULL OR category = $3)
+GROUP BY model, category
+ORDER BY model, category
+"""
+
+
+def beta_summary(right: float, wrong: float) -> tuple[float, float, float]:
+    """Posterior mean and a 90% interval of accuracy under a Beta(1 + right, 1 + wrong).
+
+    The interval is the normal approximation of the Beta, clipped to [0, 1].
+    """
+    a, b = 1.0 + right, 1.0 + wrong
+    mean = a / (a + b)
+    sd = math.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
+    return mean, max(0.0, mean - Z_90 * sd), min(1.0, mean + Z_90 * sd)
+
+
+def _ratio(part: float, whole: float) -> float | None:
+    return part / whole if whole else None
+
+
+def profile_row(r: asyncpg.Record) -> dict[str, Any]:
+    right, wrong = int(r["right_"]), int(r["wrong"])
+    agree, disagree = int(r["agree"]), int(r["disagree"])
+    calls, failures = int(r["calls"]), int(r["failures"])
+    mean, low, high = beta_summary(right, wrong)
+    return {
+        "model": r["model"],
+        "category": r["category"],
+        "n": right + wrong,
+        "right": right,
+        "wrong": wrong,
+        "accuracy": mean,
+        "accuracy_low": low,
+        "accuracy_high": high,
+        "beta_alpha": 1 + right,
+        "beta_beta": 1 + wrong,
+        "judged": agree + disagree,
+        "judge_agreement": _ratio(agree, agree + disagree),
+        "calls": calls,
+        "failures": failures,
+        "failure_rate": _ratio(failures, calls),
+        "mean_cost_usd": _ratio(float(r["cost_usd"]), calls - failures),
+        "mean_latency_ms": _ratio(float(r["latency_ms"]), calls),
+    }
+
+
+async def _profiles(
+    conn: Connection, tenant: str, model: str | None, category: str | None
+) -> list[dict[str, Any]]:
+    return [profile_row(r) for r in await conn.fetch(PROFILES_SQL, tenant, model, category)]
+
+
+# --- failures ------------------------------------------------------------------------
+
+_DIM_SQL = {"model": "model", "category": "category", "day": "day"}
+
+FAILURE_BASE = """
+base AS (
+    SELECT model, category, day, outcome, latency_bucket, calls, latency_ms, input_tokens,
+           output_tokens, cost_usd
+    FROM model_call_stats
+    WHERE tenant = $1 AND ($2::text IS NULL OR model = $2)
+      AND ($3::text IS NULL OR category = $3)
+      AND ($4::date IS NULL OR day >= $4) AND ($5::date IS NULL OR day < $5)
+)"""
+
+
+def _failures_sql(group_by: Sequence[str]) -> str:
+    dims = [_DIM_SQL[d] for d in group_by if d != "error_kind"]
+    cols = ", ".join(dims)
+    select_dims = f"{cols}, " if dims else ""
+    group = f"GROUP BY {cols}" if dims else ""
+    if "error_kind" in group_by:
+        join = f"USING ({cols})" if dims else "ON true"
+        return f"""
+WITH {FAILURE_BASE},
+totals AS (SELECT {select_dims}sum(calls) AS calls FROM base {group}),
+kinds AS (
+    SELECT {select_dims}outcome AS error_kind, sum(calls) AS failures,
+           sum(latency_ms) AS latency_ms
+    FROM base WHERE outcome <> 'ok' AND ($6::text IS NULL OR outcome = $6)
+    GROUP BY {select_dims}outcome
+)
+SELECT {select_dims}k.error_kind, t.calls, k.failures, k.latency_ms
+FROM kinds k JOIN totals t {join}
+ORDER BY {select_dims}k.failures DESC, k.error_kind
+"""
+    return f"""
+WITH {FAILURE_BASE},
+totals AS (
+    SELECT {select_dims}sum(calls) AS calls,
+           coalesce(sum(calls) FILTER (WHERE outcome <> 'ok'
+                                       AND ($6::text IS NULL OR outcome = $6)), 0) AS failures,
+           sum(latency_ms) AS latency_ms, sum(input_tokens) AS input_tokens,
+           sum(output_tokens) AS output_tokens, sum(cost_usd) AS cost_usd
+    FROM base {group}
+),
+by_bucket AS (SELECT {select_dims}latency_bucket, sum(calls) AS n FROM base
+              GROUP BY {select_dims}latency_bucket),
+hist AS (SELECT {select_dims}jsonb_object_agg(latency_bucket, n) AS hist FROM by_bucket {group})
+SELECT t.*, h.hist FROM totals t JOIN hist h {f"USING ({cols})" if dims else "ON true"}
+ORDER BY {select_dims}t.calls DESC
+"""
+
+
+def histogram_quantile(q: float, buckets: Mapping[int, int]) -> float | None:
+    """The q-quantile from latency-bucket counts, interpolating inside the bucket
+    (the bucket above the last bound reports that bound)."""
+    total = sum(buckets.values())
+    if total == 0:
+        return None
+    rank = q * total
+    seen = 0
+    for b in sorted(buckets):
+        n = buckets[b]
+        if seen + n >= rank and n > 0:
+            lower = 0.0 if b == 0 else LATENCY_BOUNDS_MS[b - 1]
+            if b >= len(LATENCY_BOUNDS_MS):
+                return LATENCY_BOUNDS_MS[-1]
+            upper = LATENCY_BOUNDS_MS[b]
+            return lower + (upper - lower) * (rank - seen) / n
+        seen += n
+    return LATENCY_BOUNDS_MS[-1]
+
+
+def _day_after(until: datetime) -> date:
+    """The first day not in a window ending at ``until`` (days are whole, UTC)."""
+    moment = until.astimezone(UTC)
+    day = moment.date()
+    return day if moment.time() == datetime.min.time() else day + timedelta(days=1)
+
+
+def _day_text(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, date) else value
+
+
+def failure_row(r: asyncpg.Record, group_by: Sequence[str]) -> dict[str, Any]:
+    row: dict[str, Any] = {d: _day_text(r[d]) for d in group_by}
+    calls, failures = int(r["calls"]), int(r["failures"])
+    row.update(
+        calls=calls,
+        failures=failures,
+        failure_rate=_ratio(failures, calls),
+    )
+    if "error_kind" in group_by:
+        row["mean_latency_ms"] = _ratio(float(r["latency_ms"]), failures)
+        return row
+    hist = {int(k): int(v) for k, v in json.loads(r["hist"]).items()} if r["hist"] else {}
+    row.update(
+        successes=calls - failures,
+        mean_latency_ms=_ratio(float(r["latency_ms"]), calls),
+        latency_p50_ms=histogram_quantile(0.5, hist),
+        latency_p95_ms=histogram_quantile(0.95, hist),
+        input_tokens=int(r["input_tokens"]),
+        output_tokens=int(r["output_tokens"]),
+        cost_usd=float(r["cost_usd"]),
+    )
+    return row
+
+
+# --- co-failures ----------------------------------------------------------------------
+
+CO_FAILURES_SQL = """
+SELECT category, model_a, model_b, sum(both_wrong) AS both_wrong,
+       sum(one_wrong) AS one_wrong, sum(both_right) AS both_right
+FROM co_failure
+WHERE tenant = $1 AND ($2::text IS NULL OR model_a = $2 OR model_b = $2)
+  AND ($3::text IS NULL OR category = $3)
+GROUP BY category, model_a, model_b
+HAVING sum(both_wrong + one_wrong + both_right) >= $4
+ORDER BY sum(both_wrong)::float8 / sum(both_wrong + one_wrong + both_right) DESC,
+         category, model_a, model_b
+"""
+
+
+def co_failure_row(r: asyncpg.Record) -> dict[str, Any]:
+    both, one, right = int(r["both_wrong"]), int(r["one_wrong"]), int(r["both_right"])
+    n = both + one + right
+    return {
+        "category": r["category"],
+        "model_a": r["model_a"],
+        "model_b": r["model_b"],
+        "n": n,
+        "both_wrong": both,
+        "one_wrong": one,
+        "both_right": right,
+        "both_wrong_rate": _ratio(both, n),
+        # Of the runs where at least one was wrong, how often both were.
+        "co_failure_rate": _ratio(both, both + one),
+    }
+
+
+# --- judges ---------------------------------------------------------------------------
+
+# A judge's answer on a run is graded against the source run's latest outcome: the
+# expected answer when one was given; else the label: the run's own judge gets the
+# label, a replay that gave the same answer too, a replay that gave another answer
+# is wrong where the original was right and unknown where it was wrong.
+JUDGES_SQL = """
+WITH judged AS (
+    SELECT j.stream_id, j.source_stream_id, j.kind, j.judge, j.judge_decided, j.status,
+           j.category, j.answer_normalized, j.judge_cost_usd, j.judge_latency_ms,
+           src.expected_normalized, src.final_correct, src.answer_normalized AS original
+    FROM run_summary j JOIN run_summary src ON src.stream_id = j.source_stream_id
+    WHERE j.tenant = $1 AND j.judge IS NOT NULL AND ($2::text IS NULL OR j.category = $2)
+      AND ($3::text IS NULL OR j.judge = $3)
+),
+graded AS (
+    SELECT *, CASE
+        WHEN answer_normalized IS NULL THEN NULL
+        WHEN expected_normalized IS NOT NULL THEN answer_normalized = expected_normalized
+        WHEN final_correct IS NULL THEN NULL
+        WHEN stream_id = source_stream_id OR answer_normalized = original THEN final_correct
+        WHEN final_correct THEN false
+        ELSE NULL END AS correct
+    FROM judged
+),
+agreement AS (
+    SELECT a.judge, a.category, count(*) AS compared,
+           count(*) FILTER (WHERE a.answer_normalized = b.answer_normalized) AS agreed
+    FROM judged a JOIN run_summary b
+         ON b.source_stream_id = a.source_stream_id AND b.stream_id <> a.stream_id
+        AND b.judge IS NOT NULL AND b.judge <> a.judge AND b.tenant = $1
+    WHERE a.answer_normalized IS NOT NULL AND b.answer_normalized IS NOT NULL
+    GROUP BY a.judge, a.category
+)
+SELECT g.judge, g.category, count(*) AS runs,
+       count(*) FILTER (WHERE g.kind = 'replay') AS replays,
+       count(*) FILTER (WHERE NOT g.judge_decided) AS fallbacks,
+       count(*) FILTER (WHERE g.status = 'failed') AS failed,
+       count(g.correct) AS graded, count(*) FILTER (WHERE g.correct) AS right_,
+       avg(g.judge_cost_usd) AS mean_cost_usd, avg(g.judge_latency_ms) AS mean_latency_ms,
+       coalesce(max(a.compared), 0) AS compared, coalesce(max(a.agreed), 0) AS agreed
+FROM graded g LEFT JOIN agreement a ON a.judge = g.judge AND a.category = g.category
+GROUP BY g.judge, g.category
+ORDER BY g.category, count(*) FILTER (WHERE g.correct)::float8 / greatest(count(g.correct), 1)
+         DESC, g.judge
+"""
+
+
+def judge_row(r: asyncpg.Record) -> dict[str, Any]:
+    graded, right = int(r["graded"]), int(r["right_"])
+    compared, agreed = int(r["compared"]), int(r["agreed"])
+    mean, low, high = beta_summary(right, graded - right)
+    return {
+        "judge": r["judge"],
+        "category": r["category"],
+        "runs": int(r["runs"]),
+        "replays": int(r["replays"]),
+        "fallbacks": int(r["fallbacks"]),
+        "failed": int(r["failed"]),
+        "graded": graded,
+        "right": right,
+        "accuracy": _ratio(right, graded),
+        "accuracy_low": low if graded else None,
+        "accuracy_high": high if graded else None,
+        "posterior_accuracy": mean,
+        "compared": compared,
+        "agreement": _ratio(agreed, compared),
+        "mean_cost_usd": None if r["mean_cost_usd"] is None else float(r["mean_cost_usd"]),
+        "mean_latency_ms": None if r["mean_latency_ms"] is None else float(r["mean_latency_ms"]),
+    }
+
+
+# --- answering ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One statistics question: which, with its checked filters."""
+
+    kind: str  # profiles | failures | co-failures | judges
+    tenant: str
+    model: str | None = None
+    category: str | None = None
+    error_kind: str | None = None
+    judge: str | None = None
+    group_by: tuple[str, ...] = ("model",)
+    window: Window = Window()
+    min_n: int = 1
+    as_of: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in PROJECTION_OF:
+            raise BadQuery(f"unknown statistics {self.kind!r}")
+        check_error_kind(self.error_kind)
+        if self.min_n < 0:
+            raise BadQuery("min_n: must be 0 or more")
+
+
+PROJECTION_OF = {
+    "profiles": "model_error_profile",
+    "failures": "model_call_stats",
+    "co-failures": "model_error_profile",
+    "judges": "runs",
+}
+
+
+async def _rows(conn: Connection, q: Query) -> list[dict[str, Any]]:
+    if q.kind == "profiles":
+        return await _profiles(conn, q.tenant, q.model, q.category)
+    if q.kind == "failures":
+        since = q.window.since.astimezone(UTC).date() if q.window.since else None
+        until = _day_after(q.window.until) if q.window.until else None
+        rows = await conn.fetch(
+            _failures_sql(q.group_by), q.tenant, q.model, q.category, since, until, q.error_kind
+        )
+        return [failure_row(r, q.group_by) for r in rows]
+    if q.kind == "co-failures":
+        rows = await conn.fetch(CO_FAILURES_SQL, q.tenant, q.model, q.category, q.min_n)
+        return [co_failure_row(r) for r in rows]
+    rows = await conn.fetch(JUDGES_SQL, q.tenant, q.category, q.judge)
+    return [judge_row(r) for r in rows]
+
+
+async def answer(conn: Connection, q: Query) -> StatsAnswer:
+    """Answer the query from the read models (or as of an earlier point of the log)."""
+    if q.as_of is not None:
+        upto = await resolve_as_of(conn, q.as_of)
+        async with as_of(conn, upto):
+            rows = await _rows(conn, q)
+        lag = await lag_after(conn, upto)
+        return StatsAnswer(rows, str(upto), LagView(lag.events, lag.seconds), as_of=str(upto))
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        checkpoint, _ = await read_checkpoint(conn, PROJECTION_OF[q.kind])
+        rows = await _rows(conn, q)
+        behind: Lag = await lag_after(conn, checkpoint)
+    return StatsAnswer(rows, str(checkpoint), LagView(behind.events, behind.seconds))

@@ -1,0 +1,445 @@
+"""The projection runner: applies the log to the read models, exactly once.
+
+One step = one transaction: lock the projection's checkpoint row, find the end of the
+next batch in gap-safe commit order (events of transactions older than every open one),
+run the projection's statements over (checkpoint, end], advance the checkpoint, commit.
+A crash anywhere rolls the whole step back, so nothing is lost or counted twice.
+
+One owner per projection across processes: a session-level advisory lock, keyed by
+schema and name, held for as long as the owner runs. Other workers try again every
+poll interval, so one takes over within seconds when the owner dies (its connection
+closes, Postgres drops the lock). The worker wakes on the log's NOTIFY and polls as a
+fallback.
+
+``rebuild`` builds a projection from position zero into shadow tables of the same
+names in a scratch schema while the live ones keep serving, then swaps them in under
+the checkpoint row's lock (the live runner waits at that lock for a moment, then
+carries on from the rebuilt checkpoint). ``as_of`` builds the read models up to an
+earlier checkpoint in temporary tables that shadow the live ones inside one
+transaction, so every statistics query can answer "as the numbers stood then" with
+the same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import asyncpg
+import structlog
+
+from service.metrics import Metrics
+from service.projections.definitions import BY_NAME, PROJECTIONS, Projection, statement_args
+from service.store import Checkpoint
+from service.store.database import Connection
+from service.store.postgres import NOTIFY_CHANNEL
+
+log = structlog.get_logger("projections")
+
+BATCH_EVENTS: Final = 5_000
+REBUILD_BATCH_EVENTS: Final = 250_000
+LAG_COUNT_CAP: Final = 1_000_000
+
+LOCK_SQL = (
+    "SELECT pg_try_advisory_lock(hashtextextended(current_schema() || '/projection/' || $1, 0))"
+)
+UNLOCK_SQL = (
+    "SELECT pg_advisory_unlock(hashtextextended(current_schema() || '/projection/' || $1, 0))"
+)
+
+CHECKPOINT_FOR_UPDATE_SQL = """
+INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT (name) DO NOTHING;
+"""
+READ_CHECKPOINT_SQL = """
+SELECT transaction_id, global_position, events FROM projection_checkpoints
+WHERE name = $1 FOR UPDATE
+"""
+WRITE_CHECKPOINT_SQL = """
+UPDATE projection_checkpoints
+SET transaction_id = $2, global_position = $3, events = events + $4, updated_at = now()
+WHERE name = $1
+"""
+
+# The end of the next batch: at most $3 committed events after the checkpoint, of
+# transactions older than every open one (so nothing can still appear before it).
+NEXT_BATCH_SQL = """
+WITH next AS MATERIALIZED (
+    SELECT transaction_id, global_position FROM events
+    WHERE (transaction_id, global_position) > ($1::text::xid8, $2::bigint)
+      AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+    ORDER BY transaction_id, global_position
+    LIMIT $3
+)
+SELECT (SELECT count(*) FROM next) AS n, transaction_id::text::bigint AS xid,
+       global_position AS pos
+FROM next ORDER BY transaction_id DESC, global_position DESC LIMIT 1
+"""
+
+# The gap-safe head of the log: the last event a reader may see now.
+HEAD_SQL = """
+SELECT transaction_id::text::bigint AS xid, global_position AS pos FROM events
+WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY transaction_id DESC, global_position DESC LIMIT 1
+"""
+
+LAG_SQL = """
+SELECT count(*) AS events,
+       coalesce(extract(epoch FROM now() - min(recorded_at)), 0)::float8 AS seconds
+FROM (SELECT recorded_at FROM events
+      WHERE (transaction_id, global_position) > ($1::text::xid8, $2::bigint)
+      ORDER BY transaction_id, global_position LIMIT $3) AS behind
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Lag:
+    """How far a projection is behind the log."""
+
+    events: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectionStatus:
+    """A projection's checkpoint and lag, as reported by the CLI and stats answers."""
+
+    name: str
+    checkpoint: Checkpoint
+    events: int
+    lag: Lag
+
+
+async def apply_range(
+    conn: Connection, projection: Projection, after: Checkpoint, upto: Checkpoint
+) -> None:
+    """Run the projection's statements over (after, upto] on ``conn``'s tables."""
+    bounds = (
+        str(after.transaction_id),
+        after.global_position,
+        str(upto.transaction_id),
+        upto.global_position,
+    )
+    for statement in projection.statements:
+        await conn.execute(statement, *bounds, *statement_args(statement))
+
+
+async def next_batch(
+    conn: Connection, after: Checkpoint, limit: int
+) -> tuple[int, Checkpoint] | None:
+    """How many events the next batch holds and where it ends; None when caught up."""
+    row = await conn.fetchrow(
+        NEXT_BATCH_SQL, str(after.transaction_id), after.global_position, limit
+    )
+    if row is None:
+        return None
+    return int(row["n"]), Checkpoint(row["xid"], row["pos"])
+
+
+async def head(conn: Connection) -> Checkpoint:
+    """The gap-safe head of the log (START when empty)."""
+    row = await conn.fetchrow(HEAD_SQL)
+    return Checkpoint() if row is None else Checkpoint(row["xid"], row["pos"])
+
+
+async def lag_after(conn: Connection, checkpoint: Checkpoint) -> Lag:
+    """Events after the checkpoint (counted up to a cap) and the age of the oldest."""
+    row = await conn.fetchrow(
+        LAG_SQL, str(checkpoint.transaction_id), checkpoint.global_position, LAG_COUNT_CAP
+    )
+    assert row is not None
+    return Lag(int(row["events"]), float(row["seconds"]))
+
+
+async def read_checkpoint(conn: Connection, name: str) -> tuple[Checkpoint, int]:
+    """A projection's checkpoint and event count (START, 0 before its first step)."""
+    row = await conn.fetchrow(
+        "SELECT transaction_id, global_position, events FROM projection_checkpoints "
+        "WHERE name = $1",
+        name,
+    )
+    if row is None:
+        return Checkpoint(), 0
+    return Checkpoint(row["transaction_id"], row["global_position"]), int(row["events"])
+
+
+async def status(conn: Connection, names: Sequence[str] | None = None) -> list[ProjectionStatus]:
+    """Checkpoint and lag of each projection."""
+    out = []
+    for projection in PROJECTIONS:
+        if names and projection.name not in names:
+            continue
+        checkpoint, events = await read_checkpoint(conn, projection.name)
+        out.append(
+            ProjectionStatus(projection.name, checkpoint, events, await lag_after(conn, checkpoint))
+        )
+    return out
+
+
+async def step(conn: Connection, projection: Projection, limit: int = BATCH_EVENTS) -> int:
+    """Apply the next batch of the log to the live read models; the events applied."""
+    await conn.execute(CHECKPOINT_FOR_UPDATE_SQL, projection.name)
+    async with conn.transaction():
+        row = await conn.fetchrow(READ_CHECKPOINT_SQL, projection.name)
+        assert row is not None
+        after = Checkpoint(row["transaction_id"], row["global_position"])
+        batch = await next_batch(conn, after, limit)
+        if batch is None:
+            return 0
+        count, upto = batch
+        await apply_range(conn, projection, after, upto)
+        await conn.execute(
+            WRITE_CHECKPOINT_SQL, projection.name, upto.transaction_id, upto.global_position, count
+        )
+    return count
+
+
+class ProjectionWorker:
+    """Keeps the read models up to date; run one or more per deployment.
+
+    Holds one connection for its life: the advisory locks it owns are tied to it and
+    its LISTEN wakes it. ``owned`` names the projections this worker currently runs.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        metrics: Metrics | None = None,
+        poll_interval: float = 1.0,
+        batch_events: int = BATCH_EVENTS,
+        projections: Sequence[Projection] = PROJECTIONS,
+    ) -> None:
+        self.pool = pool
+        self.metrics = metrics
+        self.poll_interval = poll_interval
+        self.batch_events = batch_events
+        self.projections = tuple(projections)
+        self.owned: set[str] = set()
+        self.applied = 0
+        self.caught_up = asyncio.Event()
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+        wake = asyncio.Event()
+
+        def on_notify(*_: Any) -> None:
+            wake.set()
+
+        async with self.pool.acquire() as conn:
+            await conn.add_listener(NOTIFY_CHANNEL, on_notify)
+            try:
+                while True:
+                    wake.clear()
+                    busy = await self.round(conn)
+                    if busy:
+                        continue
+                    self.caught_up.set()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), self.poll_interval)
+                    self.caught_up.clear()
+            finally:
+                with contextlib.suppress(Exception):
+                    await conn.remove_listener(NOTIFY_CHANNEL, on_notify)
+                with contextlib.suppress(Exception):
+                    for name in self.owned:
+                        await asyncio.shield(conn.fetchval(UNLOCK_SQL, name))
+                self.owned.clear()
+
+    async def round(self, conn: Connection) -> bool:
+        """Claim what is free, apply one batch to each owned projection; True if any
+        batch was full (more is waiting)."""
+        busy = False
+        for projection in self.projections:
+            if projection.name not in self.owned:
+                if not await conn.fetchval(LOCK_SQL, projection.name):
+                    continue  # another worker owns it
+                self.owned.add(projection.name)
+                log.info("projection.owned", projection=projection.name)
+            applied = await step(conn, projection, self.batch_events)
+            self.applied += applied
+            busy = busy or applied == self.batch_events
+            if self.metrics is not None:
+                checkpoint, _ = await read_checkpoint(conn, projection.name)
+                lag = await lag_after(conn, checkpoint) if not busy else None
+                if lag is not None:
+                    self.metrics.projection_lag_events.labels(projection.name).set(lag.events)
+                    self.metrics.projection_lag_seconds.labels(projection.name).set(lag.seconds)
+        return busy
+
+
+async def run_until_caught_up(
+    pool: asyncpg.Pool, batch_events: int = BATCH_EVENTS, patience_s: float = 30.0
+) -> int:
+    """Apply every event committed so far to every projection (tests, `worker --once`).
+
+    Takes the projections' locks like a worker (waits while another worker holds one).
+    Waits, up to ``patience_s``, for transactions still open to finish, so that every
+    projection ends at the same checkpoint: the head of the log.
+    """
+    total = 0
+    deadline = time.monotonic() + patience_s
+    async with pool.acquire() as conn:
+        while True:
+            for projection in PROJECTIONS:
+                while not await conn.fetchval(LOCK_SQL, projection.name):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # a worker owns it: wait for its turn
+                try:
+                    while applied := await step(conn, projection, batch_events):
+                        total += applied
+                finally:
+                    await conn.fetchval(UNLOCK_SQL, projection.name)
+            behind = [s for s in await status(conn) if s.lag.events]
+            if not behind or time.monotonic() > deadline:
+                return total
+            await asyncio.sleep(0.02)  # an older transaction is still open
+
+
+# --- rebuild ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildResult:
+    """What a rebuild did."""
+
+    name: str
+    events: int
+    seconds: float
+    checkpoint: Checkpoint
+
+
+async def _search_path(conn: Connection) -> tuple[str, str]:
+    row = await conn.fetchrow(
+        "SELECT current_schema() AS live, current_setting('search_path') AS path"
+    )
+    assert row is not None
+    return str(row["live"]), str(row["path"])
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def rebuild(
+    pool: asyncpg.Pool,
+    name: str,
+    *,
+    batch_events: int = REBUILD_BATCH_EVENTS,
+    progress: Callable[[int, int], None] | None = None,
+) -> RebuildResult:
+    """Rebuild one projection from position zero into shadow tables, then swap them in.
+
+    ``progress(done, total)`` is called after each batch (total is the log's size
+    when the rebuild started).
+    """
+    projection = BY_NAME[name]
+    started = time.perf_counter()
+    async with pool.acquire() as conn:
+        live, path = await _search_path(conn)
+        shadow = f"{live}__rebuild_{name}"[:63]
+        await conn.execute(f"DROP SCHEMA IF EXISTS {_ident(shadow)} CASCADE")
+        await conn.execute(f"CREATE SCHEMA {_ident(shadow)}")
+        try:
+            for table in projection.tables:
+                await conn.execute(
+                    f"CREATE TABLE {_ident(shadow)}.{_ident(table)} "
+                    f"(LIKE {_ident(live)}.{_ident(table)} INCLUDING ALL)"
+                )
+            total = await conn.fetchval("SELECT count(*) FROM events")
+            shadow_path = f"{_ident(shadow)}, {path}"
+            checkpoint, done = Checkpoint(), 0
+            async with _shadowed(conn, shadow_path):
+                while True:  # catch up without blocking the live runner
+                    batch = await next_batch(conn, checkpoint, batch_events)
+                    if batch is None:
+                        break
+                    count, upto = batch
+                    async with conn.transaction():
+                        await apply_range(conn, projection, checkpoint, upto)
+                    checkpoint, done = upto, done + count
+                    if progress:
+                        progress(done, max(total, done))
+            async with conn.transaction():
+                # Under the checkpoint row's lock the live runner cannot step: apply
+                # what came meanwhile, then swap the tables and the checkpoint.
+                await conn.execute(CHECKPOINT_FOR_UPDATE_SQL, name)
+                await conn.fetchrow(READ_CHECKPOINT_SQL, name)
+                await conn.execute(f"SET LOCAL search_path = {shadow_path}")
+                while batch := await next_batch(conn, checkpoint, batch_events):
+                    count, upto = batch
+                    await apply_range(conn, projection, checkpoint, upto)
+                    checkpoint, done = upto, done + count
+                await conn.execute(f"SET LOCAL search_path = {path}")
+                for table in projection.tables:
+                    await conn.execute(f"DROP TABLE {_ident(live)}.{_ident(table)}")
+                    await conn.execute(
+                        f"ALTER TABLE {_ident(shadow)}.{_ident(table)} SET SCHEMA {_ident(live)}"
+                    )
+                await conn.execute(
+                    "UPDATE projection_checkpoints SET transaction_id = $2, global_position = $3,"
+                    " events = $4, updated_at = now() WHERE name = $1",
+                    name,
+                    checkpoint.transaction_id,
+                    checkpoint.global_position,
+                    done,
+                )
+                await conn.execute(
+                    GRANT_SQL.format(tables=", ".join(map(_ident, projection.tables)))
+                )
+        finally:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {_ident(shadow)} CASCADE")
+    seconds = time.perf_counter() - started
+    log.info("projection.rebuilt", projection=name, events=done, seconds=round(seconds, 3))
+    return RebuildResult(name, done, seconds, checkpoint)
+
+
+GRANT_SQL = """
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'fusion_ledger_app') THEN
+        GRANT SELECT, INSERT, UPDATE ON {tables} TO fusion_ledger_app;
+    END IF;
+END $$
+"""
+
+
+@contextlib.asynccontextmanager
+async def _shadowed(conn: Connection, search_path: str) -> AsyncIterator[None]:
+    """Resolve read-model names to the shadow tables on this connection for a while.
+
+    A changed search_path also makes Postgres re-plan cached statements, so prepared
+    statements cannot keep pointing at the live tables.
+    """
+    old = await conn.fetchval("SELECT current_setting('search_path')")
+    await conn.execute(f"SET search_path = {search_path}")
+    try:
+        yield
+    finally:
+        await conn.execute(f"SET search_path = {old}")
+
+
+# --- as of ----------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def as_of(conn: Connection, upto: Checkpoint) -> AsyncIterator[None]:
+    """Inside: the read-model names resolve to temporary tables built from the log up
+    to ``upto``. Everything is rolled back on exit; the live tables are not touched."""
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        for projection in PROJECTIONS:
+            for table in projection.tables:
+                await conn.execute(
+                    f"CREATE TEMP TABLE {_ident(table)} (LIKE {_ident(table)} INCLUDING ALL)"
+                )
+        path = await conn.fetchval("SELECT current_setting('search_path')")
+        await conn.execute(f"SET LOCAL search_path = pg_temp, {path}")
+        for projection in PROJECTIONS:
+            await apply_range(conn, projection, Checkpoint(), upto)
+        yield
+    finally:
+        await transaction.rollback()

@@ -1,0 +1,446 @@
+"""Projections: after a known mix of simulated runs, outcomes and replays, every
+statistic equals what this test computes on its own from the events; rebuilds,
+crashes mid-batch and competing workers change nothing; ``as_of`` answers with the
+earlier numbers; bad filters are 4xx."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from litestar.testing import AsyncTestClient
+
+from service.app import create_app
+from service.domain.events import (
+    AnswerFinalized,
+    JudgeDecided,
+    JudgeFailed,
+    MemberOutcome,
+    OutcomeRecorded,
+    PanelCallFailed,
+    PanelCallSucceeded,
+    PanelSelected,
+    ReplayRequested,
+    RunFailed,
+    RunRequested,
+)
+from service.domain.profiles import ProfileFold
+from service.domain.scoring import answers_match, normalize_answer
+from service.orchestration.profile_loader import load_profile_snapshot
+from service.projections import runner
+from service.projections.definitions import PROJECTIONS
+from service.settings import Settings
+from service.store import EventStore, NewEvent
+from service.store.codec import RecordedEvent
+from tests.conftest import RunningSimulator, TestDatabase
+
+PANELS: list[Any] = [
+    ["sim/model-a", "sim/model-b", "sim/model-c"],
+    ["sim/model-b", "sim/fault-server-error", "sim/model-d"],
+    [{"model": "sim/model-e", "samples": 2}, "sim/fault-malformed"],
+]
+JUDGES: list[Any] = [{"kind": "vote"}, {"kind": "synthesize", "model": "sim/judge-strong"}]
+CATEGORIES = ["arithmetic", "multiple_choice", "two_choice"]
+
+
+@pytest.fixture
+async def service(
+    database: TestDatabase, simulator: RunningSimulator
+) -> AsyncIterator[tuple[AsyncTestClient[Any], Any]]:
+    settings = Settings(database_url=database.url, pool_min_size=1, pool_max_size=10)
+    app = create_app(
+        settings, simulator.config(), sweeper=False, run_migrations=False, projections=False
+    )
+    async with AsyncTestClient(app=app) as client:
+        yield client, simulator.world
+
+
+async def fuse_mix(
+    client: AsyncTestClient[Any], world: Any, store: EventStore, n: int
+) -> list[str]:
+    """n runs over panels, judges and categories; ground truth for two in three."""
+    run_ids = []
+    for i in range(n):
+        category = CATEGORIES[i % len(CATEGORIES)]
+        question = world.bank.in_category(category)[i // len(CATEGORIES)]
+        body = {
+            "prompt": question.prompt,
+            "category": category,
+            "panel": PANELS[i % len(PANELS)],
+            "judge": JUDGES[i % len(JUDGES)],
+        }
+        response = await client.post("/v1/fusions", json=body)
+        assert response.status_code in (200, 502), response.text
+        run_id = response.json()["run_id"]
+        run_ids.append(run_id)
+        if i % 3 != 2:
+            await record_truth(store, run_id, question.expected)
+    return run_ids
+
+
+async def record_truth(store: EventStore, run_id: str, expected: str) -> None:
+    """Ground truth for a run, graded as the outcomes endpoint grades it."""
+    records = await store.read_stream(f"run-{run_id}")
+    events = [r.decode() for r in records]
+    final = next((e for e in events if isinstance(e, AnswerFinalized)), None)
+    texts = {e.member_id: e.text for e in events if isinstance(e, PanelCallSucceeded)}
+    seats = next(e for e in events if isinstance(e, PanelSelected)).members
+    outcome = OutcomeRecorded(
+        source="dataset",
+        expected=expected,
+        expected_normalized=normalize_answer(expected),
+        final_correct=None if final is None else answers_match(final.answer, expected),
+        members=[
+            MemberOutcome(
+                member_id=s.member_id,
+                correct=answers_match(texts[s.member_id], expected)
+                if s.member_id in texts
+                else None,
+            )
+            for s in seats
+        ],
+    )
+    meta = {"correlation_id": run_id, "tenant": "default", "actor": "test"}
+    await store.append_to_stream(f"run-{run_id}", [NewEvent(outcome, meta)])
+
+
+async def all_events(store: EventStore) -> list[RecordedEvent]:
+    out: list[RecordedEvent] = []
+    while batch := await store.read_all(runner.Checkpoint(*_last(out)), 1000):
+        out += batch
+    return out
+
+
+def _last(events: list[RecordedEvent]) -> tuple[int, int]:
+    return (events[-1].transaction_id, events[-1].global_position) if events else (0, 0)
+
+
+# --- the statistics, computed here from the events alone ------------------------------
+
+
+def judge_key(identity: Any) -> str:
+    key = identity.kind + (f":{identity.model}" if identity.model else "")
+    return (
+        key
+        + ("+weighted" if identity.weighted else "")
+        + ("+informed" if identity.informed else "")
+    )
+
+
+def expected_stats(events: list[RecordedEvent]) -> dict[str, Any]:
+    category: dict[str, str] = {}
+    seats: dict[str, dict[str, str]] = {}
+    calls: Counter[tuple[str, str]] = Counter()
+    failures: Counter[tuple[str, str, str]] = Counter()
+    right: Counter[tuple[str, str]] = Counter()
+    wrong: Counter[tuple[str, str]] = Counter()
+    agree: Counter[tuple[str, str]] = Counter()
+    disagree: Counter[tuple[str, str]] = Counter()
+    pairs: dict[tuple[str, str, str], Counter[str]] = defaultdict(Counter)
+    judged: dict[str, dict[str, Any]] = {}  # stream -> judge, category, answer, source
+    truth: dict[str, OutcomeRecorded] = {}
+    for record in events:
+        event, stream = record.decode(), record.stream_id
+        match event:
+            case RunRequested():
+                category[stream] = event.category
+            case ReplayRequested():
+                category[stream] = category[f"run-{event.source_run_id}"]
+                judged[stream] = {"source": f"run-{event.source_run_id}"}
+            case PanelSelected():
+                seats[stream] = {m.member_id: m.model for m in event.members}
+            case PanelCallSucceeded() | PanelCallFailed():
+                calls[(event.model, category[stream])] += 1
+                if isinstance(event, PanelCallFailed):
+                    failures[(event.model, category[stream], event.error_kind)] += 1
+            case JudgeDecided() | JudgeFailed():
+                entry = judged.setdefault(stream, {"source": stream})
+                entry["judge"] = judge_key(event.judge)
+                if isinstance(event, JudgeDecided) and stream.startswith("run-"):
+                    for v in event.verdicts:
+                        key = (seats[stream][v.member_id], category[stream])
+                        (agree if v.agrees else disagree)[key] += 1
+            case AnswerFinalized():
+                judged.setdefault(stream, {"source": stream})["answer"] = event.answer
+            case RunFailed():
+                pass
+            case OutcomeRecorded():
+                truth[stream] = event
+                graded = [
+                    (seats[stream][o.member_id], o.correct)
+                    for o in event.members
+                    if o.correct is not None
+                ]
+                for model, correct in graded:
+                    (right if correct else wrong)[(model, category[stream])] += 1
+                for i, (a, a_ok) in enumerate(graded):
+                    for b, b_ok in graded[i + 1 :]:
+                        key = (category[stream], min(a, b), max(a, b))
+                        kind = "both_right" if a_ok and b_ok else "one_wrong"
+                        pairs[key]["both_wrong" if not a_ok and not b_ok else kind] += 1
+    judges: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    for stream, j in judged.items():
+        if "judge" not in j:
+            continue
+        counts = judges[(j["judge"], category[stream])]
+        counts["runs"] += 1
+        outcome = truth.get(j["source"])
+        if "answer" in j and outcome is not None and outcome.expected is not None:
+            counts["graded"] += 1
+            counts["right"] += answers_match(j["answer"], outcome.expected)
+    return {
+        "calls": calls,
+        "failures": failures,
+        "right": right,
+        "wrong": wrong,
+        "agree": agree,
+        "disagree": disagree,
+        "pairs": pairs,
+        "judges": judges,
+    }
+
+
+def check_answers(expected: dict[str, Any], got: dict[str, Any]) -> None:
+    profiles = {(r["model"], r["category"]): r for r in got["profiles"]}
+    assert set(profiles) == set(expected["calls"]) | set(expected["agree"]) | set(
+        expected["disagree"]
+    )
+    for key, row in profiles.items():
+        assert row["calls"] == expected["calls"][key], key
+        assert row["right"] == expected["right"][key], key
+        assert row["wrong"] == expected["wrong"][key], key
+        assert row["judged"] == expected["agree"][key] + expected["disagree"][key], key
+        fails = sum(n for (m, c, _), n in expected["failures"].items() if (m, c) == key)
+        assert row["failures"] == fails, key
+    by_kind = {(r["model"], r["category"], r["error_kind"]): r for r in got["failures"]}
+    assert {k: r["failures"] for k, r in by_kind.items()} == dict(expected["failures"])
+    for (model, cat, _), row in by_kind.items():
+        assert row["calls"] == expected["calls"][(model, cat)]
+    pairs = {(r["category"], r["model_a"], r["model_b"]): r for r in got["co_failures"]}
+    assert set(pairs) == set(expected["pairs"])
+    for key, counts in expected["pairs"].items():
+        for measure in ("both_wrong", "one_wrong", "both_right"):
+            assert pairs[key][measure] == counts[measure], (key, measure)
+    judges = {(r["judge"], r["category"]): r for r in got["judges"]}
+    assert set(judges) == set(expected["judges"])
+    for key, counts in expected["judges"].items():
+        assert judges[key]["runs"] == counts["runs"], key
+        assert judges[key]["graded"] == counts["graded"], key
+        assert judges[key]["right"] == counts["right"], key
+
+
+async def ask_all(client: AsyncTestClient[Any], as_of: str | None = None) -> dict[str, Any]:
+    suffix = f"&as_of={as_of}" if as_of else ""
+    got = {}
+    for name, path in (
+        ("profiles", "/v1/profiles?"),
+        ("failures", "/v1/stats/failures?group_by=model,category,error_kind"),
+        ("co_failures", "/v1/stats/co-failures?"),
+        ("judges", "/v1/stats/judges?"),
+    ):
+        response = await client.get(path + suffix)
+        assert response.status_code == 200, response.text
+        got[name] = response.json()["rows"]
+    return got
+
+
+def _exact(value: Any) -> Any:
+    """Floats to 10 significant digits: sums over other batches add in another order."""
+    return float(f"{value:.10g}") if isinstance(value, float) else value
+
+
+async def dump(pool: asyncpg.Pool) -> dict[str, list[tuple[Any, ...]]]:
+    tables = [t for p in PROJECTIONS for t in p.tables]
+    out = {}
+    async with pool.acquire() as conn:
+        for table in tables:
+            rows = await conn.fetch(f"SELECT * FROM {table}")
+            out[table] = sorted(tuple(map(_exact, r.values())) for r in rows)
+        cps = await conn.fetch(
+            "SELECT name, transaction_id, global_position, events FROM projection_checkpoints"
+        )
+        out["checkpoints"] = sorted(tuple(r.values()) for r in cps)
+    return out
+
+
+# --- tests ----------------------------------------------------------------------------
+
+
+async def test_every_statistic_equals_the_count_from_the_events(
+    service: tuple[AsyncTestClient[Any], Any], store: EventStore, pool: asyncpg.Pool
+) -> None:
+    client, world = service
+    run_ids = await fuse_mix(client, world, store, 18)
+    for run_id in run_ids[:4]:  # replays with another judge count for the judges
+        response = await client.post(
+            f"/v1/runs/{run_id}/replays", json={"judge": {"kind": "vote", "weighted": True}}
+        )
+        assert response.status_code == 201, response.text
+    applied = await runner.run_until_caught_up(pool)
+    events = await all_events(store)
+    assert applied == len(events) * len(PROJECTIONS)
+    expected = expected_stats(events)
+    assert sum(expected["failures"].values()) > 0 and expected["pairs"]  # the mix has both
+    got = await ask_all(client)
+    check_answers(expected, got)
+
+    # What the router loads from the read models is what it folds from the log.
+    fold = ProfileFold()
+    for record in events:
+        fold.apply(record.stream_id, record.decode())
+    async with pool.acquire() as conn:
+        loaded = await load_profile_snapshot(conn)
+    folded = fold.builder.snapshot(loaded.checkpoint)
+    assert set(loaded.cells) == set(folded.cells)
+    for key, cell in folded.cells.items():  # sums in another order: floats to 1e-9
+        assert dataclasses.astuple(loaded.cells[key]) == pytest.approx(dataclasses.astuple(cell))
+    assert loaded.pairs == folded.pairs
+    assert loaded.checkpoint == f"{events[-1].transaction_id}:{events[-1].global_position}"
+
+    # CSV carries the same rows.
+    response = await client.get("/v1/profiles", headers={"accept": "text/csv"})
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")
+    lines = response.text.strip().splitlines()
+    assert lines[0].startswith("model,category,n,") and len(lines) == len(got["profiles"]) + 1
+    assert response.headers["x-projection-lag-events"] == "0"
+
+
+async def test_rebuild_crash_and_two_workers_change_nothing(
+    service: tuple[AsyncTestClient[Any], Any], store: EventStore, pool: asyncpg.Pool
+) -> None:
+    client, world = service
+    await fuse_mix(client, world, store, 9)
+    await runner.run_until_caught_up(pool)
+    before = await dump(pool)
+
+    # Rebuild from zero into shadow tables and swap: identical read models.
+    for projection in PROJECTIONS:
+        result = await runner.rebuild(pool, projection.name, batch_events=7)
+        assert result.events == len(await all_events(store))
+    assert await dump(pool) == before
+
+    # A worker killed mid-batch: its transaction had applied some statements.
+    await fuse_mix(client, world, store, 6)
+    async with pool.acquire() as blocker, pool.acquire() as victim, blocker.transaction():
+        await blocker.execute("LOCK TABLE co_failure IN EXCLUSIVE MODE")
+        pid = victim.get_server_pid()
+        stepping = asyncio.create_task(
+            runner.step(victim, runner.BY_NAME["model_error_profile"], 10_000)
+        )
+        await wait_until_blocked(blocker, pid)
+        await blocker.fetchval("SELECT pg_terminate_backend($1)", pid)
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+            await stepping
+    await runner.run_until_caught_up(pool)
+    expected = expected_stats(await all_events(store))
+    check_answers(expected, await ask_all(client))
+
+    # Two workers: one owns each projection, the other waits, then takes over.
+    first = runner.ProjectionWorker(pool, poll_interval=0.05)
+    second = runner.ProjectionWorker(pool, poll_interval=0.05)
+    tasks = [asyncio.create_task(first.run()), asyncio.create_task(second.run())]
+    try:
+        await asyncio.wait_for(asyncio.gather(first.caught_up.wait(), second.caught_up.wait()), 10)
+        assert first.owned.isdisjoint(second.owned)
+        assert first.owned | second.owned == {p.name for p in PROJECTIONS}
+        owner, waiter = (first, second) if first.owned else (second, first)
+        tasks[[first, second].index(owner)].cancel()
+        await fuse_mix(client, world, store, 3)
+        for _ in range(200):
+            if waiter.owned == {p.name for p in PROJECTIONS} and waiter.caught_up.is_set():
+                lag = await lag_of(pool)
+                if lag == 0:
+                    break
+            await asyncio.sleep(0.05)
+        assert waiter.owned == {p.name for p in PROJECTIONS}
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    expected = expected_stats(await all_events(store))
+    check_answers(expected, await ask_all(client))
+
+
+async def lag_of(pool: asyncpg.Pool) -> int:
+    async with pool.acquire() as conn:
+        return sum(s.lag.events for s in await runner.status(conn))
+
+
+async def wait_until_blocked(conn: asyncpg.Connection, pid: int) -> None:
+    for _ in range(200):
+        waiting = await conn.fetchval(
+            "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the step never reached the locked table")
+
+
+async def test_as_of_answers_with_the_earlier_numbers(
+    service: tuple[AsyncTestClient[Any], Any], store: EventStore, pool: asyncpg.Pool
+) -> None:
+    client, world = service
+    await fuse_mix(client, world, store, 6)
+    await runner.run_until_caught_up(pool)
+    earlier = await ask_all(client)
+    checkpoint = (await client.get("/v1/profiles")).json()["checkpoint"]
+    position = checkpoint.split(":")[1]
+    await fuse_mix(client, world, store, 6)
+    await runner.run_until_caught_up(pool)
+    now = await ask_all(client)
+    assert now != earlier
+    assert await ask_all(client, as_of=checkpoint) == earlier
+    assert await ask_all(client, as_of=position) == earlier
+    answer = (await client.get(f"/v1/profiles?as_of={checkpoint}")).json()
+    assert answer["as_of"] == checkpoint and answer["lag"]["events"] > 0
+    # The live read models were not touched by answering as of then.
+    assert await ask_all(client) == now
+
+
+@pytest.mark.parametrize(
+    ("path", "needle"),
+    [
+        ("/v1/stats/failures?group_by=model,colour", "colour"),
+        ("/v1/stats/failures?since=2026-02-01&until=2026-01-01", "not before"),
+        ("/v1/stats/failures?since=yesterday-ish", "ISO 8601"),
+        ("/v1/stats/failures?error_kind=gremlins", "gremlins"),
+        ("/v1/profiles?as_of=last-tuesday", "ISO 8601"),
+        ("/v1/stats/judges?as_of=12:ab", "ISO 8601"),
+        ("/v1/stats/co-failures?min_n=-1", "min_n"),
+    ],
+)
+async def test_bad_filters_are_4xx(
+    service: tuple[AsyncTestClient[Any], Any], path: str, needle: str
+) -> None:
+    client, _ = service
+    response = await client.get(path)
+    assert 400 <= response.status_code < 500, response.text
+    assert needle in response.text
+
+
+async def test_runs_read_model_lists_runs_and_replays(
+    service: tuple[AsyncTestClient[Any], Any], store: EventStore, pool: asyncpg.Pool
+) -> None:
+    client, world = service
+    run_ids = await fuse_mix(client, world, store, 3)
+    replay = await client.post(f"/v1/runs/{run_ids[0]}/replays", json={"judge": {"kind": "vote"}})
+    assert replay.status_code == 201
+    await runner.run_until_caught_up(pool)
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT * FROM run_summary ORDER BY requested_at")
+    assert [r["kind"] for r in rows] == ["run", "run", "run", "replay"]
+    assert rows[3]["source_stream_id"] == f"run-{run_ids[0]}"
+    assert rows[3]["category"] == rows[0]["category"]
+    assert all(r["status"] in ("finalized", "failed") for r in rows)
+    assert rows[0]["outcomes"] == 1 and rows[2]["outcomes"] == 0
+    assert uuid.UUID(rows[0]["stream_id"].removeprefix("run-"))
