@@ -399,12 +399,15 @@ def _register_commands() -> None:
     from service.cli_keys import keys_group
     from service.cli_replay import replay_command
     from service.cli_route import route_group
+    from service.cli_stats import COMMANDS as STATS_COMMANDS
     from service.providers.simulator.command import simulate_command
 
     main.add_command(simulate_command)
     main.add_command(replay_command)
     main.add_command(keys_group)
     main.add_command(route_group)
+    for command in STATS_COMMANDS:
+        main.add_command(command)
 
 
 _register_commands()

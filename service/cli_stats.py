@@ -1,0 +1,317 @@
+"""Projection and statistics commands: `worker`, `projections status|rebuild`,
+`stats failures|co-failures|judges` and `profile`. They talk to the database
+directly (like `verify`), so they work with or without a running service."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from service.cli import _database_url, _emit_json, _fail, _run, _with_connection, console
+from service.logging import configure_logging
+from service.projections import runner
+from service.projections.definitions import BY_NAME, PROJECTIONS
+from service.projections.queries import (
+    GROUP_DIMENSIONS,
+    BadQuery,
+    Query,
+    StatsAnswer,
+    Window,
+    answer,
+    parse_group_by,
+    parse_time,
+)
+from service.store.database import create_pool
+from service.store.migrations import is_up_to_date, load_migrations
+
+
+@click.command("worker")
+@click.option("--once", is_flag=True, help="Apply what is in the log now, then exit.")
+@click.option("--poll-interval", type=float, default=1.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (with --once).")
+@click.pass_context
+def worker_command(ctx: click.Context, once: bool, poll_interval: float, as_json: bool) -> None:
+    """Keep the read models up to date (the projection worker alone, without the API).
+
+    Safe to run beside `serve` and on several machines: one process owns each
+    projection at a time; the others wait and take over if it stops."""
+    url = _database_url(ctx)
+    settings = ctx.obj["settings"]
+    configure_logging(settings.log_format, settings.log_level)
+
+    async def work() -> int:
+        pool = await create_pool(url, 1, 2)
+        try:
+            async with pool.acquire() as conn:
+                if not await is_up_to_date(conn, load_migrations()):
+                    _fail("the database is not migrated: run `fusion-ledger migrate` first")
+            if once:
+                return await runner.run_until_caught_up(pool)
+            worker = runner.ProjectionWorker(pool, poll_interval=poll_interval)
+            await worker.run()
+            return worker.applied
+        finally:
+            await pool.close()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        applied = _run(work())
+        if as_json:
+            _emit_json({"applied": applied})
+        else:
+            console.print(f"applied {applied} event(s) to the read models")
+
+
+@click.group("projections")
+def projections_group() -> None:
+    """The read models: where they stand, and rebuilding them."""
+
+
+def _status_table(rows: list[runner.ProjectionStatus]) -> Table:
+    table = Table(title="projections")
+    for name in ("projection", "checkpoint", "events", "lag (events)", "lag (s)"):
+        table.add_column(name, justify="left" if name in ("projection", "checkpoint") else "right")
+    for s in rows:
+        table.add_row(
+            s.name, str(s.checkpoint), str(s.events), str(s.lag.events), f"{s.lag.seconds:.1f}"
+        )
+    return table
+
+
+@projections_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def status_command(ctx: click.Context, as_json: bool) -> None:
+    """Each projection's checkpoint and how far it is behind the log."""
+    rows = _run(_with_connection(_database_url(ctx), runner.status))
+    if as_json:
+        _emit_json([_status_json(s) for s in rows])
+    else:
+        console.print(_status_table(rows))
+
+
+def _status_json(s: runner.ProjectionStatus) -> dict[str, Any]:
+    return {
+        "name": s.name,
+        "checkpoint": str(s.checkpoint),
+        "events": s.events,
+        "lag": {"events": s.lag.events, "seconds": s.lag.seconds},
+    }
+
+
+@projections_group.command("rebuild")
+@click.argument("name", required=False, type=click.Choice(sorted(BY_NAME)))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def rebuild_command(ctx: click.Context, name: str | None, as_json: bool) -> None:
+    """Rebuild NAME (default: every projection) from position zero into shadow tables,
+    then swap them in. The service keeps serving the old tables meanwhile."""
+    url = _database_url(ctx)
+    names = [name] if name else [p.name for p in PROJECTIONS]
+
+    async def work() -> list[runner.RebuildResult]:
+        pool = await create_pool(url, 1, 2)
+        results = []
+        try:
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                disable=as_json or not console.is_terminal,
+            ) as progress:
+                for n in names:
+                    task = progress.add_task(f"rebuild {n}", total=None)
+
+                    def report(done: int, total: int, task: Any = task) -> None:
+                        progress.update(task, completed=done, total=total)
+
+                    results.append(await runner.rebuild(pool, n, progress=report))
+        finally:
+            await pool.close()
+        return results
+
+    results = _run(work())
+    if as_json:
+        _emit_json(
+            [
+                {"name": r.name, "events": r.events, "seconds": round(r.seconds, 3),
+                 "checkpoint": str(r.checkpoint)}
+                for r in results
+            ]
+        )  # fmt: skip
+        return
+    for r in results:
+        rate = r.events / r.seconds if r.seconds else 0.0
+        console.print(
+            f"rebuilt {r.name}: {r.events} events in {r.seconds:.2f} s ({rate:,.0f} events/s), "
+            f"checkpoint {r.checkpoint}"
+        )
+
+
+# --- statistics -----------------------------------------------------------------------
+
+
+def _print_answer(result: StatsAnswer, title: str, as_json: bool) -> None:
+    if as_json:
+        _emit_json(result)
+        return
+    if not result.rows:
+        console.print(f"{title}: no rows")
+    else:
+        table = Table(title=title)
+        columns = list(result.rows[0])
+        for column in columns:
+            numeric = isinstance(result.rows[0][column], int | float)
+            table.add_column(column, justify="right" if numeric else "left")
+        for row in result.rows:
+            table.add_row(*(_cell(row.get(c)) for c in columns))
+        console.print(table)
+    note = f"checkpoint {result.checkpoint}, lag {result.lag.events} event(s)"
+    if result.as_of:
+        note += f" (as of {result.as_of})"
+    console.print(f"[dim]{note}[/dim]")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1 else f"{value:,.1f}"
+    return str(value)
+
+
+def _ask(ctx: click.Context, build: Any, title: str, as_json: bool) -> None:
+    try:
+        query: Query = build()
+    except BadQuery as exc:
+        raise click.BadParameter(str(exc)) from None
+
+    async def work(conn: Any) -> StatsAnswer:
+        try:
+            return await answer(conn, query)
+        except BadQuery as exc:
+            _fail(str(exc))
+            raise
+
+    _print_answer(_run(_with_connection(_database_url(ctx), work)), title, as_json)
+
+
+_tenant = click.option("--tenant", default="default", show_default=True)
+_as_of = click.option("--as-of", default=None, help="A checkpoint 'xid:pos', a position or a time.")
+_json = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+@click.group("stats")
+def stats_group() -> None:
+    """Model failure statistics from the read models."""
+
+
+@stats_group.command("failures")
+@click.option(
+    "--group-by",
+    default="model",
+    show_default=True,
+    help=f"Comma-separated: {', '.join(GROUP_DIMENSIONS)}.",
+)
+@click.option("--model", default=None)
+@click.option("--category", default=None)
+@click.option("--error-kind", default=None)
+@click.option("--since", default=None, help="ISO date or time (UTC unless it says).")
+@click.option("--until", default=None)
+@_tenant
+@_as_of
+@_json
+@click.pass_context
+def failures_command(
+    ctx: click.Context, group_by: str, model: str | None, category: str | None,
+    error_kind: str | None, since: str | None, until: str | None, tenant: str,
+    as_of: str | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Calls, failures and failure rates grouped as asked."""
+    _ask(
+        ctx,
+        lambda: Query(
+            "failures",
+            tenant,
+            model=model,
+            category=category,
+            error_kind=error_kind,
+            group_by=parse_group_by(group_by),
+            window=Window(parse_time("since", since), parse_time("until", until)),
+            as_of=as_of,
+        ),
+        "failures",
+        as_json,
+    )
+
+
+@stats_group.command("co-failures")
+@click.option("--model", default=None)
+@click.option("--category", default=None)
+@click.option("--min-n", type=int, default=1, show_default=True)
+@_tenant
+@_as_of
+@_json
+@click.pass_context
+def co_failures_command(
+    ctx: click.Context, model: str | None, category: str | None, min_n: int, tenant: str,
+    as_of: str | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Pairs of models wrong on the same runs."""
+    _ask(
+        ctx,
+        lambda: Query(
+            "co-failures", tenant, model=model, category=category, min_n=min_n, as_of=as_of
+        ),
+        "co-failures",
+        as_json,
+    )
+
+
+@stats_group.command("judges")
+@click.option("--category", default=None)
+@click.option("--judge", default=None, help="kind[:model][+weighted][+informed]")
+@_tenant
+@_as_of
+@_json
+@click.pass_context
+def judges_command(
+    ctx: click.Context, category: str | None, judge: str | None, tenant: str,
+    as_of: str | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Judges ranked on the same runs, replays included."""
+    _ask(
+        ctx,
+        lambda: Query("judges", tenant, category=category, judge=judge, as_of=as_of),
+        "judges",
+        as_json,
+    )
+
+
+@click.command("profile")
+@click.option("--model", default=None)
+@click.option("--category", default=None)
+@_tenant
+@_as_of
+@_json
+@click.pass_context
+def profile_command(
+    ctx: click.Context, model: str | None, category: str | None, tenant: str,
+    as_of: str | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Model error profiles: accuracy (Beta posterior), judge agreement, failures."""
+    _ask(
+        ctx,
+        lambda: Query("profiles", tenant, model=model, category=category, as_of=as_of),
+        "profiles",
+        as_json,
+    )
+
+
+COMMANDS = [worker_command, projections_group, stats_group, profile_command]
+__all__ = ["COMMANDS"]
