@@ -1,6 +1,6 @@
 """Load a ProfileSnapshot from the profile read models: one query per read model.
 
-The read models are kept by the ``model_error_profile`` projection
+The read models are kept by the ``model_stats`` projection
 (service/projections/definitions.py, schema/migrations/0030_projections.sql), with the
 same counts as ``ProfileFold`` (tests hold them equal). Rows are per tenant; the router
 learns about models from every tenant's runs, so the loader sums over tenants. The
@@ -14,7 +14,7 @@ import asyncpg
 
 from service.domain.profiles import START_CHECKPOINT, CellStats, PairStats, ProfileSnapshot
 
-PROFILE_PROJECTION = "model_error_profile"
+PROFILE_PROJECTION = "model_stats"
 
 CHECKPOINT_SQL = """
 SELECT transaction_id, global_position FROM projection_checkpoints WHERE name = $1

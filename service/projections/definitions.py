@@ -33,8 +33,6 @@ LATENCY_BOUNDS_MS: tuple[float, ...] = (
 IN_RANGE = """(e.transaction_id, e.global_position) > ($1::text::xid8, $2::bigint)
   AND (e.transaction_id, e.global_position) <= ($3::text::xid8, $4::bigint)"""
 
-TENANT = "coalesce(r.metadata->>'tenant', 'default')"
-
 # A judge's identity as one text: kind[:model][+weighted][+informed].
 JUDGE_KEY = """(e.data->'judge'->>'kind') || coalesce(':' || (e.data->'judge'->>'model'), '')
     || CASE WHEN coalesce((e.data->'judge'->>'weighted')::boolean, false)
@@ -42,13 +40,22 @@ JUDGE_KEY = """(e.data->'judge'->>'kind') || coalesce(':' || (e.data->'judge'->>
     || CASE WHEN coalesce((e.data->'judge'->>'informed')::boolean, false)
             THEN '+informed' ELSE '' END"""
 
-# A run stream's request (category, tenant) and its seats (member_id -> model).
-RUN_OF_E = """JOIN events r ON r.stream_id = e.stream_id AND r.stream_version = 1
-     AND r.event_type = 'run.requested'"""
-SEATS_OF_E = """JOIN LATERAL (
-        SELECT ps.data->'members' AS members FROM events ps
-        WHERE ps.stream_id = e.stream_id AND ps.event_type = 'panel.selected'
-        ORDER BY ps.stream_version DESC LIMIT 1) AS seats ON true"""
+
+_REQUEST = "type IN ('run.requested', 'replay.requested')"
+_JUDGE = "type IN ('judge.decided', 'judge.failed')"
+_TERMINAL = "type IN ('answer.finalized', 'run.failed')"
+_STATUS = "CASE type WHEN 'answer.finalized' THEN 'finalized' ELSE 'failed' END"
+
+
+def _latest(value: str, where: str) -> str:
+    """The value of a stream's latest event that matches ``where``, in a GROUP BY."""
+    return f"(array_agg({value} ORDER BY pos DESC) FILTER (WHERE {where}))[1]"
+
+
+def _one(value: str, where: str) -> str:
+    """The value of a stream's one event that matches ``where`` (a stream has one
+    request, one judge event and one end), in a GROUP BY: no sort needed."""
+    return f"max({value}) FILTER (WHERE {where})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +68,10 @@ class Projection:
     event_types: tuple[str, ...]  # the events it reads (documentation, lag is per log)
 
 
+# Every run and replay stream the range touches, folded to one row in one scan: its
+# request (only in the range that holds it; other rows exist already), its judge, its
+# end (one of each per stream, as the writers guarantee) and its outcomes (counted;
+# the latest one is the truth).
 RUNS = Projection(
     name="runs",
     tables=("run_summary",),
@@ -75,188 +86,212 @@ RUNS = Projection(
     ),
     statements=(
         f"""
-INSERT INTO run_summary (stream_id, kind, tenant, category, preset, source_stream_id,
-                         requested_at)
-SELECT e.stream_id,
-       CASE e.event_type WHEN 'run.requested' THEN 'run' ELSE 'replay' END,
-       coalesce(e.metadata->>'tenant', 'default'),
-       coalesce(e.data->>'category', src.data->>'category'),
-       coalesce(e.data->>'preset', src.data->>'preset'),
-       CASE e.event_type WHEN 'run.requested' THEN e.stream_id
-            ELSE 'run-' || (e.data->>'source_run_id') END,
-       e.recorded_at
-FROM events e
-LEFT JOIN events src ON e.event_type = 'replay.requested'
-     AND src.stream_id = 'run-' || (e.data->>'source_run_id') AND src.stream_version = 1
-WHERE e.event_type IN ('run.requested', 'replay.requested') AND {IN_RANGE}
-ON CONFLICT (stream_id) DO NOTHING
-""",
-        f"""
-UPDATE run_summary s
-SET judge = j.judge, judge_decided = j.decided, judge_cost_usd = j.cost_usd,
-    judge_latency_ms = j.latency_ms
-FROM (SELECT DISTINCT ON (e.stream_id) e.stream_id, {JUDGE_KEY} AS judge,
-             e.event_type = 'judge.decided' AS decided,
-             (e.data->>'cost_usd')::float8 AS cost_usd,
-             (e.data->>'latency_ms')::float8 AS latency_ms
-      FROM events e
-      WHERE e.event_type IN ('judge.decided', 'judge.failed') AND {IN_RANGE}
-      ORDER BY e.stream_id, e.transaction_id DESC, e.global_position DESC) AS j
-WHERE s.stream_id = j.stream_id
-""",
-        f"""
-UPDATE run_summary s
-SET status = f.status, failure_reason = f.reason, finished_at = f.recorded_at,
-    latency_ms = f.latency_ms, cost_usd = f.cost_usd, answer_normalized = f.answer
-FROM (SELECT DISTINCT ON (e.stream_id) e.stream_id,
-             CASE e.event_type WHEN 'answer.finalized' THEN 'finalized' ELSE 'failed' END
-                 AS status,
-             e.data->>'reason' AS reason, e.recorded_at,
-             (e.data->>'latency_ms')::float8 AS latency_ms,
-             (e.data->>'cost_usd')::float8 AS cost_usd,
-             e.data->>'answer_normalized' AS answer
-      FROM events e
-      WHERE e.event_type IN ('answer.finalized', 'run.failed') AND {IN_RANGE}
-      ORDER BY e.stream_id, e.transaction_id DESC, e.global_position DESC) AS f
-WHERE s.stream_id = f.stream_id
-""",
-        f"""
-UPDATE run_summary s
-SET outcomes = s.outcomes + o.n, expected_normalized = o.expected,
-    final_correct = o.final_correct
-FROM (SELECT DISTINCT ON (e.stream_id) e.stream_id,
-             count(*) OVER (PARTITION BY e.stream_id) AS n,
-             e.data->>'expected_normalized' AS expected,
-             (e.data->>'final_correct')::boolean AS final_correct
-      FROM events e
-      WHERE e.event_type = 'outcome.recorded' AND {IN_RANGE}
-      ORDER BY e.stream_id, e.transaction_id DESC, e.global_position DESC) AS o
-WHERE s.stream_id = o.stream_id
+WITH batch AS (
+    SELECT e.stream_id, e.global_position AS pos, e.event_type AS type, e.recorded_at,
+           e.metadata->>'tenant' AS tenant, e.data->>'category' AS category,
+           e.data->>'preset' AS preset, e.data->>'source_run_id' AS source_run_id,
+           CASE WHEN e.event_type IN ('judge.decided', 'judge.failed') THEN {JUDGE_KEY} END
+               AS judge,
+           (e.data->>'cost_usd')::float8 AS cost_usd,
+           (e.data->>'latency_ms')::float8 AS latency_ms,
+           e.data->>'reason' AS reason, e.data->>'answer_normalized' AS answer,
+           e.data->>'expected_normalized' AS expected,
+           (e.data->>'final_correct')::boolean AS final_correct
+    FROM events e
+    WHERE e.event_type IN ('run.requested', 'replay.requested', 'judge.decided',
+                           'judge.failed', 'answer.finalized', 'run.failed',
+                           'outcome.recorded')
+      AND {IN_RANGE}
+),
+streams AS (
+    SELECT stream_id,
+        {_one("type", _REQUEST)} AS request,
+        {_one("tenant", _REQUEST)} AS tenant,
+        {_one("category", _REQUEST)} AS category,
+        {_one("preset", _REQUEST)} AS preset,
+        {_one("source_run_id", _REQUEST)} AS source_run_id,
+        {_one("recorded_at", _REQUEST)} AS requested_at,
+        {_one("judge", _JUDGE)} AS judge,
+        bool_or(type = 'judge.decided') FILTER (WHERE {_JUDGE}) AS judge_decided,
+        {_one("cost_usd", _JUDGE)} AS judge_cost_usd,
+        {_one("latency_ms", _JUDGE)} AS judge_latency_ms,
+        {_one(_STATUS, _TERMINAL)} AS status,
+        {_one("reason", _TERMINAL)} AS failure_reason,
+        {_one("recorded_at", _TERMINAL)} AS finished_at,
+        {_one("latency_ms", _TERMINAL)} AS latency_ms,
+        {_one("cost_usd", _TERMINAL)} AS cost_usd,
+        {_one("answer", _TERMINAL)} AS answer_normalized,
+        count(*) FILTER (WHERE type = 'outcome.recorded') AS outcomes,
+        {_latest("expected", "type = 'outcome.recorded'")} AS expected_normalized,
+        {_latest("final_correct", "type = 'outcome.recorded'")} AS final_correct
+    FROM batch GROUP BY stream_id
+)
+INSERT INTO run_summary AS s (
+    stream_id, kind, tenant, category, preset, source_stream_id, requested_at, judge,
+    judge_decided, judge_cost_usd, judge_latency_ms, status, failure_reason, finished_at,
+    latency_ms, cost_usd, answer_normalized, outcomes, expected_normalized, final_correct)
+SELECT t.stream_id,
+       CASE t.request WHEN 'replay.requested' THEN 'replay' ELSE 'run' END,
+       coalesce(t.tenant, 'default'),
+       CASE WHEN t.source_run_id IS NULL THEN t.category
+            ELSE (SELECT src.data->>'category' FROM events src
+                  WHERE src.stream_id = 'run-' || t.source_run_id
+                    AND src.stream_version = 1) END,
+       CASE WHEN t.source_run_id IS NULL THEN t.preset
+            ELSE (SELECT src.data->>'preset' FROM events src
+                  WHERE src.stream_id = 'run-' || t.source_run_id
+                    AND src.stream_version = 1) END,
+       coalesce('run-' || t.source_run_id, t.stream_id),
+       coalesce(t.requested_at, now()), t.judge, t.judge_decided, t.judge_cost_usd,
+       t.judge_latency_ms, coalesce(t.status, 'open'), t.failure_reason, t.finished_at,
+       t.latency_ms, t.cost_usd, t.answer_normalized, t.outcomes, t.expected_normalized,
+       t.final_correct
+FROM streams t
+-- A stream's request comes before its other events in commit order: a stream without
+-- its request in this range has its row already (the placeholders above are not used).
+WHERE t.request IS NOT NULL OR EXISTS (SELECT 1 FROM run_summary x
+                                       WHERE x.stream_id = t.stream_id)
+ON CONFLICT (stream_id) DO UPDATE SET
+    judge = coalesce(excluded.judge, s.judge),
+    judge_decided = coalesce(excluded.judge_decided, s.judge_decided),
+    judge_cost_usd = coalesce(excluded.judge_cost_usd, s.judge_cost_usd),
+    judge_latency_ms = coalesce(excluded.judge_latency_ms, s.judge_latency_ms),
+    status = CASE excluded.status WHEN 'open' THEN s.status ELSE excluded.status END,
+    failure_reason = coalesce(excluded.failure_reason, s.failure_reason),
+    finished_at = coalesce(excluded.finished_at, s.finished_at),
+    latency_ms = coalesce(excluded.latency_ms, s.latency_ms),
+    cost_usd = coalesce(excluded.cost_usd, s.cost_usd),
+    answer_normalized = coalesce(excluded.answer_normalized, s.answer_normalized),
+    outcomes = s.outcomes + excluded.outcomes,
+    expected_normalized = CASE WHEN excluded.outcomes > 0 THEN excluded.expected_normalized
+                               ELSE s.expected_normalized END,
+    final_correct = CASE WHEN excluded.outcomes > 0 THEN excluded.final_correct
+                         ELSE s.final_correct END
 """,
     ),
 )
 
-CALL_STATS = Projection(
-    name="model_call_stats",
-    tables=("model_call_stats",),
-    event_types=("panel.call.succeeded", "panel.call.failed"),
-    statements=(
-        f"""
-INSERT INTO model_call_stats AS s (tenant, model, category, day, outcome, latency_bucket,
-                                   calls, latency_ms, input_tokens, output_tokens, cost_usd)
-SELECT {TENANT}, e.data->>'model', r.data->>'category',
-       (e.recorded_at AT TIME ZONE 'UTC')::date,
-       CASE e.event_type WHEN 'panel.call.succeeded' THEN 'ok'
-            ELSE e.data->>'error_kind' END,
-       width_bucket((e.data->>'latency_ms')::float8, $5::float8[]),
-       count(*), sum((e.data->>'latency_ms')::float8),
-       coalesce(sum((e.data->>'input_tokens')::bigint), 0),
-       coalesce(sum((e.data->>'output_tokens')::bigint), 0),
-       coalesce(sum((e.data->>'cost_usd')::float8), 0)
-FROM events e
-{RUN_OF_E}
-WHERE e.event_type IN ('panel.call.succeeded', 'panel.call.failed') AND {IN_RANGE}
-GROUP BY 1, 2, 3, 4, 5, 6
-ON CONFLICT (tenant, model, category, day, outcome, latency_bucket) DO UPDATE
-SET calls = s.calls + excluded.calls, latency_ms = s.latency_ms + excluded.latency_ms,
-    input_tokens = s.input_tokens + excluded.input_tokens,
-    output_tokens = s.output_tokens + excluded.output_tokens,
-    cost_usd = s.cost_usd + excluded.cost_usd
-""",
-    ),
-)
-
-# The same counts as service.domain.profiles.ProfileFold, which the router and
-# `route explain` use in memory; tests hold the two equal.
-ERROR_PROFILE = Projection(
-    name="model_error_profile",
-    tables=("model_error_profile", "co_failure"),
+# Model statistics in one statement, so a range of the log is read once: the calls,
+# verdicts and outcomes of run streams in the range, each with its run's context
+# (tenant, category, seats) read once per run, feed three tables. The counts are
+# those of service.domain.profiles.ProfileFold, which the router uses in memory;
+# tests hold the two equal.
+MODEL_STATS = Projection(
+    name="model_stats",
+    tables=("model_call_stats", "model_error_profile", "co_failure"),
     event_types=("panel.call.succeeded", "panel.call.failed", "judge.decided", "outcome.recorded"),
     statements=(
         f"""
-INSERT INTO model_error_profile AS p (tenant, model, category, calls, failures, cost_usd,
-                                      latency_ms, output_tokens)
-SELECT {TENANT}, e.data->>'model', r.data->>'category', count(*),
-       count(*) FILTER (WHERE e.event_type = 'panel.call.failed'),
-       coalesce(sum((e.data->>'cost_usd')::float8)
-                FILTER (WHERE e.event_type = 'panel.call.succeeded'), 0),
-       sum((e.data->>'latency_ms')::float8),
-       coalesce(sum((e.data->>'output_tokens')::bigint)
-                FILTER (WHERE e.event_type = 'panel.call.succeeded'), 0)
-FROM events e
-{RUN_OF_E}
-WHERE e.event_type IN ('panel.call.succeeded', 'panel.call.failed') AND {IN_RANGE}
-GROUP BY 1, 2, 3
-ON CONFLICT (tenant, model, category) DO UPDATE
-SET calls = p.calls + excluded.calls, failures = p.failures + excluded.failures,
-    cost_usd = p.cost_usd + excluded.cost_usd, latency_ms = p.latency_ms + excluded.latency_ms,
-    output_tokens = p.output_tokens + excluded.output_tokens
-""",
-        f"""
-INSERT INTO model_error_profile AS p (tenant, model, category, judge_agree, judge_disagree)
-SELECT {TENANT}, m.value->>'model', r.data->>'category',
-       count(*) FILTER (WHERE (v.value->>'agrees')::boolean),
-       count(*) FILTER (WHERE NOT (v.value->>'agrees')::boolean)
-FROM events e
-{RUN_OF_E}
-{SEATS_OF_E}
-CROSS JOIN LATERAL jsonb_array_elements(e.data->'verdicts') AS v
-JOIN LATERAL jsonb_array_elements(seats.members) AS m
-     ON m.value->>'member_id' = v.value->>'member_id'
-WHERE e.event_type = 'judge.decided' AND e.stream_id LIKE 'run-%' AND {IN_RANGE}
-GROUP BY 1, 2, 3
-ON CONFLICT (tenant, model, category) DO UPDATE
-SET judge_agree = p.judge_agree + excluded.judge_agree,
-    judge_disagree = p.judge_disagree + excluded.judge_disagree
-""",
-        f"""
-INSERT INTO model_error_profile AS p (tenant, model, category, gt_right, gt_wrong)
-SELECT {TENANT}, m.value->>'model', r.data->>'category',
-       count(*) FILTER (WHERE (o.value->>'correct')::boolean),
-       count(*) FILTER (WHERE NOT (o.value->>'correct')::boolean)
-FROM events e
-{RUN_OF_E}
-{SEATS_OF_E}
-CROSS JOIN LATERAL jsonb_array_elements(e.data->'members') AS o
-JOIN LATERAL jsonb_array_elements(seats.members) AS m
-     ON m.value->>'member_id' = o.value->>'member_id'
-WHERE e.event_type = 'outcome.recorded' AND e.stream_id LIKE 'run-%'
-  AND jsonb_typeof(o.value->'correct') = 'boolean' AND {IN_RANGE}
-GROUP BY 1, 2, 3
-ON CONFLICT (tenant, model, category) DO UPDATE
-SET gt_right = p.gt_right + excluded.gt_right, gt_wrong = p.gt_wrong + excluded.gt_wrong
-""",
-        f"""
-WITH graded AS (
-    SELECT e.global_position AS event, o.ord, {TENANT} AS tenant,
-           r.data->>'category' AS category, m.value->>'model' AS model,
-           (o.value->>'correct')::boolean AS correct
+WITH batch AS MATERIALIZED (
+    SELECT e.stream_id, e.global_position AS event, e.event_type AS type, e.recorded_at,
+           e.data->>'model' AS model, e.data->>'error_kind' AS error_kind,
+           (e.data->>'latency_ms')::float8 AS latency_ms,
+           (e.data->>'input_tokens')::bigint AS input_tokens,
+           (e.data->>'output_tokens')::bigint AS output_tokens,
+           (e.data->>'cost_usd')::float8 AS cost_usd,
+           CASE e.event_type WHEN 'judge.decided' THEN e.data->'verdicts'
+                             WHEN 'outcome.recorded' THEN e.data->'members' END AS marks
     FROM events e
-    {RUN_OF_E}
-    {SEATS_OF_E}
-    CROSS JOIN LATERAL jsonb_array_elements(e.data->'members') WITH ORDINALITY AS o(value, ord)
-    JOIN LATERAL jsonb_array_elements(seats.members) AS m
-         ON m.value->>'member_id' = o.value->>'member_id'
-    WHERE e.event_type = 'outcome.recorded' AND e.stream_id LIKE 'run-%'
-      AND jsonb_typeof(o.value->'correct') = 'boolean' AND {IN_RANGE}
+    WHERE e.event_type IN ('panel.call.succeeded', 'panel.call.failed', 'judge.decided',
+                           'outcome.recorded')
+      AND e.stream_id LIKE 'run-%' AND {IN_RANGE}
+),
+context AS MATERIALIZED (
+    SELECT r.stream_id, coalesce(r.metadata->>'tenant', 'default') AS tenant,
+           r.data->>'category' AS category, ps.data->'members' AS seats
+    FROM events r
+    LEFT JOIN events ps ON ps.stream_id = r.stream_id AND ps.event_type = 'panel.selected'
+    WHERE r.stream_version = 1 AND r.event_type = 'run.requested'
+      AND r.stream_id IN (SELECT stream_id FROM batch)
+),
+calls AS (
+    SELECT c.tenant, b.model, c.category, b.recorded_at, b.type, b.error_kind,
+           b.latency_ms, b.input_tokens, b.output_tokens, b.cost_usd
+    FROM batch b JOIN context c USING (stream_id)
+    WHERE b.type IN ('panel.call.succeeded', 'panel.call.failed')
+),
+marks AS (  -- a verdict or a graded seat, with the seat's model
+    SELECT b.event, b.type, m.ord, c.tenant, c.category, seat.value->>'model' AS model,
+           CASE b.type WHEN 'judge.decided' THEN (m.value->>'agrees')::boolean
+                       ELSE (m.value->>'correct')::boolean END AS ok
+    FROM batch b JOIN context c USING (stream_id)
+    CROSS JOIN LATERAL jsonb_array_elements(b.marks) WITH ORDINALITY AS m(value, ord)
+    JOIN LATERAL jsonb_array_elements(c.seats) AS seat(value)
+         ON seat.value->>'member_id' = m.value->>'member_id'
+    WHERE b.marks IS NOT NULL
+      AND (b.type = 'judge.decided' OR jsonb_typeof(m.value->'correct') = 'boolean')
+),
+call_stats AS (
+    INSERT INTO model_call_stats AS s (tenant, model, category, day, outcome,
+                                       latency_bucket, calls, latency_ms, input_tokens,
+                                       output_tokens, cost_usd)
+    SELECT tenant, model, category, (recorded_at AT TIME ZONE 'UTC')::date,
+           CASE type WHEN 'panel.call.succeeded' THEN 'ok' ELSE error_kind END,
+           width_bucket(latency_ms, $5::float8[]), count(*), sum(latency_ms),
+           coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),
+           coalesce(sum(cost_usd), 0)
+    FROM calls
+    GROUP BY 1, 2, 3, 4, 5, 6
+    ON CONFLICT (tenant, model, category, day, outcome, latency_bucket) DO UPDATE
+    SET calls = s.calls + excluded.calls, latency_ms = s.latency_ms + excluded.latency_ms,
+        input_tokens = s.input_tokens + excluded.input_tokens,
+        output_tokens = s.output_tokens + excluded.output_tokens,
+        cost_usd = s.cost_usd + excluded.cost_usd
+),
+profile AS (
+    INSERT INTO model_error_profile AS p (tenant, model, category, gt_right, gt_wrong,
+                                          judge_agree, judge_disagree, calls, failures,
+                                          cost_usd, latency_ms, output_tokens)
+    SELECT tenant, model, category, sum(gt_right), sum(gt_wrong), sum(agree),
+           sum(disagree), sum(calls), sum(failures), sum(cost_usd), sum(latency_ms),
+           sum(output_tokens)
+    FROM (
+        SELECT tenant, model, category, 0 AS gt_right, 0 AS gt_wrong, 0 AS agree,
+               0 AS disagree, 1 AS calls, (type = 'panel.call.failed')::int AS failures,
+               CASE type WHEN 'panel.call.succeeded' THEN coalesce(cost_usd, 0) ELSE 0 END
+                   AS cost_usd,
+               latency_ms,
+               CASE type WHEN 'panel.call.succeeded' THEN coalesce(output_tokens, 0)
+                         ELSE 0 END AS output_tokens
+        FROM calls
+        UNION ALL
+        SELECT tenant, model, category,
+               (type = 'outcome.recorded' AND ok)::int, (type = 'outcome.recorded' AND NOT ok)::int,
+               (type = 'judge.decided' AND ok)::int, (type = 'judge.decided' AND NOT ok)::int,
+               0, 0, 0, 0, 0
+        FROM marks
+    ) AS parts
+    GROUP BY 1, 2, 3
+    ON CONFLICT (tenant, model, category) DO UPDATE
+    SET gt_right = p.gt_right + excluded.gt_right, gt_wrong = p.gt_wrong + excluded.gt_wrong,
+        judge_agree = p.judge_agree + excluded.judge_agree,
+        judge_disagree = p.judge_disagree + excluded.judge_disagree,
+        calls = p.calls + excluded.calls, failures = p.failures + excluded.failures,
+        cost_usd = p.cost_usd + excluded.cost_usd,
+        latency_ms = p.latency_ms + excluded.latency_ms,
+        output_tokens = p.output_tokens + excluded.output_tokens
+),
+pairs AS (
+    INSERT INTO co_failure AS c (tenant, category, model_a, model_b, both_wrong, one_wrong,
+                                 both_right)
+    SELECT a.tenant, a.category, least(a.model, b.model), greatest(a.model, b.model),
+           count(*) FILTER (WHERE NOT a.ok AND NOT b.ok),
+           count(*) FILTER (WHERE a.ok <> b.ok),
+           count(*) FILTER (WHERE a.ok AND b.ok)
+    FROM marks a JOIN marks b ON a.event = b.event AND a.ord < b.ord
+    WHERE a.type = 'outcome.recorded'
+    GROUP BY 1, 2, 3, 4
+    ON CONFLICT (tenant, category, model_a, model_b) DO UPDATE
+    SET both_wrong = c.both_wrong + excluded.both_wrong,
+        one_wrong = c.one_wrong + excluded.one_wrong,
+        both_right = c.both_right + excluded.both_right
 )
-INSERT INTO co_failure AS c (tenant, category, model_a, model_b, both_wrong, one_wrong,
-                             both_right)
-SELECT a.tenant, a.category, least(a.model, b.model), greatest(a.model, b.model),
-       count(*) FILTER (WHERE NOT a.correct AND NOT b.correct),
-       count(*) FILTER (WHERE a.correct <> b.correct),
-       count(*) FILTER (WHERE a.correct AND b.correct)
-FROM graded a JOIN graded b ON a.event = b.event AND a.ord < b.ord
-GROUP BY 1, 2, 3, 4
-ON CONFLICT (tenant, category, model_a, model_b) DO UPDATE
-SET both_wrong = c.both_wrong + excluded.both_wrong,
-    one_wrong = c.one_wrong + excluded.one_wrong,
-    both_right = c.both_right + excluded.both_right
+SELECT 1
 """,
     ),
 )
 
-PROJECTIONS: tuple[Projection, ...] = (RUNS, CALL_STATS, ERROR_PROFILE)
+PROJECTIONS: tuple[Projection, ...] = (RUNS, MODEL_STATS)
 BY_NAME: dict[str, Projection] = {p.name: p for p in PROJECTIONS}
 
 

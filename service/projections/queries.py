@@ -426,9 +426,9 @@ class Query:
 
 
 PROJECTION_OF = {
-    "profiles": "model_error_profile",
-    "failures": "model_call_stats",
-    "co-failures": "model_error_profile",
+    "profiles": "model_stats",
+    "failures": "model_stats",
+    "co-failures": "model_stats",
     "judges": "runs",
 }
 

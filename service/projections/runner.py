@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -179,8 +179,17 @@ async def status(conn: Connection, names: Sequence[str] | None = None) -> list[P
     return out
 
 
-async def step(conn: Connection, projection: Projection, limit: int = BATCH_EVENTS) -> int:
-    """Apply the next batch of the log to the live read models; the events applied."""
+async def step(
+    conn: Connection,
+    projection: Projection,
+    limit: int = BATCH_EVENTS,
+    *,
+    before_commit: Callable[[], Awaitable[None]] | None = None,
+) -> int:
+    """Apply the next batch of the log to the live read models; the events applied.
+
+    ``before_commit`` runs after the read models and checkpoint are written and before
+    the commit (tests use it to kill the session there)."""
     await conn.execute(CHECKPOINT_FOR_UPDATE_SQL, projection.name)
     async with conn.transaction():
         row = await conn.fetchrow(READ_CHECKPOINT_SQL, projection.name)
@@ -194,6 +203,8 @@ async def step(conn: Connection, projection: Projection, limit: int = BATCH_EVEN
         await conn.execute(
             WRITE_CHECKPOINT_SQL, projection.name, upto.transaction_id, upto.global_position, count
         )
+        if before_commit is not None:
+            await before_commit()
     return count
 
 

@@ -35,7 +35,7 @@ async def test_the_loader_reads_what_the_read_models_hold(pool: asyncpg.Pool) ->
     expected = profiles()
     async with pool.acquire() as conn:
         await conn.execute(
-            "INSERT INTO projection_checkpoints VALUES ('model_error_profile', 812, 40)"
+            "INSERT INTO projection_checkpoints VALUES ('model_stats', 812, 40)"
         )
         await conn.executemany(
             "INSERT INTO model_error_profile (tenant, model, category, gt_right, gt_wrong,"
