@@ -88,7 +88,7 @@ def create_app(
                 tasks.append(asyncio.create_task(sweep_forever(store, runner)))
             tasks.append(asyncio.create_task(follow_log(router_, store)))
             if projections:  # issue 4: read models; safe on every replica (advisory locks)
-                worker = ProjectionWorker(db, metrics=metrics)
+                worker = ProjectionWorker(db)  # its lag: /metrics, at scrape time
                 tasks.append(asyncio.create_task(worker.run(), name="projections"))
             app.state.services = Services(
                 config=config, store=store, runner=runner, extras={"router": router_}

@@ -32,7 +32,6 @@ from typing import Any, Final
 import asyncpg
 import structlog
 
-from service.metrics import Metrics
 from service.projections.definitions import BY_NAME, PROJECTIONS, Projection, statement_args
 from service.store import Checkpoint
 from service.store.database import Connection
@@ -219,13 +218,11 @@ class ProjectionWorker:
         self,
         pool: asyncpg.Pool,
         *,
-        metrics: Metrics | None = None,
         poll_interval: float = 1.0,
         batch_events: int = BATCH_EVENTS,
         projections: Sequence[Projection] = PROJECTIONS,
     ) -> None:
         self.pool = pool
-        self.metrics = metrics
         self.poll_interval = poll_interval
         self.batch_events = batch_events
         self.projections = tuple(projections)
@@ -273,12 +270,6 @@ class ProjectionWorker:
             applied = await step(conn, projection, self.batch_events)
             self.applied += applied
             busy = busy or applied == self.batch_events
-            if self.metrics is not None:
-                checkpoint, _ = await read_checkpoint(conn, projection.name)
-                lag = await lag_after(conn, checkpoint) if not busy else None
-                if lag is not None:
-                    self.metrics.projection_lag_events.labels(projection.name).set(lag.events)
-                    self.metrics.projection_lag_seconds.labels(projection.name).set(lag.seconds)
         return busy
 
 
