@@ -68,13 +68,83 @@ class Projection:
     event_types: tuple[str, ...]  # the events it reads (documentation, lag is per log)
 
 
+# The source runs a range touches: their judge statistics change (a new judge answer,
+# a new truth, or a new replay to compare with).
+_AFFECTED = f"""affected AS (
+    SELECT DISTINCT coalesce(
+        s.source_stream_id,
+        CASE e.event_type WHEN 'replay.requested' THEN 'run-' || (e.data->>'source_run_id')
+                          ELSE e.stream_id END) AS source
+    FROM events e LEFT JOIN run_summary s ON s.stream_id = e.stream_id
+    WHERE e.event_type IN ('run.requested', 'replay.requested', 'judge.decided',
+                           'judge.failed', 'answer.finalized', 'run.failed',
+                           'outcome.recorded')
+      AND {IN_RANGE}
+)"""
+
+# What the affected source runs add to judge_profile, from run_summary as it stands.
+# Grading: the expected answer when the truth gives one; else the label: the run's own
+# judge gets it, a replay with the same answer too, a replay with another answer is
+# wrong where the original was right and ungraded where it was wrong.
+_CONTRIBUTION = """contribution AS (
+    SELECT j.tenant, j.judge, j.category, count(*) AS runs,
+           count(*) FILTER (WHERE j.kind = 'replay') AS replays,
+           count(*) FILTER (WHERE NOT j.judge_decided) AS fallbacks,
+           count(*) FILTER (WHERE j.status = 'failed') AS failed,
+           count(g.correct) AS graded, count(*) FILTER (WHERE g.correct) AS right_,
+           coalesce(sum(x.compared), 0) AS compared, coalesce(sum(x.agreed), 0) AS agreed,
+           coalesce(sum(j.judge_cost_usd), 0) AS cost_usd,
+           coalesce(sum(j.judge_latency_ms), 0) AS latency_ms
+    FROM run_summary j
+    JOIN run_summary src ON src.stream_id = j.source_stream_id
+    CROSS JOIN LATERAL (SELECT CASE
+        WHEN j.answer_normalized IS NULL THEN NULL
+        WHEN src.expected_normalized IS NOT NULL
+            THEN j.answer_normalized = src.expected_normalized
+        WHEN src.final_correct IS NULL THEN NULL
+        WHEN j.stream_id = src.stream_id OR j.answer_normalized = src.answer_normalized
+            THEN src.final_correct
+        WHEN src.final_correct THEN false
+        ELSE NULL END AS correct) AS g
+    LEFT JOIN LATERAL (
+        SELECT count(*) AS compared,
+               count(*) FILTER (WHERE o.answer_normalized = j.answer_normalized) AS agreed
+        FROM run_summary o
+        WHERE o.source_stream_id = j.source_stream_id AND o.stream_id <> j.stream_id
+          AND o.judge IS NOT NULL AND o.judge <> j.judge
+          AND o.answer_normalized IS NOT NULL AND j.answer_normalized IS NOT NULL
+    ) AS x ON true
+    WHERE j.judge IS NOT NULL AND j.source_stream_id IN (SELECT source FROM affected)
+    GROUP BY j.tenant, j.judge, j.category
+)"""
+
+
+def _add_contribution(sign: str) -> str:
+    return f"""
+WITH {_AFFECTED},
+{_CONTRIBUTION}
+INSERT INTO judge_profile AS p (tenant, judge, category, runs, replays, fallbacks, failed,
+                                graded, right_, compared, agreed, cost_usd, latency_ms)
+SELECT tenant, judge, category, {sign}runs, {sign}replays, {sign}fallbacks, {sign}failed,
+       {sign}graded, {sign}right_, {sign}compared, {sign}agreed, {sign}cost_usd,
+       {sign}latency_ms
+FROM contribution
+ON CONFLICT (tenant, judge, category) DO UPDATE
+SET runs = p.runs + excluded.runs, replays = p.replays + excluded.replays,
+    fallbacks = p.fallbacks + excluded.fallbacks, failed = p.failed + excluded.failed,
+    graded = p.graded + excluded.graded, right_ = p.right_ + excluded.right_,
+    compared = p.compared + excluded.compared, agreed = p.agreed + excluded.agreed,
+    cost_usd = p.cost_usd + excluded.cost_usd, latency_ms = p.latency_ms + excluded.latency_ms
+"""
+
+
 # Every run and replay stream the range touches, folded to one row in one scan: its
 # request (only in the range that holds it; other rows exist already), its judge, its
 # end (one of each per stream, as the writers guarantee) and its outcomes (counted;
 # the latest one is the truth).
 RUNS = Projection(
     name="runs",
-    tables=("run_summary",),
+    tables=("run_summary", "judge_profile"),
     event_types=(
         "run.requested",
         "replay.requested",
@@ -85,6 +155,7 @@ RUNS = Projection(
         "outcome.recorded",
     ),
     statements=(
+        _add_contribution("-"),  # the affected source runs' old judge statistics out
         f"""
 WITH batch AS (
     SELECT e.stream_id, e.global_position AS pos, e.event_type AS type, e.recorded_at,
@@ -168,6 +239,7 @@ ON CONFLICT (stream_id) DO UPDATE SET
     final_correct = CASE WHEN excluded.outcomes > 0 THEN excluded.final_correct
                          ELSE s.final_correct END
 """,
+        _add_contribution(""),  # and their new ones in
     ),
 )
 

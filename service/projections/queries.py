@@ -329,49 +329,13 @@ def co_failure_row(r: asyncpg.Record) -> dict[str, Any]:
 
 # --- judges ---------------------------------------------------------------------------
 
-# A judge's answer on a run is graded against the source run's latest outcome: the
-# expected answer when one was given; else the label: the run's own judge gets the
-# label, a replay that gave the same answer too, a replay that gave another answer
-# is wrong where the original was right and unknown where it was wrong.
 JUDGES_SQL = """
-WITH judged AS (
-    SELECT j.stream_id, j.source_stream_id, j.kind, j.judge, j.judge_decided, j.status,
-           j.category, j.answer_normalized, j.judge_cost_usd, j.judge_latency_ms,
-           src.expected_normalized, src.final_correct, src.answer_normalized AS original
-    FROM run_summary j JOIN run_summary src ON src.stream_id = j.source_stream_id
-    WHERE j.tenant = $1 AND j.judge IS NOT NULL AND ($2::text IS NULL OR j.category = $2)
-      AND ($3::text IS NULL OR j.judge = $3)
-),
-graded AS (
-    SELECT *, CASE
-        WHEN answer_normalized IS NULL THEN NULL
-        WHEN expected_normalized IS NOT NULL THEN answer_normalized = expected_normalized
-        WHEN final_correct IS NULL THEN NULL
-        WHEN stream_id = source_stream_id OR answer_normalized = original THEN final_correct
-        WHEN final_correct THEN false
-        ELSE NULL END AS correct
-    FROM judged
-),
-agreement AS (
-    SELECT a.judge, a.category, count(*) AS compared,
-           count(*) FILTER (WHERE a.answer_normalized = b.answer_normalized) AS agreed
-    FROM judged a JOIN run_summary b
-         ON b.source_stream_id = a.source_stream_id AND b.stream_id <> a.stream_id
-        AND b.judge IS NOT NULL AND b.judge <> a.judge AND b.tenant = $1
-    WHERE a.answer_normalized IS NOT NULL AND b.answer_normalized IS NOT NULL
-    GROUP BY a.judge, a.category
-)
-SELECT g.judge, g.category, count(*) AS runs,
-       count(*) FILTER (WHERE g.kind = 'replay') AS replays,
-       count(*) FILTER (WHERE NOT g.judge_decided) AS fallbacks,
-       count(*) FILTER (WHERE g.status = 'failed') AS failed,
-       count(g.correct) AS graded, count(*) FILTER (WHERE g.correct) AS right_,
-       avg(g.judge_cost_usd) AS mean_cost_usd, avg(g.judge_latency_ms) AS mean_latency_ms,
-       coalesce(max(a.compared), 0) AS compared, coalesce(max(a.agreed), 0) AS agreed
-FROM graded g LEFT JOIN agreement a ON a.judge = g.judge AND a.category = g.category
-GROUP BY g.judge, g.category
-ORDER BY g.category, count(*) FILTER (WHERE g.correct)::float8 / greatest(count(g.correct), 1)
-         DESC, g.judge
+SELECT judge, category, runs, replays, fallbacks, failed, graded, right_, compared, agreed,
+       cost_usd / runs AS mean_cost_usd, latency_ms / runs AS mean_latency_ms
+FROM judge_profile
+WHERE tenant = $1 AND runs > 0 AND ($2::text IS NULL OR category = $2)
+  AND ($3::text IS NULL OR judge = $3)
+ORDER BY category, right_::float8 / greatest(graded, 1) DESC, judge
 """
 
 

@@ -48,6 +48,9 @@ PANELS: list[Any] = [
 ]
 JUDGES: list[Any] = [{"kind": "vote"}, {"kind": "synthesize", "model": "sim/judge-strong"}]
 CATEGORIES = ["arithmetic", "multiple_choice", "two_choice"]
+# What a client sees when its session is terminated mid-transaction (which one depends
+# on where the protocol was when the connection closed).
+KILLED = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 
 
 @pytest.fixture
@@ -195,6 +198,18 @@ def expected_stats(events: list[RecordedEvent]) -> dict[str, Any]:
         if "answer" in j and outcome is not None and outcome.expected is not None:
             counts["graded"] += 1
             counts["right"] += answers_match(j["answer"], outcome.expected)
+        for other_stream, other in judged.items():  # other judges on the same run
+            if (
+                other_stream != stream
+                and other["source"] == j["source"]
+                and other.get("judge") not in (None, j["judge"])
+                and "answer" in j
+                and "answer" in other
+            ):
+                counts["compared"] += 1
+                counts["agreed"] += normalize_answer(other["answer"]) == normalize_answer(
+                    j["answer"]
+                )
     return {
         "calls": calls,
         "failures": failures,
@@ -234,6 +249,10 @@ def check_answers(expected: dict[str, Any], got: dict[str, Any]) -> None:
         assert judges[key]["runs"] == counts["runs"], key
         assert judges[key]["graded"] == counts["graded"], key
         assert judges[key]["right"] == counts["right"], key
+        assert judges[key]["compared"] == counts["compared"], key
+        assert judges[key]["agreement"] == (
+            counts["agreed"] / counts["compared"] if counts["compared"] else None
+        ), key
 
 
 async def ask_all(client: AsyncTestClient[Any], as_of: str | None = None) -> dict[str, Any]:
@@ -334,7 +353,7 @@ async def test_rebuild_crash_and_two_workers_change_nothing(
         async def kill() -> None:
             await killer.fetchval("SELECT pg_terminate_backend($1)", pid)
 
-        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+        with pytest.raises(KILLED):
             await runner.step(victim, runner.BY_NAME["model_stats"], 10_000, before_commit=kill)
     await runner.run_until_caught_up(pool)
     expected = expected_stats(await all_events(store))
