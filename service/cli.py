@@ -396,6 +396,7 @@ def fuse_command(
 
 
 def _register_commands() -> None:
+    from service.cli_eval import eval_command
     from service.cli_keys import keys_group
     from service.cli_replay import replay_command
     from service.cli_route import route_group
@@ -406,6 +407,7 @@ def _register_commands() -> None:
     main.add_command(replay_command)
     main.add_command(keys_group)
     main.add_command(route_group)
+    main.add_command(eval_command)
     for command in STATS_COMMANDS:
         main.add_command(command)
 

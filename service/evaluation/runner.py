@@ -1,0 +1,159 @@
+"""Running an evaluation through a service's HTTP API, resumably.
+
+Each line is one fusion and one dataset outcome, both sent with an Idempotency-Key
+derived from the evaluation (its name, preset, panel and judge) and the line's key.
+A re-run of an interrupted evaluation therefore gets back the runs it made before
+(the service answers with the existing run) and records an outcome only on runs that
+have none from this evaluation yet (the service answers 200 with the earlier one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+
+from service.evaluation.dataset import EvalItem
+from service.evaluation.results import FusionReply, ItemResult, OutcomeReply
+
+T = TypeVar("T")
+_FUSION_ANSWERED = (200, 502, 504)  # finalized, failed, timed out: all are recorded runs
+_RATE_LIMIT_RETRIES = 8  # both requests are idempotent, so a retry is always safe
+
+
+class EvalFailed(Exception):
+    """A line the service could not run or grade; what ran so far is kept."""
+
+    def __init__(self, item: EvalItem, message: str) -> None:
+        super().__init__(f"{item.name}: {message}")
+        self.item = item
+
+
+@dataclass(frozen=True, slots=True)
+class EvalSpec:
+    """What an evaluation is: its name and how each line is fused."""
+
+    name: str
+    preset: str | None = None
+    panel: tuple[str, ...] | None = None
+    judge: tuple[tuple[str, str], ...] | None = None  # e.g. (("kind", "vote"),)
+
+    @property
+    def label(self) -> str:
+        """The label its outcomes carry."""
+        return f"eval:{self.name}"
+
+    def idempotency_key(self, item: EvalItem) -> str:
+        """Stable for this evaluation and line; a different panel or judge is a new run."""
+        identity = msgspec.json.encode(
+            [self.name, self.preset, self.panel, self.judge, item.key], order="sorted"
+        )
+        return f"eval:{hashlib.sha256(identity).hexdigest()[:40]}"
+
+    def fusion_body(self, item: EvalItem) -> dict[str, Any]:
+        """POST /v1/fusions body for one line."""
+        body: dict[str, Any] = {
+            "prompt": item.prompt,
+            "category": item.category,
+            "tags": [self.label[:64]],
+        }
+        if self.preset is not None:
+            body["preset"] = self.preset
+        if self.panel is not None:
+            body["panel"] = list(self.panel)
+        if self.judge is not None:
+            body["judge"] = dict(self.judge)
+        return body
+
+
+async def run_eval(
+    client: httpx.AsyncClient,
+    spec: EvalSpec,
+    items: Sequence[EvalItem],
+    *,
+    concurrency: int = 4,
+    on_done: Callable[[ItemResult], None] | None = None,
+) -> list[ItemResult]:
+    """Fuse and grade every item, at most ``concurrency`` at once; results in item order.
+
+    The first line that fails stops the rest (EvalFailed): a service refusing one line
+    (an unknown preset, a missing scope) would refuse them all, and a re-run resumes.
+    """
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(item: EvalItem) -> ItemResult:
+        async with gate:
+            result = await evaluate_item(client, spec, item)
+        if on_done is not None:
+            on_done(result)
+        return result
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(item)) for item in items]
+    except* EvalFailed as failures:
+        first = min(
+            (e for e in failures.exceptions if isinstance(e, EvalFailed)),
+            key=lambda e: e.item.line,
+        )
+        raise first from None
+    return [t.result() for t in tasks]
+
+
+async def evaluate_item(client: httpx.AsyncClient, spec: EvalSpec, item: EvalItem) -> ItemResult:
+    """One line: its fusion (or the earlier one) and its dataset outcome (or the earlier one)."""
+    headers = {"Idempotency-Key": spec.idempotency_key(item)}
+    answer = await _post(client, item, "/v1/fusions", spec.fusion_body(item), headers)
+    if answer.status_code not in _FUSION_ANSWERED:
+        raise EvalFailed(item, f"fusion refused: {_problem(answer)}")
+    run = _decode(item, answer, FusionReply)
+    outcome = {"expected": item.expected, "source": "dataset", "label": spec.label}
+    graded = await _post(client, item, f"/v1/runs/{run.run_id}/outcomes", outcome, headers)
+    if graded.status_code not in (200, 201):
+        raise EvalFailed(item, f"outcome refused on run {run.run_id}: {_problem(graded)}")
+    return ItemResult(item, run, _decode(item, graded, OutcomeReply))
+
+
+async def _post(
+    client: httpx.AsyncClient,
+    item: EvalItem,
+    path: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+) -> httpx.Response:
+    for _ in range(_RATE_LIMIT_RETRIES):
+        try:
+            response = await client.post(path, json=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise EvalFailed(item, f"cannot reach the service: {exc!r}") from exc
+        if response.status_code != 429:
+            return response
+        await asyncio.sleep(_retry_after(response))
+    return response
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return min(max(float(response.headers.get("retry-after", "1")), 0.1), 30.0)
+    except ValueError:
+        return 1.0
+
+
+def _decode(item: EvalItem, response: httpx.Response, kind: type[T]) -> T:
+    try:
+        return msgspec.json.decode(response.content, type=kind)
+    except msgspec.DecodeError as exc:
+        raise EvalFailed(item, f"unexpected answer (HTTP {response.status_code}): {exc}") from exc
+
+
+def _problem(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        return f"{body.get('title', response.status_code)}: {body.get('detail', '')}"
+    except ValueError:
+        return f"HTTP {response.status_code}: {response.text[:300]}"
