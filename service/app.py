@@ -41,6 +41,7 @@ from service.store.migrations import migrate
 
 log = structlog.get_logger("app")
 MAX_BODY_BYTES = 2 * 1024 * 1024
+SHUTDOWN_GRACE_S = 10.0
 
 
 def create_app(
@@ -68,7 +69,7 @@ def create_app(
                 db = await create_pool(
                     settings.database_url, settings.pool_min_size, settings.pool_max_size
                 )
-                stack.push_async_callback(db.close)
+                stack.push_async_callback(close_pool, db)
             if run_migrations:
                 async with db.acquire() as conn:
                     applied = await migrate(conn)
@@ -85,8 +86,8 @@ def create_app(
             stack.push_async_callback(runner.close, "shutdown")
             tasks: list[asyncio.Task[Any]] = []
             if sweeper:
-                tasks.append(asyncio.create_task(sweep_forever(store, runner)))
-            tasks.append(asyncio.create_task(follow_log(router_, store)))
+                tasks.append(asyncio.create_task(sweep_forever(store, runner), name="sweeper"))
+            tasks.append(asyncio.create_task(follow_log(router_, store), name="router"))
             if projections:  # issue 4: read models; safe on every replica (advisory locks)
                 worker = ProjectionWorker(db)  # its lag: /metrics, at scrape time
                 tasks.append(asyncio.create_task(worker.run(), name="projections"))
@@ -98,16 +99,18 @@ def create_app(
             # Replays (issue 6): batches a stopped process left unfinished resume here.
             replays = create_replays(store, registry, config)
             stack.push_async_callback(replays.close)
-            tasks.append(asyncio.create_task(replays.batches.resume_forever()))
+            tasks.append(
+                asyncio.create_task(replays.batches.resume_forever(), name="replay-batches")
+            )
             app.state.services.extras["replays"] = replays
             try:
                 yield
             finally:
                 for task in tasks:
                     task.cancel()
-                for task in tasks:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                _, stuck = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_S)
+                if stuck:  # shutdown must end: say which task did not, and go on
+                    log.warning("shutdown.tasks_stuck", tasks=sorted(t.get_name() for t in stuck))
 
     return Litestar(
         route_handlers=[*ROUTES, metrics_endpoint],
@@ -118,6 +121,15 @@ def create_app(
         openapi_config=OpenAPIConfig(title="Fusion Ledger", version=__version__, path="/schema"),
         on_app_init=[_quiet],
     )
+
+
+async def close_pool(pool: asyncpg.Pool) -> None:
+    """Close the pool gracefully; after a grace period, terminate what is still held."""
+    try:
+        await asyncio.wait_for(pool.close(), SHUTDOWN_GRACE_S)
+    except TimeoutError:
+        log.warning("shutdown.pool_terminated", reason="connections not released in time")
+        pool.terminate()
 
 
 def _quiet(app_config: AppConfig) -> AppConfig:
