@@ -5,9 +5,8 @@ A batch is a ``batch-<uuid>`` stream: ``replay.batch.requested`` holds the filte
 the judge and the resolved list of source runs (with the stream version each replay
 reads up to); ``replay.batch.completed`` closes it. Progress is not stored anywhere:
 it is the set of replay streams that exist, and their ids are a function of
-(batch, run), so a restarted worker replays exactly the runs that lack one, and a
-duplicate worker loses on the log's ``no_stream`` check. One worker per batch across
-replicas holds a Postgres advisory lock; the others skip it.
+(batch, run), so a restarted worker (batch_worker.py) replays exactly the runs that
+lack one, and a duplicate worker loses on the log's ``no_stream`` check.
 """
 
 from __future__ import annotations
@@ -15,24 +14,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
 
 from service.config import Config
 from service.domain.events import (
-    Event,
     JudgeSpec,
     ReplayBatchCompleted,
     ReplayBatchRequested,
     ReplayFilter,
-    ReplayRequested,
-    RunFailed,
     SourceRun,
 )
 from service.domain.judge_comparison import Comparison, compare_judges
-from service.domain.runs import fold
+from service.orchestration.batch_worker import BatchWorker
 from service.orchestration.caller import ModelCaller
 from service.orchestration.planning import InvalidRequest
 from service.orchestration.replay import (
@@ -40,14 +35,11 @@ from service.orchestration.replay import (
     Replayer,
     batch_replay_id,
     check_judge,
-    stamp,
 )
 from service.orchestration.replay_sources import (
     existing_streams,
     judged_runs,
-    read_sources,
     resolve_runs,
-    terminal_counts,
     unfinished_batches,
 )
 from service.store import NO_STREAM, EventStore, NewEvent, WrongExpectedVersion
@@ -56,9 +48,6 @@ log = structlog.get_logger("replay.batch")
 
 MAX_BATCH_RUNS = 50_000
 MAX_CONCURRENCY = 64
-VOTE_CHUNK = 64  # the vote needs no I/O: read and write 64 runs per round trip
-TRY_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtextextended($1, 42))"
-UNLOCK_SQL = "SELECT pg_advisory_unlock(hashtextextended($1, 42))"
 
 
 class BatchNotFound(LookupError):
@@ -96,6 +85,7 @@ class BatchReplayer:
     def __init__(self, store: EventStore, replayer: Replayer) -> None:
         self.store = store
         self.replayer = replayer
+        self.worker = BatchWorker(store, replayer)
         self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
 
     async def submit(
@@ -165,7 +155,7 @@ class BatchReplayer:
         """Drive the batch in a background task, unless this process already does."""
         if batch_id in self._tasks:
             return
-        task = asyncio.create_task(self._drive(batch_id), name=f"replay-batch-{batch_id}")
+        task = asyncio.create_task(self.worker.drive(batch_id), name=f"replay-batch-{batch_id}")
         self._tasks[batch_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(batch_id, None))
 
@@ -223,117 +213,6 @@ class BatchReplayer:
             pairs = [(r.run_id, str(i)) for r, i in zip(requested.runs, ids, strict=True)]
             comparison = compare_judges(await judged_runs(self.store, pairs))
         return BatchProgress(batch_id, requested, done, completed, comparison)
-
-    async def _drive(self, batch_id: uuid.UUID) -> None:
-        stream_id = f"batch-{batch_id}"
-        async with self.store.pool.acquire() as lock:
-            if not await lock.fetchval(TRY_LOCK_SQL, stream_id):
-                return  # another replica drives it
-            try:
-                await self._replay_batch(batch_id, stream_id)
-            except asyncio.CancelledError:
-                log.info("batch.interrupted", batch_id=str(batch_id))
-                raise
-            except Exception:
-                log.exception("batch.failed", batch_id=str(batch_id))
-            finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(lock.fetchval(UNLOCK_SQL, stream_id))
-
-    async def _replay_batch(self, batch_id: uuid.UUID, stream_id: str) -> None:
-        records = await self.store.read_stream(stream_id)
-        if len(records) != 1:
-            return  # completed already
-        requested = records[0].decode()
-        assert isinstance(requested, ReplayBatchRequested)
-        meta = records[0].metadata_dict()
-        tenant, actor, cause = meta["tenant"], meta["actor"], str(records[0].event_id)
-        ids = {r.run_id: f"replay-{batch_replay_id(batch_id, r.run_id)}" for r in requested.runs}
-        done = await existing_streams(self.store, list(ids.values()))
-        todo = [r for r in requested.runs if ids[r.run_id] not in done]
-        size = VOTE_CHUNK if requested.judge.kind == "vote" else 1
-        chunks: asyncio.Queue[list[SourceRun]] = asyncio.Queue()
-        for start in range(0, len(todo), size):
-            chunks.put_nowait(todo[start : start + size])
-
-        async def worker() -> None:
-            while not chunks.empty():
-                chunk = chunks.get_nowait()
-                await self._replay_chunk(requested, chunk, tenant, actor, cause)
-
-        async with asyncio.TaskGroup() as group:
-            for _ in range(min(requested.concurrency, chunks.qsize())):
-                group.create_task(worker())
-        finalized, failed = await terminal_counts(self.store, list(ids.values()))
-        completed = ReplayBatchCompleted(
-            replayed=finalized + failed, finalized=finalized, failed=failed
-        )
-        closing = NewEvent(
-            completed,
-            {
-                "correlation_id": str(batch_id),
-                "causation_id": cause,
-                "tenant": tenant,
-                "actor": "replay-worker",
-            },
-        )
-        with contextlib.suppress(WrongExpectedVersion):
-            await self.store.append_to_stream(stream_id, [closing], 1)
-        log.info("batch.completed", batch_id=str(batch_id), replayed_now=len(todo), failed=failed)
-
-    async def _replay_chunk(
-        self,
-        requested: ReplayBatchRequested,
-        chunk: Sequence[SourceRun],
-        tenant: str,
-        actor: str,
-        cause: str,
-    ) -> None:
-        sources = await read_sources(self.store, chunk)
-
-        async def one(run: SourceRun) -> tuple[str, list[NewEvent]]:
-            replay_id = batch_replay_id(requested.batch_id, run.run_id)
-            events = await self._rejudge(requested, run, sources.get(run.run_id, []), replay_id)
-            return f"replay-{replay_id}", stamp(events, replay_id, tenant, actor, cause)
-
-        writes = await asyncio.gather(*(one(run) for run in chunk))
-        await self._append_all(writes)
-
-    async def _rejudge(
-        self,
-        requested: ReplayBatchRequested,
-        run: SourceRun,
-        events: list[Event],
-        replay_id: uuid.UUID,
-    ) -> list[Event]:
-        source = fold(events)
-        if source.request is None or source.finalized is None:
-            # Resolved as finalized, so this cannot happen short of a damaged log; the
-            # replay still records it, so the batch ends and says what went wrong.
-            return [
-                ReplayRequested(
-                    replay_id=str(replay_id),
-                    source_run_id=run.run_id,
-                    source_stream_version=source.version,
-                    judge=requested.judge,
-                    batch_id=requested.batch_id,
-                ),
-                RunFailed(reason="internal_error", message="source run has no final answer"),
-            ]
-        return await self.replayer.rejudge(
-            replay_id, run.run_id, source, requested.judge, batch_id=requested.batch_id
-        )
-
-    async def _append_all(self, writes: Sequence[tuple[str, list[NewEvent]]]) -> None:
-        """All streams in one transaction (one commit); one by one if any exists already."""
-        try:
-            async with self.store.pool.acquire() as conn, conn.transaction():
-                for stream_id, events in writes:
-                    await self.store.append_to_stream(stream_id, events, NO_STREAM, connection=conn)
-        except WrongExpectedVersion:
-            for stream_id, events in writes:
-                with contextlib.suppress(WrongExpectedVersion):
-                    await self.store.append_to_stream(stream_id, events, NO_STREAM)
 
 
 @dataclass(frozen=True, slots=True)

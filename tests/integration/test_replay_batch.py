@@ -6,7 +6,6 @@ a restart with every run replayed exactly once."""
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
 import uuid
@@ -19,13 +18,12 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
-from service.domain.events import GenerationParams, Message, OutcomeRecorded
-from service.domain.judging import parse_judge_task
+from service.domain.events import OutcomeRecorded
 from service.domain.scoring import answers_match
-from service.providers.outcomes import CallSucceeded
 from service.settings import Settings
 from service.store import ANY, EventStore, NewEvent
 from tests.conftest import RunningSimulator, TestDatabase
+from tests.integration.replay_fixtures import ScriptedJudge
 
 Client = AsyncTestClient[Any]
 REPLAYS_OF_BATCH_SQL = """
@@ -171,50 +169,6 @@ async def test_a_stronger_judge_scores_higher_on_the_same_runs(
     assert report["agreement"]["successes"] == agreed
     assert report["replay_judge"]["cost"]["total_usd"] == pytest.approx(judge_cost)
     assert report["replay_judge"]["cost"]["total_usd"] > 0  # an LLM judge is paid for
-
-
-class ScriptedJudge:
-    """A judge-only caller (no panel model may be called): backs the first candidate;
-    after ``allow`` calls it hangs, so a batch can be stopped midway on purpose."""
-
-    def __init__(self, allow: int | None = None) -> None:
-        self.allow = allow
-        self.calls = 0
-        self.models: list[str] = []
-
-    async def complete(
-        self,
-        model_id: str,
-        messages: list[Message],
-        params: GenerationParams,
-        *,
-        timeout_s: float,
-        seed: int | None = None,
-    ) -> CallSucceeded:
-        self.models.append(model_id)
-        self.calls += 1
-        if self.allow is not None and self.calls > self.allow:
-            await asyncio.Event().wait()  # never set: the process "dies" here
-        task = parse_judge_task(messages[-1].content)
-        assert task is not None, "only judge prompts may reach this caller"
-        first = task.candidates[0]
-        reply = {
-            "chosen": first.label,
-            "final_answer": first.answer,
-            "verdicts": [{"label": c.label, "agrees": c is first} for c in task.candidates],
-        }
-        return CallSucceeded(
-            text=json.dumps(reply),
-            finish_reason="stop",
-            input_tokens=100,
-            output_tokens=20,
-            cost_usd=0.001,
-            latency_ms=1.0,
-            attempts=[],
-        )
-
-    def provider_of(self, model_id: str) -> str:
-        return "scripted"
 
 
 async def test_a_batch_stopped_midway_completes_after_a_restart_exactly_once(

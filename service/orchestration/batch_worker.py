@@ -1,0 +1,159 @@
+"""The worker that drives one replay batch: the runs without a replay stream are read
+in chunks, re-judged, and written, a chunk's streams in one bulk append; then the
+batch is closed with replay.batch.completed.
+
+Exactly once: a replay stream's id is a function of (batch, run), the bulk append
+creates streams only where none exists, and a restarted worker starts from the set
+of streams that exist. Across replicas, the holder of the batch's advisory lock
+drives it; the others return at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Sequence
+
+import structlog
+
+from service.domain.events import (
+    Event,
+    ReplayBatchCompleted,
+    ReplayBatchRequested,
+    ReplayRequested,
+    RunFailed,
+    SourceRun,
+)
+from service.domain.runs import fold
+from service.orchestration.replay import Replayer, batch_replay_id, stamp
+from service.orchestration.replay_sources import existing_streams, read_sources, terminal_counts
+from service.store import NO_STREAM, EventStore, NewEvent, WrongExpectedVersion
+from service.store.bulk_append import append_new_streams
+
+log = structlog.get_logger("replay.batch")
+
+VOTE_CHUNK = 64  # the vote needs no I/O: read and write 64 runs per round trip
+TRY_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtextextended($1, 42))"
+UNLOCK_SQL = "SELECT pg_advisory_unlock(hashtextextended($1, 42))"
+
+
+class BatchWorker:
+    """Replays what a batch still lacks, with the batch's concurrency."""
+
+    def __init__(self, store: EventStore, replayer: Replayer) -> None:
+        self.store = store
+        self.replayer = replayer
+
+    async def drive(self, batch_id: uuid.UUID) -> None:
+        """Finish the batch, unless another replica holds it; errors are logged."""
+        stream_id = f"batch-{batch_id}"
+        async with self.store.pool.acquire() as lock:
+            if not await lock.fetchval(TRY_LOCK_SQL, stream_id):
+                return  # another replica drives it
+            try:
+                await self._replay_batch(batch_id, stream_id)
+            except asyncio.CancelledError:
+                log.info("batch.interrupted", batch_id=str(batch_id))
+                raise
+            except Exception:
+                log.exception("batch.failed", batch_id=str(batch_id))
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(lock.fetchval(UNLOCK_SQL, stream_id))
+
+    async def _replay_batch(self, batch_id: uuid.UUID, stream_id: str) -> None:
+        records = await self.store.read_stream(stream_id)
+        if len(records) != 1:
+            return  # completed already
+        requested = records[0].decode()
+        assert isinstance(requested, ReplayBatchRequested)
+        meta = records[0].metadata_dict()
+        tenant, actor, cause = meta["tenant"], meta["actor"], str(records[0].event_id)
+        replay_ids = {r.run_id: batch_replay_id(batch_id, r.run_id) for r in requested.runs}
+        ids = {run: f"replay-{replay}" for run, replay in replay_ids.items()}
+        done = await existing_streams(self.store, list(ids.values()))
+        todo = [r for r in requested.runs if ids[r.run_id] not in done]
+        size = VOTE_CHUNK if requested.judge.kind == "vote" else 1
+        chunks: asyncio.Queue[list[SourceRun]] = asyncio.Queue()
+        for start in range(0, len(todo), size):
+            chunks.put_nowait(todo[start : start + size])
+
+        async def worker() -> None:
+            while not chunks.empty():
+                chunk = chunks.get_nowait()
+                await self._replay_chunk(requested, chunk, replay_ids, tenant, actor, cause)
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(requested.concurrency, chunks.qsize())):
+                group.create_task(worker())
+        finalized, failed = await terminal_counts(self.store, list(ids.values()))
+        completed = ReplayBatchCompleted(
+            replayed=finalized + failed, finalized=finalized, failed=failed
+        )
+        closing = NewEvent(
+            completed,
+            {
+                "correlation_id": str(batch_id),
+                "causation_id": cause,
+                "tenant": tenant,
+                "actor": "replay-worker",
+            },
+        )
+        with contextlib.suppress(WrongExpectedVersion):
+            await self.store.append_to_stream(stream_id, [closing], 1)
+        log.info("batch.completed", batch_id=str(batch_id), replayed_now=len(todo), failed=failed)
+
+    async def _replay_chunk(
+        self,
+        requested: ReplayBatchRequested,
+        chunk: Sequence[SourceRun],
+        replay_ids: dict[str, uuid.UUID],
+        tenant: str,
+        actor: str,
+        cause: str,
+    ) -> None:
+        sources = await read_sources(self.store, chunk)
+
+        async def one(run: SourceRun) -> tuple[str, list[NewEvent]]:
+            replay_id = replay_ids[run.run_id]
+            events = await self._rejudge(requested, run, sources.get(run.run_id, []), replay_id)
+            return f"replay-{replay_id}", stamp(events, replay_id, tenant, actor, cause)
+
+        writes = await asyncio.gather(*(one(run) for run in chunk))
+        await self._append_all(writes)
+
+    async def _rejudge(
+        self,
+        requested: ReplayBatchRequested,
+        run: SourceRun,
+        events: list[Event],
+        replay_id: uuid.UUID,
+    ) -> list[Event]:
+        source = fold(events)
+        if source.request is None or source.finalized is None:
+            # Resolved as finalized, so this cannot happen short of a damaged log; the
+            # replay still records it, so the batch ends and says what went wrong.
+            return [
+                ReplayRequested(
+                    replay_id=str(replay_id),
+                    source_run_id=run.run_id,
+                    source_stream_version=source.version,
+                    judge=requested.judge,
+                    batch_id=requested.batch_id,
+                ),
+                RunFailed(reason="internal_error", message="source run has no final answer"),
+            ]
+        return await self.replayer.rejudge(
+            replay_id, run.run_id, source, requested.judge, batch_id=requested.batch_id
+        )
+
+    async def _append_all(self, writes: Sequence[tuple[str, list[NewEvent]]]) -> None:
+        """All the chunk's replay streams in one statement; one by one when any exists
+        already (another worker on the same batch got there first)."""
+        try:
+            await append_new_streams(self.store, writes)
+        except WrongExpectedVersion:
+            for stream_id, events in writes:
+                with contextlib.suppress(WrongExpectedVersion):
+                    await self.store.append_to_stream(stream_id, events, NO_STREAM)
