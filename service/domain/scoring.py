@@ -24,7 +24,9 @@ def extract_answer(text: str) -> str:
 
 def normalize_answer(text: str) -> str:
     """Canonical short form for comparison and voting: 'B', '42', '3.5', 'paris'."""
-    core = extract_answer(text).replace(",", "") if _looks_numeric(text) else extract_answer(text)
+    core = extract_answer(text)
+    if _NUMBER.match(core.replace(",", "")):
+        core = core.replace(",", "")
     choice = _CHOICE.match(core)
     if choice:
         return choice.group(1).upper()
@@ -34,10 +36,6 @@ def normalize_answer(text: str) -> str:
             return str(int(value))
         return repr(value)
     return _SPACES.sub(" ", core).lower()
-
-
-def _looks_numeric(text: str) -> bool:
-    return bool(_NUMBER.match(extract_answer(text).replace(",", "")))
 
 
 def answers_match(answer: str, expected: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import struct
 import uuid
 from collections.abc import Mapping
@@ -22,6 +23,11 @@ import msgspec
 from service.domain.events import EVENT_TYPES, UPCASTERS, Event
 
 _ENCODER = msgspec.json.Encoder(order="sorted")
+# A quick, exact-when-negative test for NaN and infinity: msgpack writes every float as
+# float64 (0xcb) and a non-finite one has all exponent bits set. A match may also be
+# bytes inside a string; the exact walk in encode_json then decides.
+_MSGPACK = msgspec.msgpack.Encoder()
+_MAYBE_NON_FINITE = re.compile(rb"\xcb[\x7f\xff][\xf0-\xff]")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -76,7 +82,7 @@ def encode_json(value: Any, name: str = "value") -> str:
         raise UnstorableEvent("jsonb cannot store the NUL character (\\u0000)")
     # msgspec writes NaN and infinity as null, at any depth: the value would be lost
     # silently (or stored where a float is required and fail to decode later).
-    if b"null" in raw:
+    if b"null" in raw and _MAYBE_NON_FINITE.search(_MSGPACK.encode(value)):
         where = _non_finite_float(msgspec.to_builtins(value), name)
         if where is not None:
             raise UnstorableEvent(f"{where} is not a finite number")
