@@ -42,7 +42,7 @@ async def test_metrics_move_with_runs_and_lag_drains(
             assert runs_total(during) == runs_total(before) + 3
             assert sample(during, "fusion_projection_lag_events", projection="runs") >= 3 * 7
             assert sample(during, "fusion_projection_lag_seconds", projection="runs") > 0
-    for _ in range(100):  # released: the worker catches up within a poll interval or two
+    for _ in range(600):  # released: the worker catches up (longer on a busy machine)
         after = (await client.get("/metrics")).text
         if sample(after, "fusion_projection_lag_events", projection="runs") == 0:
             break

@@ -34,9 +34,7 @@ def half(value: Any, first: bool) -> Any:
 async def test_the_loader_reads_what_the_read_models_hold(pool: asyncpg.Pool) -> None:
     expected = profiles()
     async with pool.acquire() as conn:
-        await conn.execute(
-            "INSERT INTO projection_checkpoints VALUES ('model_stats', 812, 40)"
-        )
+        await conn.execute("INSERT INTO projection_checkpoints VALUES ('model_stats', 812, 40)")
         await conn.executemany(
             "INSERT INTO model_error_profile (tenant, model, category, gt_right, gt_wrong,"
             " judge_agree, judge_disagree, calls, failures, cost_usd, latency_ms, output_tokens)"
