@@ -15,8 +15,7 @@ from service.api.errors import Problem
 from service.api.views import FusionResponse, fusion_view
 from service.config import PanelEntry
 from service.domain.events import ClientIdentity, GenerationParams, JudgeSpec, Message
-from service.domain.runs import RunState
-from service.orchestration.fusion import IdempotencyConflict
+from service.orchestration.fusion import Fused, IdempotencyConflict
 from service.orchestration.planning import FusionAsk, InvalidRequest, plan_fusion
 
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
@@ -101,19 +100,43 @@ def client_identity(request: Request[Any, Any, Any]) -> ClientIdentity:
     )
 
 
-def observe_overhead(services: Services, state: RunState, started: float) -> None:
-    """Time not spent waiting on a provider: total minus slowest member and judge."""
-    if state.finalized is None:
-        return
+class ProviderTiming(msgspec.Struct, frozen=True):
+    """One fusion's split: time waiting on providers and the service's own overhead."""
+
+    overhead_ms: float
+    providers_ms: float
+
+    def server_timing(self) -> str:
+        """As a Server-Timing header value, so a client can read the exact split."""
+        return f"overhead;dur={self.overhead_ms:.3f}, providers;dur={self.providers_ms:.3f}"
+
+
+def received_at(request: Request[Any, Any, Any]) -> float:
+    """When the request came in (perf_counter), as the outermost middleware saw it."""
+    started: float | None = getattr(request.state, "received_at", None)
+    return time.perf_counter() if started is None else started
+
+
+def observe_overhead(services: Services, fused: Fused, started: float) -> ProviderTiming | None:
+    """Time not spent waiting on a provider: total minus slowest member and judge.
+
+    Only for finalized runs this call ran: the run an Idempotency-Key returns again
+    waited on no provider in this request, and must not count as a fusion.
+    """
+    state = fused.state
+    if state.finalized is None or not fused.ran_here:
+        return None
     slowest = max((m.latency_ms or 0.0 for m in state.members.values()), default=0.0)
     judge = state.judge.latency_ms if state.judge else 0.0
     if state.judge_failure is not None:
         judge = state.judge_failure.latency_ms
     total = (time.perf_counter() - started) * 1000
-    services.runner.metrics.overhead.observe(max(total - slowest - judge, 0.0) / 1000)
+    overhead_ms = max(total - slowest - judge, 0.0)
+    services.runner.metrics.overhead.observe(overhead_ms / 1000)
+    return ProviderTiming(overhead_ms=overhead_ms, providers_ms=slowest + judge)
 
 
-async def run_ask(services: Services, ask: FusionAsk) -> tuple[str, RunState]:
+async def run_ask(services: Services, ask: FusionAsk) -> tuple[str, Fused]:
     """Plan and run; InvalidRequest and IdempotencyConflict become 4xx problems."""
     try:
         plan = plan_fusion(services.config, ask)
@@ -121,10 +144,10 @@ async def run_ask(services: Services, ask: FusionAsk) -> tuple[str, RunState]:
         raise Problem(exc.status, "Invalid fusion request", str(exc), field=exc.field) from exc
     run_id = plan.run_id()
     try:
-        state = await services.runner.fuse(plan, run_id)
+        fused = await services.runner.fuse_here(plan, run_id)
     except IdempotencyConflict as exc:
         raise Problem(422, "Idempotency-Key reused", str(exc)) from exc
-    return str(run_id), state
+    return str(run_id), fused
 
 
 @post(
@@ -146,11 +169,14 @@ async def create_fusion(
         ask = ask_from_body(data, client_identity(request), idempotency_key)
     except InvalidRequest as exc:
         raise Problem(422, "Invalid fusion request", str(exc), field=exc.field) from exc
-    started = time.perf_counter()
-    run_id, state = await run_ask(services, ask)
+    run_id, fused = await run_ask(services, ask)
+    state = fused.state
     view = fusion_view(run_id, state)
-    observe_overhead(services, state, started)
+    timing = observe_overhead(services, fused, received_at(request))
     status = 200 if state.status == "finalized" else 502
     if state.failed is not None and state.failed.reason == "timeout":
         status = 504
-    return Response(view, status_code=status, headers={"x-fusion-run-id": run_id})
+    headers = {"x-fusion-run-id": run_id}
+    if timing is not None:
+        headers["server-timing"] = timing.server_timing()
+    return Response(view, status_code=status, headers=headers)

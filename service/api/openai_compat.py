@@ -18,7 +18,7 @@ from litestar.response import ServerSentEvent
 
 from service.api.deps import Services, provide_services
 from service.api.errors import Problem
-from service.api.fusions import client_identity, observe_overhead, run_ask
+from service.api.fusions import client_identity, observe_overhead, received_at, run_ask
 from service.api.views import fusion_view
 from service.domain.events import GenerationParams, Message
 from service.domain.runs import RunState
@@ -142,9 +142,9 @@ async def chat_completions(
         client=client_identity(request),
         idempotency_key=request.headers.get("idempotency-key"),
     )
-    started = time.perf_counter()
-    run_id, state = await run_ask(services, ask)
-    observe_overhead(services, state, started)
+    run_id, fused = await run_ask(services, ask)
+    state = fused.state
+    observe_overhead(services, fused, received_at(request))
     headers = {"x-fusion-run-id": run_id}
     if state.finalized is None:
         reason = state.failed.reason if state.failed else "unknown"

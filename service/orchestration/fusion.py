@@ -57,6 +57,15 @@ class RunHandle:
     run_id: uuid.UUID
     task: asyncio.Task[RunState]
     cancel_reason: list[str] = field(default_factory=list)
+    earlier: bool = False  # the stream existed: the Idempotency-Key's earlier run
+
+
+@dataclass(frozen=True, slots=True)
+class Fused:
+    """A fusion's state, and whether this call ran it (not an earlier request's run)."""
+
+    state: RunState
+    ran_here: bool
 
 
 class FusionRunner:
@@ -86,15 +95,21 @@ class FusionRunner:
 
     async def fuse(self, plan: FusionPlan, run_id: uuid.UUID | None = None) -> RunState:
         """Run a fusion (or return the run its idempotency key already made)."""
+        return (await self.fuse_here(plan, run_id)).state
+
+    async def fuse_here(self, plan: FusionPlan, run_id: uuid.UUID | None = None) -> Fused:
+        """As ``fuse``, and say whether this call ran the fusion or found it made."""
         run_id = run_id or plan.run_id()
         handle = self._open.get(run_id)
+        joined = handle is not None
         if handle is None:
             handle = RunHandle(run_id, asyncio.create_task(self._run(run_id, plan)))
             self._open[run_id] = handle
             self.metrics.open_runs.set(len(self._open))
             handle.task.add_done_callback(lambda _: self._forget(run_id))
         # shield: a cancelled request (client gone) must not cancel the run itself
-        return await asyncio.shield(handle.task)
+        state = await asyncio.shield(handle.task)
+        return Fused(state, ran_here=not (joined or handle.earlier))
 
     def _forget(self, run_id: uuid.UUID) -> None:
         self._open.pop(run_id, None)
@@ -352,6 +367,9 @@ class FusionRunner:
 
     async def _existing(self, stream_id: str, plan: FusionPlan, mine: RunRequested) -> RunState:
         """The run an earlier request with the same idempotency key made, once closed."""
+        handle = self._open.get(uuid.UUID(stream_id.removeprefix("run-")))
+        if handle is not None:
+            handle.earlier = True
         deadline = time.monotonic() + plan.timeout_s + 30
         while True:
             state = fold(e.decode() for e in await self.store.read_stream(stream_id))
