@@ -226,21 +226,18 @@ class FusionRunner:
             weights=weights,
             self_judging=self_judging,
         )
-        (judge_event_id,) = await writer.append(result.event, caused_by=selected_id)
-        self.metrics.judge_outcomes.labels(judge_spec.kind, result.decided_by).inc()
+        # The verdict and the run's end are one append: one transaction, one round trip.
+        judged = writer.new(result.event, caused_by=selected_id)
         if result.decision is None:
-            await self._fail(
-                writer,
+            end: Event = self._failed_event(
                 "judge_failed",
                 "the judge failed and the fallback is 'fail'",
                 started,
                 panel_cost + result.cost_usd,
-                caused_by=judge_event_id,
             )
-            return fold(writer.recorded)
-        answer = result.decision.final_answer
-        await writer.append(
-            AnswerFinalized(
+        else:
+            answer = result.decision.final_answer
+            end = AnswerFinalized(
                 answer=answer,
                 answer_sha256=hashlib.sha256(answer.encode()).hexdigest(),
                 answer_normalized=normalize_answer(answer),
@@ -249,9 +246,9 @@ class FusionRunner:
                 cost_usd=panel_cost + result.cost_usd,
                 panel_cost_usd=panel_cost,
                 judge_cost_usd=result.cost_usd,
-            ),
-            caused_by=judge_event_id,
-        )
+            )
+        await writer.write([judged, writer.new(end, caused_by=judged.event_id)])
+        self.metrics.judge_outcomes.labels(judge_spec.kind, result.decided_by).inc()
         return fold(writer.recorded)
 
     async def _call_member(
@@ -356,14 +353,20 @@ class FusionRunner:
         cost: float = 0.0,
         caused_by: uuid.UUID | None = None,
     ) -> None:
-        event = RunFailed(
+        event = self._failed_event(reason, message, started, cost)
+        with contextlib.suppress(WrongExpectedVersion):
+            await writer.append(event, caused_by=caused_by)
+
+    @staticmethod
+    def _failed_event(
+        reason: RunFailureReason, message: str, started: float, cost: float
+    ) -> RunFailed:
+        return RunFailed(
             reason=reason,
             message=message,
             latency_ms=(time.perf_counter() - started) * 1000,
             cost_usd=cost,
         )
-        with contextlib.suppress(WrongExpectedVersion):
-            await writer.append(event, caused_by=caused_by)
 
     async def _existing(self, stream_id: str, plan: FusionPlan, mine: RunRequested) -> RunState:
         """The run an earlier request with the same idempotency key made, once closed."""

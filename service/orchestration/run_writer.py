@@ -4,6 +4,11 @@ A run has a single writer: members finish concurrently, so appends go through a
 lock, and each append names the version it expects. If anything else wrote to the
 stream meanwhile (the sweeper closing it as abandoned), the writer gets
 WrongExpectedVersion and the run stops instead of writing past a terminal event.
+
+Events that arrive while an append is in flight wait for it, then go to the log
+together in the next append (one transaction, in arrival order): members that
+answer at the same moment cost one round trip, not three, and no event waits longer
+than it would have waited for the lock anyway.
 """
 
 from __future__ import annotations
@@ -35,19 +40,50 @@ class RunWriter:
         self.version = 0
         self._base = {"correlation_id": self.correlation_id, "tenant": tenant, "actor": actor}
         self._lock = asyncio.Lock()
+        # Batches waiting for the next append, each with the future its caller awaits.
+        self._queue: list[tuple[list[NewEvent], asyncio.Future[None]]] = []
         self.recorded: list[Event] = []
+
+    def new(self, event: Event, caused_by: uuid.UUID | None = None) -> NewEvent:
+        """The event with this run's metadata and a fresh id, ready for ``write``."""
+        return NewEvent(event, self._metadata(caused_by))
 
     async def append(self, *events: Event, caused_by: uuid.UUID | None = None) -> list[uuid.UUID]:
         """Append events atomically after everything this writer wrote; returns their ids."""
+        batch = [self.new(e, caused_by) for e in events]
+        await self.write(batch)
+        return [n.event_id for n in batch]
+
+    async def write(self, batch: list[NewEvent]) -> None:
+        """Append the batch atomically, after everything queued before it."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((batch, done))
         async with self._lock:
-            batch = [NewEvent(e, self._metadata(caused_by)) for e in events]
-            expected = self.version if self.version else NO_STREAM
-            result = await self.store.append_to_stream(self.stream_id, batch, expected)
-            self.version = result.stream_version
-            self.recorded.extend(events)
-            if self._on_append is not None:
-                self._on_append(events)
-            return [n.event_id for n in batch]
+            if not done.done():  # else an append made while we waited carried it
+                await self._flush(done)
+        done.result()  # raises what the append that carried the batch raised
+
+    async def _flush(self, mine: asyncio.Future[None]) -> None:
+        taken, self._queue = self._queue, []
+        events = [n for batch, _ in taken for n in batch]
+        expected = self.version if self.version else NO_STREAM
+        try:
+            result = await self.store.append_to_stream(self.stream_id, events, expected)
+        except asyncio.CancelledError:
+            # Only this caller is cancelled: the others' batches go to the next append.
+            self._queue[:0] = [item for item in taken if item[1] is not mine]
+            raise
+        except Exception as exc:
+            for _, done in taken:
+                done.set_exception(exc)
+            return
+        self.version = result.stream_version
+        appended = [n.event for n in events]
+        self.recorded.extend(appended)
+        if self._on_append is not None:
+            self._on_append(appended)
+        for _, done in taken:
+            done.set_result(None)
 
     def _metadata(self, caused_by: uuid.UUID | None) -> dict[str, Any]:
         meta: dict[str, Any] = dict(self._base)
