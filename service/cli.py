@@ -261,7 +261,7 @@ def _serve(
 ) -> None:
     from service.config import ConfigError
     from service.logging import configure_logging
-    from service.serving import read_config, serve
+    from service.serving import read_config, run_server, serve
 
     configure_logging(settings.log_format, settings.log_level)
     if not settings.database_url:
@@ -274,7 +274,7 @@ def _serve(
     except ConfigError as exc:
         _fail(str(exc))
     with contextlib.suppress(KeyboardInterrupt):
-        _run(
+        run_server(
             serve(
                 settings,
                 config,
