@@ -40,6 +40,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import asyncpg
+import structlog
 
 from service.domain.events import (
     AnswerFinalized,
@@ -235,7 +236,7 @@ def queries() -> list[Query]:
 
 
 async def measure(
-    url: str, pool: asyncpg.Pool, events: int, seed: int, repeats: int
+    url: str, pool: asyncpg.Pool, events: int, seed: int, repeats: int, rebuild_batch: int
 ) -> dict[str, Any]:
     loader = await asyncpg.connect(url)  # asyncpg's own jsonb codec: binary COPY
     try:
@@ -252,7 +253,7 @@ async def measure(
     aggregate_s = min(aggregates)
     rebuild_s, per_projection = 0.0, {}
     for projection in PROJECTIONS:
-        result = await runner.rebuild(pool, projection.name)
+        result = await runner.rebuild(pool, projection.name, batch_events=rebuild_batch)
         per_projection[projection.name] = round(result.seconds, 3)
         rebuild_s += result.seconds
     latencies: dict[str, list[float]] = {}
@@ -298,7 +299,9 @@ def with_search_path(url: str, schema: str) -> str:
     return urlunsplit(parts._replace(query=query))
 
 
-async def main(url: str, events: int, seed: int, repeats: int) -> dict[str, Any]:
+async def main(
+    url: str, events: int, seed: int, repeats: int, rebuild_batch: int
+) -> dict[str, Any]:
     schema = f"bench_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(url)
     await admin.execute(f'CREATE SCHEMA "{schema}"')
@@ -311,7 +314,7 @@ async def main(url: str, events: int, seed: int, repeats: int) -> dict[str, Any]
             await conn.close()
         pool = await create_pool(scoped, min_size=1, max_size=2)
         try:
-            return await measure(scoped, pool, events, seed, repeats)
+            return await measure(scoped, pool, events, seed, repeats, rebuild_batch)
         finally:
             await pool.close()
     finally:
@@ -329,6 +332,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=10, help="rounds of every query")
+    parser.add_argument(
+        "--rebuild-batch",
+        type=int,
+        default=runner.REBUILD_BATCH_EVENTS,
+        help="events per rebuild transaction",
+    )
     args = parser.parse_args(argv)
     if not args.database_url:
         parser.error("no database: pass --database-url or set FUSION_LEDGER_TEST_DATABASE_URL")
@@ -337,6 +346,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     options = parse_args()
-    result = asyncio.run(main(options.database_url, options.events, options.seed, options.repeats))
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout: JSON
+    result = asyncio.run(
+        main(
+            options.database_url,
+            options.events,
+            options.seed,
+            options.repeats,
+            options.rebuild_batch,
+        )
+    )
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -270,11 +270,16 @@ WITH batch AS MATERIALIZED (
 ),
 context AS MATERIALIZED (
     SELECT r.stream_id, coalesce(r.metadata->>'tenant', 'default') AS tenant,
-           r.data->>'category' AS category, ps.data->'members' AS seats
+           r.data->>'category' AS category
     FROM events r
-    LEFT JOIN events ps ON ps.stream_id = r.stream_id AND ps.event_type = 'panel.selected'
     WHERE r.stream_version = 1 AND r.event_type = 'run.requested'
       AND r.stream_id IN (SELECT stream_id FROM batch)
+),
+seats AS MATERIALIZED (
+    SELECT ps.stream_id, m->>'member_id' AS member_id, m->>'model' AS model
+    FROM events ps CROSS JOIN LATERAL jsonb_array_elements(ps.data->'members') AS m
+    WHERE ps.event_type = 'panel.selected'
+      AND ps.stream_id IN (SELECT stream_id FROM batch WHERE marks IS NOT NULL)
 ),
 calls AS (
     SELECT c.tenant, b.model, c.category, b.recorded_at, b.type, b.error_kind,
@@ -283,13 +288,13 @@ calls AS (
     WHERE b.type IN ('panel.call.succeeded', 'panel.call.failed')
 ),
 marks AS (  -- a verdict or a graded seat, with the seat's model
-    SELECT b.event, b.type, m.ord, c.tenant, c.category, seat.value->>'model' AS model,
+    SELECT b.event, b.type, m.ord, c.tenant, c.category, seat.model,
            CASE b.type WHEN 'judge.decided' THEN (m.value->>'agrees')::boolean
                        ELSE (m.value->>'correct')::boolean END AS ok
     FROM batch b JOIN context c USING (stream_id)
     CROSS JOIN LATERAL jsonb_array_elements(b.marks) WITH ORDINALITY AS m(value, ord)
-    JOIN LATERAL jsonb_array_elements(c.seats) AS seat(value)
-         ON seat.value->>'member_id' = m.value->>'member_id'
+    JOIN seats seat ON seat.stream_id = b.stream_id
+                   AND seat.member_id = m.value->>'member_id'
     WHERE b.marks IS NOT NULL
       AND (b.type = 'judge.decided' OR jsonb_typeof(m.value->'correct') = 'boolean')
 ),

@@ -40,7 +40,7 @@ from service.store.postgres import NOTIFY_CHANNEL
 log = structlog.get_logger("projections")
 
 BATCH_EVENTS: Final = 5_000
-REBUILD_BATCH_EVENTS: Final = 250_000
+REBUILD_BATCH_EVENTS: Final = 5_000_000  # one pass: ranges cut from the middle cost more
 LAG_COUNT_CAP: Final = 1_000_000
 
 LOCK_SQL = (
@@ -219,11 +219,15 @@ class ProjectionWorker:
         pool: asyncpg.Pool,
         *,
         poll_interval: float = 1.0,
+        settle_s: float = 0.05,
         batch_events: int = BATCH_EVENTS,
         projections: Sequence[Projection] = PROJECTIONS,
     ) -> None:
         self.pool = pool
         self.poll_interval = poll_interval
+        # After a wake-up, wait this long so one step takes every append that came
+        # meanwhile: under load the worker steps ~20 times a second, not per append.
+        self.settle_s = settle_s
         self.batch_events = batch_events
         self.projections = tuple(projections)
         self.owned: set[str] = set()
@@ -249,6 +253,7 @@ class ProjectionWorker:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(wake.wait(), self.poll_interval)
                     self.caught_up.clear()
+                    await asyncio.sleep(self.settle_s)
             finally:
                 with contextlib.suppress(Exception):
                     await conn.remove_listener(NOTIFY_CHANNEL, on_notify)
