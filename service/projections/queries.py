@@ -9,7 +9,6 @@ same queries answer). Filters are checked before any query runs: a bad one raise
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -222,21 +221,17 @@ SELECT {select_dims}k.error_kind, t.calls, k.failures, k.latency_ms
 FROM kinds k JOIN totals t {join}
 ORDER BY {select_dims}k.failures DESC, k.error_kind
 """
+    # One pass: sums per group and latency bucket; the rows of a group are merged in
+    # Python (a few hundred rows), which also gives the histogram for the quantiles.
     return f"""
-WITH {FAILURE_BASE},
-totals AS (
-    SELECT {select_dims}sum(calls) AS calls,
-           coalesce(sum(calls) FILTER (WHERE outcome <> 'ok'
-                                       AND ($6::text IS NULL OR outcome = $6)), 0) AS failures,
-           sum(latency_ms) AS latency_ms, sum(input_tokens) AS input_tokens,
-           sum(output_tokens) AS output_tokens, sum(cost_usd) AS cost_usd
-    FROM base {group}
-),
-by_bucket AS (SELECT {select_dims}latency_bucket, sum(calls) AS n FROM base
-              GROUP BY {select_dims}latency_bucket),
-hist AS (SELECT {select_dims}jsonb_object_agg(latency_bucket, n) AS hist FROM by_bucket {group})
-SELECT t.*, h.hist FROM totals t JOIN hist h {f"USING ({cols})" if dims else "ON true"}
-ORDER BY {select_dims}t.calls DESC
+WITH {FAILURE_BASE}
+SELECT {select_dims}latency_bucket, sum(calls) AS calls,
+       coalesce(sum(calls) FILTER (WHERE outcome <> 'ok'
+                                   AND ($6::text IS NULL OR outcome = $6)), 0) AS failures,
+       sum(latency_ms) AS latency_ms, sum(input_tokens) AS input_tokens,
+       sum(output_tokens) AS output_tokens, sum(cost_usd) AS cost_usd
+FROM base
+GROUP BY {select_dims}latency_bucket
 """
 
 
@@ -271,28 +266,55 @@ def _day_text(value: Any) -> Any:
     return value.isoformat() if isinstance(value, date) else value
 
 
-def failure_row(r: asyncpg.Record, group_by: Sequence[str]) -> dict[str, Any]:
-    row: dict[str, Any] = {d: _day_text(r[d]) for d in group_by}
-    calls, failures = int(r["calls"]), int(r["failures"])
-    row.update(
-        calls=calls,
-        failures=failures,
-        failure_rate=_ratio(failures, calls),
-    )
+def failure_rows(
+    records: Sequence[asyncpg.Record], group_by: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Rows of the failures answer from the query's records (see _failures_sql)."""
     if "error_kind" in group_by:
-        row["mean_latency_ms"] = _ratio(float(r["latency_ms"]), failures)
-        return row
-    hist = {int(k): int(v) for k, v in json.loads(r["hist"]).items()} if r["hist"] else {}
-    row.update(
-        successes=calls - failures,
-        mean_latency_ms=_ratio(float(r["latency_ms"]), calls),
-        latency_p50_ms=histogram_quantile(0.5, hist),
-        latency_p95_ms=histogram_quantile(0.95, hist),
-        input_tokens=int(r["input_tokens"]),
-        output_tokens=int(r["output_tokens"]),
-        cost_usd=float(r["cost_usd"]),
-    )
-    return row
+        out = []
+        for r in records:
+            row: dict[str, Any] = {d: _day_text(r[d]) for d in group_by}
+            calls, failures = int(r["calls"]), int(r["failures"])
+            row.update(
+                calls=calls,
+                failures=failures,
+                failure_rate=_ratio(failures, calls),
+                mean_latency_ms=_ratio(float(r["latency_ms"]), failures),
+            )
+            out.append(row)
+        return out
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in records:
+        key = tuple(r[d] for d in group_by)
+        g = groups.setdefault(key, {"calls": 0, "failures": 0, "latency_ms": 0.0,
+                                    "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0,
+                                    "hist": {}})  # fmt: skip
+        g["calls"] += int(r["calls"])
+        g["failures"] += int(r["failures"])
+        g["latency_ms"] += float(r["latency_ms"])
+        g["input_tokens"] += int(r["input_tokens"])
+        g["output_tokens"] += int(r["output_tokens"])
+        g["cost_usd"] += float(r["cost_usd"])
+        g["hist"][int(r["latency_bucket"])] = int(r["calls"])
+    rows = []
+    for key, g in groups.items():
+        row = {d: _day_text(v) for d, v in zip(group_by, key, strict=True)}
+        calls, failures = g["calls"], g["failures"]
+        row.update(
+            calls=calls,
+            failures=failures,
+            failure_rate=_ratio(failures, calls),
+            successes=calls - failures,
+            mean_latency_ms=_ratio(g["latency_ms"], calls),
+            latency_p50_ms=histogram_quantile(0.5, g["hist"]),
+            latency_p95_ms=histogram_quantile(0.95, g["hist"]),
+            input_tokens=g["input_tokens"],
+            output_tokens=g["output_tokens"],
+            cost_usd=g["cost_usd"],
+        )
+        rows.append(row)
+    rows.sort(key=lambda row: (-row["calls"], *(str(row[d]) for d in group_by)))
+    return rows
 
 
 # --- co-failures ----------------------------------------------------------------------
@@ -406,7 +428,7 @@ async def _rows(conn: Connection, q: Query) -> list[dict[str, Any]]:
         rows = await conn.fetch(
             _failures_sql(q.group_by), q.tenant, q.model, q.category, since, until, q.error_kind
         )
-        return [failure_row(r, q.group_by) for r in rows]
+        return failure_rows(rows, q.group_by)
     if q.kind == "co-failures":
         rows = await conn.fetch(CO_FAILURES_SQL, q.tenant, q.model, q.category, q.min_n)
         return [co_failure_row(r) for r in rows]

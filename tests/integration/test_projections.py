@@ -238,6 +238,12 @@ def check_answers(expected: dict[str, Any], got: dict[str, Any]) -> None:
     assert {k: r["failures"] for k, r in by_kind.items()} == dict(expected["failures"])
     for (model, cat, _), row in by_kind.items():
         assert row["calls"] == expected["calls"][(model, cat)]
+    totals = {(r["model"], r["category"]): r for r in got["failure_totals"]}
+    assert {k: r["calls"] for k, r in totals.items()} == dict(expected["calls"])
+    for key, row in totals.items():
+        fails = sum(n for (m, c, _), n in expected["failures"].items() if (m, c) == key)
+        assert row["failures"] == fails and row["successes"] == row["calls"] - fails, key
+        assert row["latency_p50_ms"] is not None and row["latency_p95_ms"] >= row["latency_p50_ms"]
     pairs = {(r["category"], r["model_a"], r["model_b"]): r for r in got["co_failures"]}
     assert set(pairs) == set(expected["pairs"])
     for key, counts in expected["pairs"].items():
@@ -261,6 +267,7 @@ async def ask_all(client: AsyncTestClient[Any], as_of: str | None = None) -> dic
     for name, path in (
         ("profiles", "/v1/profiles?"),
         ("failures", "/v1/stats/failures?group_by=model,category,error_kind"),
+        ("failure_totals", "/v1/stats/failures?group_by=model,category"),
         ("co_failures", "/v1/stats/co-failures?"),
         ("judges", "/v1/stats/judges?"),
     ):
