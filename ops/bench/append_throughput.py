@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import hashlib
 import json
-import os
 import statistics
 import sys
 import time
@@ -26,15 +25,14 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import msgspec
+from scratch import add_database_url, check_database_url, scratch_schema
 
 from service.domain.events import Attempt, PanelCallSucceeded
 from service.store import NO_STREAM, EventStore, NewEvent
-from service.store.database import connect, create_pool
-from service.store.migrations import migrate
+from service.store.database import create_pool
 
 TARGET = 0.6
 EVENTS_PER_RUN = 6
@@ -157,25 +155,8 @@ async def bench_copy(pool: asyncpg.Pool, load: Workload, writers: int) -> float:
     return await run_writers(writers, shares, copy)
 
 
-def with_search_path(url: str, schema: str) -> str:
-    parts = urlsplit(url)
-    query = "&".join(q for q in [parts.query, urlencode({"search_path": schema})] if q)
-    return urlunsplit(parts._replace(query=query))
-
-
 async def main(url: str, runs: int, writers: int, rounds: int, event_bytes: int) -> dict[str, Any]:
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(url)
-    await admin.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        scoped = with_search_path(url, schema)
-        conn = await connect(scoped)
-        try:
-            await migrate(conn)
-            await conn.execute(CREATE_PLAIN_TABLES)
-            server = await conn.fetchval("SHOW server_version")
-        finally:
-            await conn.close()
+    async with scratch_schema(url, CREATE_PLAIN_TABLES) as (scoped, server):
         pool = await create_pool(scoped, min_size=writers, max_size=writers)
         copy_pool = await asyncpg.create_pool(scoped, min_size=writers, max_size=writers)
         assert copy_pool is not None
@@ -184,9 +165,6 @@ async def main(url: str, runs: int, writers: int, rounds: int, event_bytes: int)
         finally:
             await copy_pool.close()
             await pool.close()
-    finally:
-        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await admin.close()
 
 
 async def measure(
@@ -242,18 +220,13 @@ async def measure(
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("FUSION_LEDGER_TEST_DATABASE_URL") or os.environ.get("DATABASE_URL"),
-        help="default: $FUSION_LEDGER_TEST_DATABASE_URL, else $DATABASE_URL",
-    )
+    add_database_url(parser)
     parser.add_argument("--runs", type=int, default=3000, help="runs per mode per round")
     parser.add_argument("--writers", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--event-bytes", type=int, default=1024)
     args = parser.parse_args(argv)
-    if not args.database_url:
-        parser.error("no database: pass --database-url or set FUSION_LEDGER_TEST_DATABASE_URL")
+    check_database_url(parser, args)
     return args
 
 

@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import hashlib
 import json
-import os
 import random
 import statistics
 import sys
@@ -37,10 +36,10 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import structlog
+from scratch import add_database_url, check_database_url, scratch_schema
 
 from service.domain.events import (
     AnswerFinalized,
@@ -64,8 +63,7 @@ from service.projections import runner
 from service.projections.definitions import PROJECTIONS
 from service.projections.queries import Query, Window, answer
 from service.store.codec import encode_event, encode_json
-from service.store.database import connect, create_pool
-from service.store.migrations import migrate
+from service.store.database import create_pool
 
 MODELS = [f"sim/model-{c}" for c in "abcdehjk"]
 CATEGORIES = ["arithmetic", "multiple_choice", "two_choice", "code", "short_fact"]
@@ -293,42 +291,20 @@ async def measure(
     }
 
 
-def with_search_path(url: str, schema: str) -> str:
-    parts = urlsplit(url)
-    query = "&".join(q for q in [parts.query, urlencode({"search_path": schema})] if q)
-    return urlunsplit(parts._replace(query=query))
-
-
 async def main(
     url: str, events: int, seed: int, repeats: int, rebuild_batch: int
 ) -> dict[str, Any]:
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(url)
-    await admin.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        scoped = with_search_path(url, schema)
-        conn = await connect(scoped)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
+    async with scratch_schema(url) as (scoped, _):
         pool = await create_pool(scoped, min_size=1, max_size=2)
         try:
             return await measure(scoped, pool, events, seed, repeats, rebuild_batch)
         finally:
             await pool.close()
-    finally:
-        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await admin.close()
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("FUSION_LEDGER_TEST_DATABASE_URL") or os.environ.get("DATABASE_URL"),
-        help="default: $FUSION_LEDGER_TEST_DATABASE_URL, else $DATABASE_URL",
-    )
+    add_database_url(parser)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=10, help="rounds of every query")
@@ -339,8 +315,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="events per rebuild transaction",
     )
     args = parser.parse_args(argv)
-    if not args.database_url:
-        parser.error("no database: pass --database-url or set FUSION_LEDGER_TEST_DATABASE_URL")
+    check_database_url(parser, args)
     return args
 
 

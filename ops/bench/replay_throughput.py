@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import hashlib
 import json
-import os
 import random
 import statistics
 import sys
@@ -31,9 +30,8 @@ import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
 
-import asyncpg
+from scratch import add_database_url, check_database_url, scratch_schema
 
 from service.config import Config
 from service.domain.events import (
@@ -60,8 +58,7 @@ from service.orchestration.replay_sources import READ_SOURCES_SQL, read_sources
 from service.providers.outcomes import CallFailed
 from service.store import EventStore, NewEvent
 from service.store.bulk_append import append_new_streams
-from service.store.database import connect, create_pool
-from service.store.migrations import migrate
+from service.store.database import create_pool
 
 TARGET = 0.5
 EVENTS_PER_RUN = 7
@@ -195,32 +192,13 @@ async def replay_batch(batches: BatchReplayer, concurrency: int) -> tuple[float,
     return seconds, accepted.runs
 
 
-def with_search_path(url: str, schema: str) -> str:
-    parts = urlsplit(url)
-    query = "&".join(q for q in [parts.query, urlencode({"search_path": schema})] if q)
-    return urlunsplit(parts._replace(query=query))
-
-
 async def main(url: str, runs: int, concurrency: int, rounds: int) -> dict[str, Any]:
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(url)
-    await admin.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        scoped = with_search_path(url, schema)
-        conn = await connect(scoped)
-        try:
-            await migrate(conn)
-            server = await conn.fetchval("SHOW server_version")
-        finally:
-            await conn.close()
+    async with scratch_schema(url) as (scoped, server):
         pool = await create_pool(scoped, min_size=concurrency + 2, max_size=concurrency + 2)
         try:
             return await measure(EventStore(pool), server, runs, concurrency, rounds)
         finally:
             await pool.close()
-    finally:
-        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await admin.close()
 
 
 async def measure(
@@ -286,17 +264,12 @@ async def measure(
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("FUSION_LEDGER_TEST_DATABASE_URL") or os.environ.get("DATABASE_URL"),
-        help="default: $FUSION_LEDGER_TEST_DATABASE_URL, else $DATABASE_URL",
-    )
+    add_database_url(parser)
     parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     args = parser.parse_args(argv)
-    if not args.database_url:
-        parser.error("no database: pass --database-url or set FUSION_LEDGER_TEST_DATABASE_URL")
+    check_database_url(parser, args)
     return args
 
 
