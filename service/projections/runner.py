@@ -231,17 +231,30 @@ class ProjectionWorker:
         self.batch_events = batch_events
         self.projections = tuple(projections)
         self.owned: set[str] = set()
+        self.server_pid: int | None = None  # the backend of its connection, while it has one
         self.applied = 0
         self.caught_up = asyncio.Event()
 
     async def run(self) -> None:
-        """Run until cancelled."""
+        """Run until cancelled; a database error costs a pause, not the worker."""
+        while True:
+            try:
+                await self._run_connected()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("projection.worker_failed", retry_in_s=self.poll_interval)
+                self.owned.clear()  # the connection and its locks may be gone
+                await asyncio.sleep(self.poll_interval)
+
+    async def _run_connected(self) -> None:
         wake = asyncio.Event()
 
         def on_notify(*_: Any) -> None:
             wake.set()
 
         async with self.pool.acquire() as conn:
+            self.server_pid = conn.get_server_pid()
             await conn.add_listener(NOTIFY_CHANNEL, on_notify)
             try:
                 while True:

@@ -457,3 +457,27 @@ async def test_runs_read_model_lists_runs_and_replays(
     assert all(r["status"] in ("finalized", "failed") for r in rows)
     assert rows[0]["outcomes"] == 1 and rows[2]["outcomes"] == 0
     assert uuid.UUID(rows[0]["stream_id"].removeprefix("run-"))
+
+
+async def test_a_worker_whose_connection_dies_reconnects_and_catches_up(
+    service: tuple[AsyncTestClient[Any], Any], store: EventStore, pool: asyncpg.Pool
+) -> None:
+    client, world = service
+    worker = runner.ProjectionWorker(pool, poll_interval=0.05)
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(worker.caught_up.wait(), 10)
+        first = worker.server_pid
+        assert first is not None
+        await pool.fetchval("SELECT pg_terminate_backend($1)", first)
+        await fuse_mix(client, world, store, 3)
+        for _ in range(400):
+            if worker.server_pid != first and worker.caught_up.is_set() and not await lag_of(pool):
+                break
+            await asyncio.sleep(0.05)
+        assert worker.server_pid != first and not await lag_of(pool)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    check_answers(expected_stats(await all_events(store)), await ask_all(client))
