@@ -111,6 +111,8 @@ def rebuild_command(ctx: click.Context, name: str | None, as_json: bool) -> None
     then swap them in. The service keeps serving the old tables meanwhile."""
     url = _database_url(ctx)
     names = [name] if name else [p.name for p in PROJECTIONS]
+    settings = ctx.obj["settings"]
+    configure_logging(settings.log_format, settings.log_level)  # to stderr: stdout is the answer
 
     async def work() -> list[runner.RebuildResult]:
         pool = await create_pool(url, 1, 2)
