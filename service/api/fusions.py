@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Request, Response, post
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import HeaderParameter, JSONBody
 
 from service.api.deps import Services, provide_services
 from service.api.errors import Problem
@@ -158,10 +158,10 @@ async def run_ask(services: Services, ask: FusionAsk) -> tuple[str, Fused]:
 )
 async def create_fusion(
     request: Request[Any, Any, Any],
-    data: FusionBody,
-    services: Services,
+    data: JSONBody[FusionBody],
+    services: NamedDependency[Services],
     idempotency_key: Annotated[
-        str | None, Parameter(header="Idempotency-Key", required=False, max_length=200)
+        str | None, HeaderParameter(name="Idempotency-Key", required=False, max_length=200)
     ] = None,
 ) -> Response[FusionResponse]:
     """Fan the prompt out to the panel, judge, and answer with the final answer."""

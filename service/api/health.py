@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Response, get
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 
 from service.api.deps import Services, provide_services
 
@@ -21,7 +21,7 @@ async def healthz() -> dict[str, str]:
     dependencies={"services": Provide(provide_services, sync_to_thread=False)},
     summary="Readiness",
 )
-async def readyz(services: Services) -> Response[dict[str, Any]]:
+async def readyz(services: NamedDependency[Services]) -> Response[dict[str, Any]]:
     """The database answers and the schema is migrated."""
     try:
         version = await services.store.pool.fetchval("SELECT max(version) FROM schema_migrations")

@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Request, Response, get, post
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
+from litestar.params import JSONBody
 from litestar.response import ServerSentEvent
 
 from service.api.deps import Services, provide_services
@@ -123,7 +124,9 @@ def _tokens(state: RunState) -> tuple[int, int]:
     summary="OpenAI-compatible chat completion through fusion",
 )
 async def chat_completions(
-    request: Request[Any, Any, Any], data: ChatRequest, services: Services
+    request: Request[Any, Any, Any],
+    data: JSONBody[ChatRequest],
+    services: NamedDependency[Services],
 ) -> Response[Any]:
     """Run a fusion for the last user message and answer as a chat completion."""
     preset = _preset(data.model)
@@ -189,7 +192,7 @@ async def _chunks(completion: dict[str, Any]) -> AsyncIterator[str]:
 
 
 @get("/v1/models", dependencies=_DEPS, summary="Models this endpoint serves")
-async def list_models(services: Services) -> dict[str, Any]:
+async def list_models(services: NamedDependency[Services]) -> dict[str, Any]:
     """``fusion`` (the default preset) and ``fusion/<preset>`` for every preset."""
     ids = ["fusion", *(f"fusion/{name}" for name in sorted(services.config.presets))]
     return {

@@ -12,8 +12,8 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, post
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, HeaderParameter, JSONBody
 
 from service.api.deps import Services, provide_services
 from service.api.errors import Problem
@@ -184,11 +184,11 @@ def _same_or_conflict(earlier: RecordedEvent, wanted: OutcomeRecorded) -> Outcom
 )
 async def record_outcome(
     request: Request[Any, Any, Any],
-    data: OutcomeBody,
-    services: Services,
-    run_id: str,
+    data: JSONBody[OutcomeBody],
+    services: NamedDependency[Services],
+    run_id: FromPath[str],
     idempotency_key: Annotated[
-        str | None, Parameter(header="Idempotency-Key", required=False, max_length=200)
+        str | None, HeaderParameter(name="Idempotency-Key", required=False, max_length=200)
     ] = None,
 ) -> Response[OutcomeView]:
     """Append one outcome.recorded to the run, scoring the final answer and each member."""

@@ -13,8 +13,8 @@ from typing import Annotated, Any, cast
 
 import msgspec
 from litestar import Request, Response, get, post
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, HeaderParameter, JSONBody
 
 from service.api.deps import Services, provide_services
 from service.api.errors import Problem
@@ -167,7 +167,10 @@ def _run_uuid(text: str, what: str) -> uuid.UUID:
 
 @post("/v1/runs/{run_id:str}/replays", dependencies=_DEPS, summary="Re-judge one run")
 async def replay_run(
-    request: Request[Any, Any, Any], services: Services, run_id: str, data: ReplayBody
+    request: Request[Any, Any, Any],
+    services: NamedDependency[Services],
+    run_id: FromPath[str],
+    data: JSONBody[ReplayBody],
 ) -> Response[ReplayView]:
     """Run only the new judge over the run's recorded successes; the run is untouched."""
     parsed = _run_uuid(run_id, "Run")
@@ -229,10 +232,10 @@ def _judge_view(state: RunState) -> JudgeView | None:
 @post("/v1/replays", dependencies=_DEPS, status_code=202, summary="Re-judge a batch of runs")
 async def create_batch(
     request: Request[Any, Any, Any],
-    services: Services,
-    data: BatchBody,
+    services: NamedDependency[Services],
+    data: JSONBody[BatchBody],
     idempotency_key: Annotated[
-        str | None, Parameter(header="Idempotency-Key", required=False, max_length=200)
+        str | None, HeaderParameter(name="Idempotency-Key", required=False, max_length=200)
     ] = None,
 ) -> BatchAccepted:
     """Resolve the filter now, replay its runs in the background; poll the status URL."""
@@ -259,7 +262,9 @@ async def create_batch(
 
 @get("/v1/replays/{batch_id:str}", dependencies=_DEPS, summary="A replay batch and its report")
 async def get_batch(
-    request: Request[Any, Any, Any], services: Services, batch_id: str
+    request: Request[Any, Any, Any],
+    services: NamedDependency[Services],
+    batch_id: FromPath[str],
 ) -> BatchView:
     """Progress while running; then how the new judge compares with the original."""
     parsed = _run_uuid(batch_id, "Batch")

@@ -10,7 +10,8 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import post
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
+from litestar.params import JSONBody
 
 from service.api.deps import Services, provide_services
 from service.api.errors import Problem
@@ -74,7 +75,9 @@ def _messages(body: RouteBody) -> list[Message]:
     status_code=200,
     summary="What the router would pick now, and why",
 )
-async def explain_route(data: RouteBody, services: Services) -> RouteResponse:
+async def explain_route(
+    data: JSONBody[RouteBody], services: NamedDependency[Services]
+) -> RouteResponse:
     """Decide a panel for the prompt on the current profiles, without running it."""
     router: Router = services.extras["router"]
     config = services.config

@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Request, get
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery, QueryParameter
 
 from service.api.deps import Services, provide_services
 from service.api.errors import Problem
@@ -75,12 +75,12 @@ _DEPS = {"services": Provide(provide_services, sync_to_thread=False)}
 @get("/v1/runs", dependencies=_DEPS, summary="List runs")
 async def list_runs(
     request: Request[Any, Any, Any],
-    services: Services,
-    category: str | None = None,
-    status: Literal["finalized", "failed", "running"] | None = None,
-    since: datetime | None = None,
-    before: Annotated[int | None, Parameter(ge=1)] = None,
-    limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+    services: NamedDependency[Services],
+    category: FromQuery[str | None] = None,
+    status: FromQuery[Literal["finalized", "failed", "running"] | None] = None,
+    since: FromQuery[datetime | None] = None,
+    before: Annotated[int | None, QueryParameter(ge=1)] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
 ) -> RunList:
     """Newest first; page with ``before`` (the ``next_before`` of the previous page)."""
     tenant = getattr(request.state, "tenant", "default")
@@ -103,7 +103,9 @@ async def list_runs(
 
 
 @get("/v1/runs/{run_id:str}", dependencies=_DEPS, summary="One run's provenance")
-async def get_run(request: Request[Any, Any, Any], services: Services, run_id: str) -> RunDetail:
+async def get_run(
+    request: Request[Any, Any, Any], services: NamedDependency[Services], run_id: FromPath[str]
+) -> RunDetail:
     """The run's summary and every event in order, with hashes."""
     try:
         parsed = uuid.UUID(run_id)

@@ -9,8 +9,8 @@ import io
 from typing import Annotated, Any
 
 from litestar import Request, Response, get
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromQuery, QueryParameter
 
 from service.api.deps import Services, provide_services
 from service.api.errors import Problem
@@ -62,10 +62,10 @@ async def respond(request: Request[Any, Any, Any], services: Services, build: An
 @get("/v1/profiles", dependencies=_DEPS, summary="Model error profiles")
 async def get_profiles(
     request: Request[Any, Any, Any],
-    services: Services,
-    model: str | None = None,
-    category: str | None = None,
-    as_of: str | None = None,
+    services: NamedDependency[Services],
+    model: FromQuery[str | None] = None,
+    category: FromQuery[str | None] = None,
+    as_of: FromQuery[str | None] = None,
 ) -> Response[Any]:
     """Per model and category: ground-truth accuracy (Beta posterior), judge agreement,
     failure rate, mean cost and latency."""
@@ -79,14 +79,14 @@ async def get_profiles(
 @get("/v1/stats/failures", dependencies=_DEPS, summary="Model call failures")
 async def get_failures(
     request: Request[Any, Any, Any],
-    services: Services,
-    group_by: str | None = None,
-    model: str | None = None,
-    category: str | None = None,
-    error_kind: str | None = None,
-    since: str | None = None,
-    until: str | None = None,
-    as_of: str | None = None,
+    services: NamedDependency[Services],
+    group_by: FromQuery[str | None] = None,
+    model: FromQuery[str | None] = None,
+    category: FromQuery[str | None] = None,
+    error_kind: FromQuery[str | None] = None,
+    since: FromQuery[str | None] = None,
+    until: FromQuery[str | None] = None,
+    as_of: FromQuery[str | None] = None,
 ) -> Response[Any]:
     """Calls, failures and failure rate grouped by any of model, category, error_kind,
     day (UTC); latency p50/p95, tokens and cost unless grouped by error kind."""
@@ -109,11 +109,11 @@ async def get_failures(
 @get("/v1/stats/co-failures", dependencies=_DEPS, summary="Models wrong together")
 async def get_co_failures(
     request: Request[Any, Any, Any],
-    services: Services,
-    model: str | None = None,
-    category: str | None = None,
-    min_n: Annotated[int, Parameter(ge=0)] = 1,
-    as_of: str | None = None,
+    services: NamedDependency[Services],
+    model: FromQuery[str | None] = None,
+    category: FromQuery[str | None] = None,
+    min_n: Annotated[int, QueryParameter(ge=0)] = 1,
+    as_of: FromQuery[str | None] = None,
 ) -> Response[Any]:
     """Pairs of models graded on the same runs: both wrong, one wrong, both right."""
     return await respond(
@@ -128,10 +128,10 @@ async def get_co_failures(
 @get("/v1/stats/judges", dependencies=_DEPS, summary="Judges compared")
 async def get_judges(
     request: Request[Any, Any, Any],
-    services: Services,
-    category: str | None = None,
-    judge: str | None = None,
-    as_of: str | None = None,
+    services: NamedDependency[Services],
+    category: FromQuery[str | None] = None,
+    judge: FromQuery[str | None] = None,
+    as_of: FromQuery[str | None] = None,
 ) -> Response[Any]:
     """Per judge and category, replays included: accuracy against ground truth and
     agreement with other judges on the same runs."""
