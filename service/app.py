@@ -88,7 +88,7 @@ def create_app(
             if sweeper:
                 tasks.append(asyncio.create_task(sweep_forever(store, runner), name="sweeper"))
             tasks.append(asyncio.create_task(follow_log(router_, store), name="router"))
-            if projections:  # issue 4: read models; safe on every replica (advisory locks)
+            if projections and settings.run_projections:  # safe on every replica (locks)
                 worker = ProjectionWorker(db)  # its lag: /metrics, at scrape time
                 tasks.append(asyncio.create_task(worker.run(), name="projections"))
             app.state.services = Services(

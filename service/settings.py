@@ -22,6 +22,7 @@ class Settings:
     pool_min_size: int = 2
     pool_max_size: int = 10
     auth_required: bool = False  # from_env turns it on unless FUSION_LEDGER_AUTH=off
+    run_projections: bool = True  # FUSION_LEDGER_PROJECTIONS=off: leave them to `worker`
     environ: Mapping[str, str] | None = None
 
     @classmethod
@@ -39,6 +40,8 @@ class Settings:
             log_level=env.get("FUSION_LEDGER_LOG_LEVEL", "info"),
             pool_max_size=int(env.get("FUSION_LEDGER_POOL_SIZE", "10")),
             auth_required=env.get("FUSION_LEDGER_AUTH", "on").lower() not in ("off", "0", "false"),
+            run_projections=env.get("FUSION_LEDGER_PROJECTIONS", "on").lower()
+            not in ("off", "0", "false"),
             environ=env,
         )
 
