@@ -20,10 +20,8 @@ from service.projections.queries import (
     BadQuery,
     Query,
     StatsAnswer,
-    Window,
     answer,
-    parse_group_by,
-    parse_time,
+    failures_query,
 )
 from service.store.database import create_pool
 from service.store.migrations import is_up_to_date, load_migrations
@@ -98,7 +96,7 @@ def _status_json(s: runner.ProjectionStatus) -> dict[str, Any]:
         "name": s.name,
         "checkpoint": str(s.checkpoint),
         "events": s.events,
-        "lag": {"events": s.lag.events, "seconds": s.lag.seconds},
+        "lag": s.lag,
     }
 
 
@@ -237,14 +235,14 @@ def failures_command(
     """Calls, failures and failure rates grouped as asked."""
     _ask(
         ctx,
-        lambda: Query(
-            "failures",
+        lambda: failures_query(
             tenant,
+            group_by=group_by,
             model=model,
             category=category,
             error_kind=error_kind,
-            group_by=parse_group_by(group_by),
-            window=Window(parse_time("since", since), parse_time("until", until)),
+            since=since,
+            until=until,
             as_of=as_of,
         ),
         "failures",

@@ -18,10 +18,8 @@ from service.projections.queries import (
     BadQuery,
     Query,
     StatsAnswer,
-    Window,
     answer,
-    parse_group_by,
-    parse_time,
+    failures_query,
 )
 
 _DEPS = {"services": Provide(provide_services, sync_to_thread=False)}
@@ -93,14 +91,14 @@ async def get_failures(
     return await respond(
         request,
         services,
-        lambda tenant: Query(
-            "failures",
+        lambda tenant: failures_query(
             tenant,
+            group_by=group_by,
             model=model,
             category=category,
             error_kind=error_kind,
-            group_by=parse_group_by(group_by),
-            window=Window(parse_time("since", since), parse_time("until", until)),
+            since=since,
+            until=until,
             as_of=as_of,
         ),
     )

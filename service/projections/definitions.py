@@ -65,7 +65,6 @@ class Projection:
     name: str
     tables: tuple[str, ...]
     statements: tuple[str, ...]
-    event_types: tuple[str, ...]  # the events it reads (documentation, lag is per log)
 
 
 # The source runs a range touches: their judge statistics change (a new judge answer,
@@ -145,15 +144,6 @@ SET runs = p.runs + excluded.runs, replays = p.replays + excluded.replays,
 RUNS = Projection(
     name="runs",
     tables=("run_summary", "judge_profile"),
-    event_types=(
-        "run.requested",
-        "replay.requested",
-        "judge.decided",
-        "judge.failed",
-        "answer.finalized",
-        "run.failed",
-        "outcome.recorded",
-    ),
     statements=(
         _add_contribution("-"),  # the affected source runs' old judge statistics out
         f"""
@@ -251,7 +241,6 @@ ON CONFLICT (stream_id) DO UPDATE SET
 MODEL_STATS = Projection(
     name="model_stats",
     tables=("model_call_stats", "model_error_profile", "co_failure"),
-    event_types=("panel.call.succeeded", "panel.call.failed", "judge.decided", "outcome.recorded"),
     statements=(
         f"""
 WITH batch AS MATERIALIZED (

@@ -34,17 +34,12 @@ class BadQuery(ValueError):
     """A filter or option that cannot be answered; the message says which and why."""
 
 
-class LagView(msgspec.Struct, frozen=True):
-    events: int
-    seconds: float
-
-
 class StatsAnswer(msgspec.Struct, frozen=True):
     """Rows plus where the read models stood when they answered."""
 
     rows: list[dict[str, Any]]
     checkpoint: str
-    lag: LagView
+    lag: Lag
     as_of: str | None = None
 
 
@@ -100,30 +95,26 @@ async def resolve_as_of(conn: Connection, text: str) -> Checkpoint:
     """
     text = text.strip()
     found = _CHECKPOINT.match(text)
+    moment = None if found or text.isdigit() else parse_time("as_of", text)  # 4xx first
+    last = await head(conn)
     if found:
-        wanted = Checkpoint(int(found.group(1)), int(found.group(2)))
-        return min(wanted, await head(conn))
-    if text.isdigit():
+        return min(Checkpoint(int(found.group(1)), int(found.group(2))), last)
+    if moment is None:  # a global position
         row = await conn.fetchrow(
             "SELECT transaction_id::text::bigint AS xid FROM events WHERE global_position = $1",
             int(text),
         )
-        if row is None:
-            last = await head(conn)
-            if int(text) >= last.global_position:
-                return last
-            raise BadQuery(f"as_of: no event at position {text}")
-        return min(Checkpoint(row["xid"], int(text)), await head(conn))
-    moment = parse_time("as_of", text)
-    assert moment is not None
+        if row is not None:
+            return min(Checkpoint(row["xid"], int(text)), last)
+        if int(text) >= last.global_position:
+            return last
+        raise BadQuery(f"as_of: no event at position {text}")
     row = await conn.fetchrow(
         "SELECT transaction_id::text::bigint AS xid, global_position AS pos FROM events "
         "WHERE recorded_at <= $1 ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
         moment,
     )
-    if row is None:
-        return Checkpoint()
-    return min(Checkpoint(row["xid"], row["pos"]), await head(conn))
+    return Checkpoint() if row is None else min(Checkpoint(row["xid"], row["pos"]), last)
 
 
 # --- profiles -------------------------------------------------------------------------
@@ -411,6 +402,30 @@ class Query:
             raise BadQuery("min_n: must be 0 or more")
 
 
+def failures_query(
+    tenant: str,
+    *,
+    group_by: str | None,
+    model: str | None,
+    category: str | None,
+    error_kind: str | None,
+    since: str | None,
+    until: str | None,
+    as_of: str | None,
+) -> Query:
+    """The failures question from its text filters, as the API and the CLI take them."""
+    return Query(
+        "failures",
+        tenant,
+        model=model,
+        category=category,
+        error_kind=error_kind,
+        group_by=parse_group_by(group_by),
+        window=Window(parse_time("since", since), parse_time("until", until)),
+        as_of=as_of,
+    )
+
+
 PROJECTION_OF = {
     "profiles": "model_stats",
     "failures": "model_stats",
@@ -443,9 +458,9 @@ async def answer(conn: Connection, q: Query) -> StatsAnswer:
         async with as_of(conn, upto):
             rows = await _rows(conn, q)
         lag = await lag_after(conn, upto)
-        return StatsAnswer(rows, str(upto), LagView(lag.events, lag.seconds), as_of=str(upto))
+        return StatsAnswer(rows, str(upto), lag, as_of=str(upto))
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         checkpoint, _ = await read_checkpoint(conn, PROJECTION_OF[q.kind])
         rows = await _rows(conn, q)
         behind: Lag = await lag_after(conn, checkpoint)
-    return StatsAnswer(rows, str(checkpoint), LagView(behind.events, behind.seconds))
+    return StatsAnswer(rows, str(checkpoint), behind)

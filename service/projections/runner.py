@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import asyncpg
+import msgspec
 import structlog
 
 from service.projections.definitions import BY_NAME, PROJECTIONS, Projection, statement_args
@@ -50,8 +51,8 @@ UNLOCK_SQL = (
     "SELECT pg_advisory_unlock(hashtextextended(current_schema() || '/projection/' || $1, 0))"
 )
 
-CHECKPOINT_FOR_UPDATE_SQL = """
-INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT (name) DO NOTHING;
+CREATE_CHECKPOINT_SQL = """
+INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT (name) DO NOTHING
 """
 READ_CHECKPOINT_SQL = """
 SELECT transaction_id, global_position, events FROM projection_checkpoints
@@ -94,9 +95,8 @@ FROM (SELECT recorded_at FROM events
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Lag:
-    """How far a projection is behind the log."""
+class Lag(msgspec.Struct, frozen=True):
+    """How far a projection is behind the log (also as it appears in answers)."""
 
     events: int
     seconds: float
@@ -178,6 +178,17 @@ async def status(conn: Connection, names: Sequence[str] | None = None) -> list[P
     return out
 
 
+async def lock_checkpoint(conn: Connection, name: str) -> asyncpg.Record:
+    """The projection's checkpoint row, locked for this transaction (created the
+    first time: one round trip in the usual case)."""
+    row = await conn.fetchrow(READ_CHECKPOINT_SQL, name)
+    if row is None:
+        await conn.execute(CREATE_CHECKPOINT_SQL, name)
+        row = await conn.fetchrow(READ_CHECKPOINT_SQL, name)
+    assert row is not None
+    return row
+
+
 async def step(
     conn: Connection,
     projection: Projection,
@@ -189,10 +200,8 @@ async def step(
 
     ``before_commit`` runs after the read models and checkpoint are written and before
     the commit (tests use it to kill the session there)."""
-    await conn.execute(CHECKPOINT_FOR_UPDATE_SQL, projection.name)
     async with conn.transaction():
-        row = await conn.fetchrow(READ_CHECKPOINT_SQL, projection.name)
-        assert row is not None
+        row = await lock_checkpoint(conn, projection.name)
         after = Checkpoint(row["transaction_id"], row["global_position"])
         batch = await next_batch(conn, after, limit)
         if batch is None:
@@ -385,8 +394,7 @@ async def rebuild(
             async with conn.transaction():
                 # Under the checkpoint row's lock the live runner cannot step: apply
                 # what came meanwhile, then swap the tables and the checkpoint.
-                await conn.execute(CHECKPOINT_FOR_UPDATE_SQL, name)
-                await conn.fetchrow(READ_CHECKPOINT_SQL, name)
+                await lock_checkpoint(conn, name)
                 await conn.execute(f"SET LOCAL search_path = {shadow_path}")
                 while batch := await next_batch(conn, checkpoint, batch_events):
                     count, upto = batch

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from service.store.codec import NewEvent, encode_event, encode_json
+from service.store.codec import NewEvent
 from service.store.database import Connection
 from service.store.errors import EventIdConflict, WrongExpectedVersion
-from service.store.postgres import NO_STREAM, EventStore
+from service.store.postgres import NO_STREAM, EventStore, event_columns
 
 APPEND_NEW_STREAMS_SQL = """
 SELECT append_new_streams($1::text[], $2::uuid[], $3::text[], $4::smallint[],
@@ -43,14 +43,7 @@ async def append_new_streams(
         events.extend(stream_events)
     if not events:
         return 0
-    args = (
-        stream_ids,
-        [e.event_id for e in events],
-        [e.event.type for e in events],
-        [e.event.schema_version for e in events],
-        [encode_event(e.event) for e in events],
-        [encode_json(dict(e.metadata)) for e in events],
-    )
+    args = (stream_ids, *event_columns(events))
     try:
         runner = connection if connection is not None else store.pool
         created: int = await runner.fetchval(APPEND_NEW_STREAMS_SQL, *args)

@@ -79,6 +79,17 @@ class AppendResult:
     duplicate: bool
 
 
+def event_columns(events: Sequence[NewEvent]) -> tuple[list[Any], ...]:
+    """The append functions' array arguments: ids, types, schema versions, data, metadata."""
+    return (
+        [e.event_id for e in events],
+        [e.event.type for e in events],
+        [e.event.schema_version for e in events],
+        [encode_event(e.event) for e in events],
+        [encode_json(dict(e.metadata)) for e in events],
+    )
+
+
 def _row_to_event(row: asyncpg.Record) -> RecordedEvent:
     return RecordedEvent(**dict(row))
 
@@ -108,15 +119,7 @@ class EventStore:
         connection: Connection | None = None,
     ) -> AppendResult:
         """Append events atomically; raises WrongExpectedVersion or EventIdConflict."""
-        args = (
-            stream_id,
-            expected_version,
-            [e.event_id for e in events],
-            [e.event.type for e in events],
-            [e.event.schema_version for e in events],
-            [encode_event(e.event) for e in events],
-            [encode_json(dict(e.metadata)) for e in events],
-        )
+        args = (stream_id, expected_version, *event_columns(events))
         try:
             if connection is not None:
                 row = await connection.fetchrow(APPEND_SQL, *args)
