@@ -58,10 +58,11 @@ rules = [
 """
 
 
-def simulator_config(
+def simulator_config_text(
     model_names: list[str], prices: dict[str, tuple[float, float]], base_url: str
-) -> Config:
-    """A configuration whose every model is served by the simulator at base_url."""
+) -> str:
+    """The TOML of a configuration whose every model is served by the simulator at
+    base_url, with the simulator's presets (a file a separate process can read)."""
     lines = [
         'default_preset = "default"',
         "",
@@ -81,7 +82,14 @@ def simulator_config(
             f"output_price = {output_price!r}",
             "",
         ]
-    return parse_config("\n".join(lines) + SIMULATOR_PRESETS, source="<simulator>")
+    return "\n".join(lines) + SIMULATOR_PRESETS
+
+
+def simulator_config(
+    model_names: list[str], prices: dict[str, tuple[float, float]], base_url: str
+) -> Config:
+    """A configuration whose every model is served by the simulator at base_url."""
+    return parse_config(simulator_config_text(model_names, prices, base_url), source="<simulator>")
 
 
 def read_config(settings: Settings, path: Path | None) -> Config:

@@ -31,7 +31,7 @@ import msgspec
 
 from service.config import parse_config
 from service.providers.simulator import default_world
-from service.serving import SIMULATOR_PRESETS
+from service.serving import simulator_config_text
 
 REPO = Path(__file__).resolve().parents[2]
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -103,26 +103,11 @@ async def start_simulator(stack: contextlib.ExitStack, latency_ms: float, logs: 
 def simulator_toml(base_url: str) -> str:
     """The simulator's presets (default: 3-member panel + LLM judge) as a config file."""
     world = default_world()
-    lines = [
-        'default_preset = "default"',
-        "",
-        "[providers.sim]",
-        f'base_url = "{base_url}"',
-        "timeout_s = 60.0",
-        "max_concurrency = 256",
-        "",
-    ]
-    for name in sorted(world.models):
-        spec = world.models[name]
-        lines += [
-            f'[models."sim/{name}"]',
-            'provider = "sim"',
-            f'upstream = "{name}"',
-            f"input_price = {spec.input_price_per_m!r}",
-            f"output_price = {spec.output_price_per_m!r}",
-            "",
-        ]
-    text = "\n".join(lines) + SIMULATOR_PRESETS
+    names = sorted(world.models)
+    prices = {
+        n: (world.models[n].input_price_per_m, world.models[n].output_price_per_m) for n in names
+    }
+    text = simulator_config_text(names, prices, base_url)
     parse_config(text, source="<bench>")  # fail here, not in the service, if it is wrong
     return text
 
