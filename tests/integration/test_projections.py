@@ -22,7 +22,6 @@ from service.domain.events import (
     AnswerFinalized,
     JudgeDecided,
     JudgeFailed,
-    MemberOutcome,
     OutcomeRecorded,
     PanelCallFailed,
     PanelCallSucceeded,
@@ -37,7 +36,7 @@ from service.orchestration.profile_loader import load_profile_snapshot
 from service.projections import runner
 from service.projections.definitions import PROJECTIONS
 from service.settings import Settings
-from service.store import EventStore, NewEvent
+from service.store import EventStore
 from service.store.codec import RecordedEvent
 from tests.conftest import RunningSimulator, TestDatabase
 
@@ -65,9 +64,7 @@ async def service(
         yield client, simulator.world
 
 
-async def fuse_mix(
-    client: AsyncTestClient[Any], world: Any, store: EventStore, n: int
-) -> list[str]:
+async def fuse_mix(client: AsyncTestClient[Any], world: Any, n: int) -> list[str]:
     """n runs over panels, judges and categories; ground truth for two in three."""
     run_ids = []
     for i in range(n):
@@ -84,34 +81,15 @@ async def fuse_mix(
         run_id = response.json()["run_id"]
         run_ids.append(run_id)
         if i % 3 != 2:
-            await record_truth(store, run_id, question.expected)
+            await record_truth(client, run_id, question.expected)
     return run_ids
 
 
-async def record_truth(store: EventStore, run_id: str, expected: str) -> None:
-    """Ground truth for a run, graded as the outcomes endpoint grades it."""
-    records = await store.read_stream(f"run-{run_id}")
-    events = [r.decode() for r in records]
-    final = next((e for e in events if isinstance(e, AnswerFinalized)), None)
-    texts = {e.member_id: e.text for e in events if isinstance(e, PanelCallSucceeded)}
-    seats = next(e for e in events if isinstance(e, PanelSelected)).members
-    outcome = OutcomeRecorded(
-        source="dataset",
-        expected=expected,
-        expected_normalized=normalize_answer(expected),
-        final_correct=None if final is None else answers_match(final.answer, expected),
-        members=[
-            MemberOutcome(
-                member_id=s.member_id,
-                correct=answers_match(texts[s.member_id], expected)
-                if s.member_id in texts
-                else None,
-            )
-            for s in seats
-        ],
-    )
-    meta = {"correlation_id": run_id, "tenant": "default", "actor": "test"}
-    await store.append_to_stream(f"run-{run_id}", [NewEvent(outcome, meta)])
+async def record_truth(client: AsyncTestClient[Any], run_id: str, expected: str) -> None:
+    """Ground truth for a run, through the outcomes endpoint (which grades each seat)."""
+    body = {"expected": expected, "source": "dataset"}
+    response = await client.post(f"/v1/runs/{run_id}/outcomes", json=body)
+    assert response.status_code == 201, response.text
 
 
 async def all_events(store: EventStore) -> list[RecordedEvent]:
@@ -303,7 +281,7 @@ async def test_every_statistic_equals_the_count_from_the_events(
     service: tuple[AsyncTestClient[Any], Any], store: EventStore, pool: asyncpg.Pool
 ) -> None:
     client, world = service
-    run_ids = await fuse_mix(client, world, store, 18)
+    run_ids = await fuse_mix(client, world, 18)
     for run_id in run_ids[:4]:  # replays with another judge count for the judges
         response = await client.post(
             f"/v1/runs/{run_id}/replays", json={"judge": {"kind": "vote", "weighted": True}}
@@ -342,7 +320,7 @@ async def test_rebuild_crash_and_two_workers_change_nothing(
     service: tuple[AsyncTestClient[Any], Any], store: EventStore, pool: asyncpg.Pool
 ) -> None:
     client, world = service
-    await fuse_mix(client, world, store, 9)
+    await fuse_mix(client, world, 9)
     await runner.run_until_caught_up(pool)
     before = await dump(pool)
 
@@ -353,7 +331,7 @@ async def test_rebuild_crash_and_two_workers_change_nothing(
     assert await dump(pool) == before
 
     # A worker killed mid-batch: read models and checkpoint written, not yet committed.
-    await fuse_mix(client, world, store, 6)
+    await fuse_mix(client, world, 6)
     async with pool.acquire() as killer, pool.acquire() as victim:
         pid = victim.get_server_pid()
 
@@ -376,7 +354,7 @@ async def test_rebuild_crash_and_two_workers_change_nothing(
         assert first.owned | second.owned == {p.name for p in PROJECTIONS}
         owner, waiter = (first, second) if first.owned else (second, first)
         tasks[[first, second].index(owner)].cancel()
-        await fuse_mix(client, world, store, 3)
+        await fuse_mix(client, world, 3)
         for _ in range(200):
             if waiter.owned == {p.name for p in PROJECTIONS} and waiter.caught_up.is_set():
                 lag = await lag_of(pool)
@@ -403,12 +381,12 @@ async def test_as_of_answers_with_the_earlier_numbers(
     service: tuple[AsyncTestClient[Any], Any], store: EventStore, pool: asyncpg.Pool
 ) -> None:
     client, world = service
-    await fuse_mix(client, world, store, 6)
+    await fuse_mix(client, world, 6)
     await runner.run_until_caught_up(pool)
     earlier = await ask_all(client)
     checkpoint = (await client.get("/v1/profiles")).json()["checkpoint"]
     position = checkpoint.split(":")[1]
-    await fuse_mix(client, world, store, 6)
+    await fuse_mix(client, world, 6)
     await runner.run_until_caught_up(pool)
     now = await ask_all(client)
     assert now != earlier
@@ -445,7 +423,7 @@ async def test_runs_read_model_lists_runs_and_replays(
     service: tuple[AsyncTestClient[Any], Any], store: EventStore, pool: asyncpg.Pool
 ) -> None:
     client, world = service
-    run_ids = await fuse_mix(client, world, store, 3)
+    run_ids = await fuse_mix(client, world, 3)
     replay = await client.post(f"/v1/runs/{run_ids[0]}/replays", json={"judge": {"kind": "vote"}})
     assert replay.status_code == 201
     await runner.run_until_caught_up(pool)
@@ -470,7 +448,7 @@ async def test_a_worker_whose_connection_dies_reconnects_and_catches_up(
         first = worker.server_pid
         assert first is not None
         await pool.fetchval("SELECT pg_terminate_backend($1)", first)
-        await fuse_mix(client, world, store, 3)
+        await fuse_mix(client, world, 3)
         for _ in range(400):
             if worker.server_pid != first and worker.caught_up.is_set() and not await lag_of(pool):
                 break
