@@ -33,6 +33,10 @@ LATENCY_BOUNDS_MS: tuple[float, ...] = (
 IN_RANGE = """(e.transaction_id, e.global_position) > ($1::text::xid8, $2::bigint)
   AND (e.transaction_id, e.global_position) <= ($3::text::xid8, $4::bigint)"""
 
+# True unless the range starts at the log's beginning, where it holds every stream's
+# first events: a constant condition, so Postgres skips what it guards without running it.
+AFTER_START = "$2::bigint > 0"
+
 # A judge's identity as one text: kind[:model][+weighted][+informed].
 JUDGE_KEY = """(e.data->'judge'->>'kind') || coalesce(':' || (e.data->'judge'->>'model'), '')
     || CASE WHEN coalesce((e.data->'judge'->>'weighted')::boolean, false)
@@ -45,11 +49,6 @@ _REQUEST = "type IN ('run.requested', 'replay.requested')"
 _JUDGE = "type IN ('judge.decided', 'judge.failed')"
 _TERMINAL = "type IN ('answer.finalized', 'run.failed')"
 _STATUS = "CASE type WHEN 'answer.finalized' THEN 'finalized' ELSE 'failed' END"
-
-
-def _latest(value: str, where: str) -> str:
-    """The value of a stream's latest event that matches ``where``, in a GROUP BY."""
-    return f"(array_agg({value} ORDER BY pos DESC) FILTER (WHERE {where}))[1]"
 
 
 def _one(value: str, where: str) -> str:
@@ -85,16 +84,32 @@ _AFFECTED = f"""affected AS (
 # Grading: the expected answer when the truth gives one; else the label: the run's own
 # judge gets it, a replay with the same answer too, a replay with another answer is
 # wrong where the original was right and ungraded where it was wrong.
-_CONTRIBUTION = """contribution AS (
+_CONTRIBUTION = f"""judged AS (  -- the affected source runs' judged rows (all, from the start)
+    SELECT j.*,
+           -- compared: the other judges' answers on the same source run; agreed: those
+           -- with this row's answer (same-judge rows are the same judge, not compared)
+           CASE WHEN j.answer_normalized IS NULL THEN 0 ELSE
+               count(j.answer_normalized) OVER (PARTITION BY j.source_stream_id)
+               - count(j.answer_normalized) OVER (PARTITION BY j.source_stream_id, j.judge)
+           END AS compared,
+           CASE WHEN j.answer_normalized IS NULL THEN 0 ELSE
+               count(*) OVER (PARTITION BY j.source_stream_id, j.answer_normalized)
+               - count(*) OVER (PARTITION BY j.source_stream_id, j.judge, j.answer_normalized)
+           END AS agreed
+    FROM run_summary j
+    WHERE j.judge IS NOT NULL
+      AND (NOT {AFTER_START} OR j.source_stream_id IN (SELECT source FROM affected))
+),
+contribution AS (
     SELECT j.tenant, j.judge, j.category, count(*) AS runs,
            count(*) FILTER (WHERE j.kind = 'replay') AS replays,
            count(*) FILTER (WHERE NOT j.judge_decided) AS fallbacks,
            count(*) FILTER (WHERE j.status = 'failed') AS failed,
            count(g.correct) AS graded, count(*) FILTER (WHERE g.correct) AS right_,
-           coalesce(sum(x.compared), 0) AS compared, coalesce(sum(x.agreed), 0) AS agreed,
+           sum(j.compared) AS compared, sum(j.agreed) AS agreed,
            coalesce(sum(j.judge_cost_usd), 0) AS cost_usd,
            coalesce(sum(j.judge_latency_ms), 0) AS latency_ms
-    FROM run_summary j
+    FROM judged j
     JOIN run_summary src ON src.stream_id = j.source_stream_id
     CROSS JOIN LATERAL (SELECT CASE
         WHEN j.answer_normalized IS NULL THEN NULL
@@ -105,15 +120,6 @@ _CONTRIBUTION = """contribution AS (
             THEN src.final_correct
         WHEN src.final_correct THEN false
         ELSE NULL END AS correct) AS g
-    LEFT JOIN LATERAL (
-        SELECT count(*) AS compared,
-               count(*) FILTER (WHERE o.answer_normalized = j.answer_normalized) AS agreed
-        FROM run_summary o
-        WHERE o.source_stream_id = j.source_stream_id AND o.stream_id <> j.stream_id
-          AND o.judge IS NOT NULL AND o.judge <> j.judge
-          AND o.answer_normalized IS NOT NULL AND j.answer_normalized IS NOT NULL
-    ) AS x ON true
-    WHERE j.judge IS NOT NULL AND j.source_stream_id IN (SELECT source FROM affected)
     GROUP BY j.tenant, j.judge, j.category
 )"""
 
@@ -147,7 +153,7 @@ RUNS = Projection(
     statements=(
         _add_contribution("-"),  # the affected source runs' old judge statistics out
         f"""
-WITH batch AS (
+WITH batch AS MATERIALIZED (
     SELECT e.stream_id, e.global_position AS pos, e.event_type AS type, e.recorded_at,
            e.metadata->>'tenant' AS tenant, e.data->>'category' AS category,
            e.data->>'preset' AS preset, e.data->>'source_run_id' AS source_run_id,
@@ -183,8 +189,7 @@ streams AS (
         {_one("cost_usd", _TERMINAL)} AS cost_usd,
         {_one("answer", _TERMINAL)} AS answer_normalized,
         count(*) FILTER (WHERE type = 'outcome.recorded') AS outcomes,
-        {_latest("expected", "type = 'outcome.recorded'")} AS expected_normalized,
-        {_latest("final_correct", "type = 'outcome.recorded'")} AS final_correct
+        {_one("pos", "type = 'outcome.recorded'")} AS truth
     FROM batch GROUP BY stream_id
 )
 INSERT INTO run_summary AS s (
@@ -205,9 +210,10 @@ SELECT t.stream_id,
        coalesce('run-' || t.source_run_id, t.stream_id),
        coalesce(t.requested_at, now()), t.judge, t.judge_decided, t.judge_cost_usd,
        t.judge_latency_ms, coalesce(t.status, 'open'), t.failure_reason, t.finished_at,
-       t.latency_ms, t.cost_usd, t.answer_normalized, t.outcomes, t.expected_normalized,
-       t.final_correct
+       t.latency_ms, t.cost_usd, t.answer_normalized, t.outcomes, truth.expected,
+       truth.final_correct
 FROM streams t
+LEFT JOIN batch truth ON truth.pos = t.truth  -- the stream's latest outcome
 -- A stream's request comes before its other events in commit order: a stream without
 -- its request in this range has its row already (the placeholders above are not used).
 WHERE t.request IS NOT NULL OR EXISTS (SELECT 1 FROM run_summary x
@@ -245,30 +251,40 @@ MODEL_STATS = Projection(
         f"""
 WITH batch AS MATERIALIZED (
     SELECT e.stream_id, e.global_position AS event, e.event_type AS type, e.recorded_at,
+           e.metadata->>'tenant' AS tenant, e.data->>'category' AS category,
            e.data->>'model' AS model, e.data->>'error_kind' AS error_kind,
            (e.data->>'latency_ms')::float8 AS latency_ms,
            (e.data->>'input_tokens')::bigint AS input_tokens,
            (e.data->>'output_tokens')::bigint AS output_tokens,
            (e.data->>'cost_usd')::float8 AS cost_usd,
            CASE e.event_type WHEN 'judge.decided' THEN e.data->'verdicts'
-                             WHEN 'outcome.recorded' THEN e.data->'members' END AS marks
+                             WHEN 'outcome.recorded' THEN e.data->'members' END AS marks,
+           CASE e.event_type WHEN 'panel.selected' THEN e.data->'members' END AS members
     FROM events e
-    WHERE e.event_type IN ('panel.call.succeeded', 'panel.call.failed', 'judge.decided',
-                           'outcome.recorded')
+    WHERE e.event_type IN ('run.requested', 'panel.selected', 'panel.call.succeeded',
+                           'panel.call.failed', 'judge.decided', 'outcome.recorded')
       AND e.stream_id LIKE 'run-%' AND {IN_RANGE}
 ),
-context AS MATERIALIZED (
-    SELECT r.stream_id, coalesce(r.metadata->>'tenant', 'default') AS tenant,
-           r.data->>'category' AS category
+context AS MATERIALIZED (  -- from the range when it holds the run's request, else looked up
+    SELECT stream_id, coalesce(tenant, 'default') AS tenant, category
+    FROM batch WHERE type = 'run.requested'
+    UNION ALL
+    SELECT r.stream_id, coalesce(r.metadata->>'tenant', 'default'), r.data->>'category'
     FROM events r
-    WHERE r.stream_version = 1 AND r.event_type = 'run.requested'
-      AND r.stream_id IN (SELECT stream_id FROM batch)
+    WHERE {AFTER_START} AND r.stream_version = 1 AND r.event_type = 'run.requested'
+      AND r.stream_id IN (SELECT stream_id FROM batch WHERE type <> 'run.requested'
+                          EXCEPT SELECT stream_id FROM batch WHERE type = 'run.requested')
 ),
-seats AS MATERIALIZED (
-    SELECT ps.stream_id, m->>'member_id' AS member_id, m->>'model' AS model
-    FROM events ps CROSS JOIN LATERAL jsonb_array_elements(ps.data->'members') AS m
-    WHERE ps.event_type = 'panel.selected'
-      AND ps.stream_id IN (SELECT stream_id FROM batch WHERE marks IS NOT NULL)
+seats AS MATERIALIZED (  -- likewise each seat's model, for the runs with verdicts or grades
+    SELECT p.stream_id, m->>'member_id' AS member_id, m->>'model' AS model
+    FROM (SELECT stream_id, members FROM batch WHERE type = 'panel.selected'
+          UNION ALL
+          SELECT ps.stream_id, ps.data->'members' FROM events ps
+          WHERE {AFTER_START} AND ps.event_type = 'panel.selected'
+            AND ps.stream_id IN (SELECT stream_id FROM batch WHERE marks IS NOT NULL
+                                 EXCEPT SELECT stream_id FROM batch
+                                 WHERE type = 'panel.selected')) AS p
+    CROSS JOIN LATERAL jsonb_array_elements(p.members) AS m
 ),
 calls AS (
     SELECT c.tenant, b.model, c.category, b.recorded_at, b.type, b.error_kind,
@@ -311,21 +327,24 @@ profile AS (
     SELECT tenant, model, category, sum(gt_right), sum(gt_wrong), sum(agree),
            sum(disagree), sum(calls), sum(failures), sum(cost_usd), sum(latency_ms),
            sum(output_tokens)
-    FROM (
+    FROM (  -- each part grouped on its own first: few groups, hashed
         SELECT tenant, model, category, 0 AS gt_right, 0 AS gt_wrong, 0 AS agree,
-               0 AS disagree, 1 AS calls, (type = 'panel.call.failed')::int AS failures,
-               CASE type WHEN 'panel.call.succeeded' THEN coalesce(cost_usd, 0) ELSE 0 END
+               0 AS disagree, count(*) AS calls,
+               count(*) FILTER (WHERE type = 'panel.call.failed') AS failures,
+               coalesce(sum(cost_usd) FILTER (WHERE type = 'panel.call.succeeded'), 0)
                    AS cost_usd,
-               latency_ms,
-               CASE type WHEN 'panel.call.succeeded' THEN coalesce(output_tokens, 0)
-                         ELSE 0 END AS output_tokens
-        FROM calls
+               sum(latency_ms) AS latency_ms,
+               coalesce(sum(output_tokens) FILTER (WHERE type = 'panel.call.succeeded'), 0)
+                   AS output_tokens
+        FROM calls GROUP BY 1, 2, 3
         UNION ALL
         SELECT tenant, model, category,
-               (type = 'outcome.recorded' AND ok)::int, (type = 'outcome.recorded' AND NOT ok)::int,
-               (type = 'judge.decided' AND ok)::int, (type = 'judge.decided' AND NOT ok)::int,
+               count(*) FILTER (WHERE type = 'outcome.recorded' AND ok),
+               count(*) FILTER (WHERE type = 'outcome.recorded' AND NOT ok),
+               count(*) FILTER (WHERE type = 'judge.decided' AND ok),
+               count(*) FILTER (WHERE type = 'judge.decided' AND NOT ok),
                0, 0, 0, 0, 0
-        FROM marks
+        FROM marks GROUP BY 1, 2, 3
     ) AS parts
     GROUP BY 1, 2, 3
     ON CONFLICT (tenant, model, category) DO UPDATE

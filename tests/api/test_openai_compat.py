@@ -75,8 +75,9 @@ async def test_health_and_schema(client: AsyncTestClient[Any]) -> None:
 
 async def test_metrics_change_as_runs_happen(client: AsyncTestClient[Any]) -> None:
     def value(text: str, prefix: str) -> float:
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith(prefix))
+        return sum(
+            float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+        )
 
     before = (await client.get("/metrics")).text
     await client.post("/v1/fusions", json={"prompt": "2+2?"})

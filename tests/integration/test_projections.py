@@ -323,12 +323,16 @@ async def test_rebuild_crash_and_two_workers_change_nothing(
     await fuse_mix(client, world, 9)
     await runner.run_until_caught_up(pool)
     before = await dump(pool)
+    indexes = "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()"
+    indexes_before = set(await pool.fetch(indexes))
 
-    # Rebuild from zero into shadow tables and swap: identical read models.
+    # Rebuild from zero into shadow tables and swap: identical read models, and the
+    # same indexes under the same names (the secondary ones are built after the rows).
     for projection in PROJECTIONS:
         result = await runner.rebuild(pool, projection.name, batch_events=7)
         assert result.events == len(await all_events(store))
     assert await dump(pool) == before
+    assert set(await pool.fetch(indexes)) == indexes_before
 
     # A worker killed mid-batch: read models and checkpoint written, not yet committed.
     await fuse_mix(client, world, 6)
