@@ -36,7 +36,7 @@ from service.providers.http import create_http_client
 from service.providers.registry import ProviderRegistry
 from service.settings import Settings
 from service.store import EventStore
-from service.store.database import create_pool
+from service.store.database import create_pool, stateful
 from service.store.migrations import migrate
 
 log = structlog.get_logger("app")
@@ -71,7 +71,7 @@ def create_app(
                 )
                 stack.push_async_callback(close_pool, db)
             if run_migrations:
-                async with db.acquire() as conn:
+                async with stateful(db) as conn:  # the migrations' advisory lock
                     applied = await migrate(conn)
                 if applied:
                     log.info("migrations.applied", names=applied)

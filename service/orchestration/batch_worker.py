@@ -30,6 +30,7 @@ from service.orchestration.replay import Replayer, batch_replay_id, stamp
 from service.orchestration.replay_sources import existing_streams, read_sources, terminal_counts
 from service.store import NO_STREAM, EventStore, NewEvent, WrongExpectedVersion
 from service.store.bulk_append import append_new_streams
+from service.store.database import stateful
 
 log = structlog.get_logger("replay.batch")
 
@@ -48,7 +49,7 @@ class BatchWorker:
     async def drive(self, batch_id: uuid.UUID) -> None:
         """Finish the batch, unless another replica holds it; errors are logged."""
         stream_id = f"batch-{batch_id}"
-        async with self.store.pool.acquire() as lock:
+        async with stateful(self.store.pool) as lock:  # the batch's advisory lock
             if not await lock.fetchval(TRY_LOCK_SQL, stream_id):
                 return  # another replica drives it
             try:

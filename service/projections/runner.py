@@ -35,7 +35,7 @@ import structlog
 
 from service.projections.definitions import BY_NAME, PROJECTIONS, Projection, statement_args
 from service.store import Checkpoint
-from service.store.database import Connection
+from service.store.database import Connection, stateful
 from service.store.postgres import NOTIFY_CHANNEL
 
 log = structlog.get_logger("projections")
@@ -276,7 +276,7 @@ class ProjectionWorker:
         def on_notify(*_: Any) -> None:
             wake.set()
 
-        async with self.pool.acquire() as conn:
+        async with stateful(self.pool) as conn:  # LISTEN, advisory locks
             self.server_pid = conn.get_server_pid()
             await conn.add_listener(NOTIFY_CHANNEL, on_notify)
             try:
@@ -325,7 +325,7 @@ async def run_until_caught_up(
     """
     total = 0
     deadline = time.monotonic() + patience_s
-    async with pool.acquire() as conn:
+    async with stateful(pool) as conn:  # advisory locks
         while True:
             for projection in PROJECTIONS:
                 while not await conn.fetchval(LOCK_SQL, projection.name):  # noqa: ASYNC110
@@ -380,7 +380,7 @@ async def rebuild(
     """
     projection = BY_NAME[name]
     started = time.perf_counter()
-    async with pool.acquire() as conn:
+    async with stateful(pool) as conn:  # SET search_path
         live, path = await _search_path(conn)
         shadow = f"{live}__rebuild_{name}"[:63]
         await conn.execute(f"DROP SCHEMA IF EXISTS {_ident(shadow)} CASCADE")

@@ -1,6 +1,18 @@
-"""Opening connections and pools, with the jsonb codec the store relies on."""
+"""Opening connections and pools, with the jsonb codec the store relies on.
+
+The pool does not reset a session when a connection comes back (asyncpg's default
+sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` on every
+release: a second round trip per query, and about half the client CPU of a short
+one). Nothing on the request path changes session state: transactions end before
+release (and asyncpg rolls back any that did not), settings are ``SET LOCAL``. The
+few places that LISTEN, take session advisory locks or ``SET`` borrow their
+connection through ``stateful``, which resets it in full before giving it back.
+"""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -27,7 +39,30 @@ async def connect(dsn: str) -> asyncpg.Connection:
 async def create_pool(dsn: str, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     """The process's one pool."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session
     )
     assert pool is not None
     return pool
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release: nothing beyond asyncpg's own rollback of an open
+    transaction (see the module docstring)."""
+
+
+@contextlib.asynccontextmanager
+async def stateful(pool: asyncpg.Pool) -> AsyncIterator[PoolConnectionProxy]:
+    """A pooled connection for code that changes its session (LISTEN, advisory locks,
+    SET): reset in full before it goes back; closed instead if that fails, so a
+    session that may still hold a lock never returns to the pool."""
+    async with pool.acquire() as conn:
+        try:
+            yield conn
+        finally:
+            try:
+                if conn.is_in_transaction():
+                    await conn.execute("ROLLBACK")
+                await conn.execute(conn.get_reset_query())
+            except BaseException:
+                conn.terminate()
+                raise

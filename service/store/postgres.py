@@ -12,7 +12,7 @@ from typing import Any, Final
 import asyncpg
 
 from service.store.codec import NewEvent, RecordedEvent, encode_event, encode_json
-from service.store.database import Connection
+from service.store.database import Connection, stateful
 from service.store.errors import EventIdConflict, WrongExpectedVersion
 
 ANY: Final = -1
@@ -159,8 +159,7 @@ class EventStore:
         def on_notify(*_: Any) -> None:
             wake.set()
 
-        listener = await self._pool.acquire()
-        try:
+        async with stateful(self._pool) as listener:  # LISTEN
             await listener.add_listener(NOTIFY_CHANNEL, on_notify)
             checkpoint = after
             while True:
@@ -173,10 +172,6 @@ class EventStore:
                         continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), poll_interval)
-        finally:
-            with contextlib.suppress(Exception):
-                await listener.remove_listener(NOTIFY_CHANNEL, on_notify)
-            await self._pool.release(listener)
 
 
 def _translate(exc: asyncpg.PostgresError, stream_id: str, expected: int) -> Exception:
