@@ -7,6 +7,7 @@ route that matches no rule needs ``admin``.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from dataclasses import dataclass, field
@@ -63,6 +64,34 @@ class RateLimiter:
         return (1.0 - bucket.tokens) / rate
 
 
+KEY_CACHE_TTL_S = 5.0
+KEY_CACHE_MAX = 10_000
+
+
+@dataclass
+class KeyCache:
+    """Keys verified in the last few seconds, so a busy client costs one key lookup per
+    ``ttl_s``, not one per request. Held by the key's SHA-256, never the key itself;
+    only valid keys are kept. A revoked key stops working within ``ttl_s``."""
+
+    ttl_s: float = KEY_CACHE_TTL_S
+    entries: dict[bytes, tuple[Principal, float]] = field(default_factory=dict)
+
+    def get(self, presented: str) -> Principal | None:
+        """The principal verified for this key in the last ``ttl_s``, else None."""
+        hit = self.entries.get(hashlib.sha256(presented.encode()).digest())
+        if hit is None or hit[1] < time.monotonic():
+            return None
+        return hit[0]
+
+    def put(self, presented: str, principal: Principal) -> None:
+        """Remember a key just verified (the cache is emptied when it grows too big)."""
+        if len(self.entries) >= KEY_CACHE_MAX:
+            self.entries.clear()
+        expires = time.monotonic() + self.ttl_s
+        self.entries[hashlib.sha256(presented.encode()).digest()] = (principal, expires)
+
+
 def _presented_key(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
         if name == b"authorization":
@@ -100,6 +129,7 @@ async def _problem(
 def auth_middleware(app: ASGIApp) -> ASGIApp:
     """Authenticate /v1 requests when the app requires keys; set tenant and actor."""
     limiter = RateLimiter()
+    keys = KeyCache()
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -120,8 +150,12 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
                 [(b"www-authenticate", b"Bearer")],
             )
             return
-        async with state.services.store.pool.acquire() as conn:
-            principal = await verify_key(conn, presented)
+        principal = keys.get(presented)
+        if principal is None:
+            async with state.services.store.pool.acquire() as conn:
+                principal = await verify_key(conn, presented)
+            if principal is not None:
+                keys.put(presented, principal)
         if principal is None:
             await _problem(
                 send,
