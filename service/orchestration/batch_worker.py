@@ -121,7 +121,8 @@ class BatchWorker:
             events = await self._rejudge(requested, run, sources.get(run.run_id, []), replay_id)
             return f"replay-{replay_id}", stamp(events, replay_id, tenant, actor, cause)
 
-        writes = await asyncio.gather(*(one(run) for run in chunk))
+        # In turn: a chunk of more than one run is a vote's, which waits on nothing.
+        writes = [await one(run) for run in chunk]
         await self._append_all(writes)
 
     async def _rejudge(

@@ -123,9 +123,10 @@ def stamp(
 ) -> list[NewEvent]:
     """Metadata for a replay's events: each event is caused by the one before it."""
     stamped: list[NewEvent] = []
+    correlation_id = str(replay_id)
     for event in events:
         meta = {
-            "correlation_id": str(replay_id),
+            "correlation_id": correlation_id,
             "causation_id": cause,
             "tenant": tenant,
             "actor": actor,
