@@ -196,21 +196,22 @@ def _failures_sql(group_by: Sequence[str]) -> str:
     dims = [_DIM_SQL[d] for d in group_by if d != "error_kind"]
     cols = ", ".join(dims)
     select_dims = f"{cols}, " if dims else ""
-    group = f"GROUP BY {cols}" if dims else ""
     if "error_kind" in group_by:
-        join = f"USING ({cols})" if dims else "ON true"
+        # One pass: sums per group and outcome; a group's calls are the sum over its
+        # outcomes (a window over the few grouped rows), then the failures are kept.
+        partition = f"PARTITION BY {cols}" if dims else ""
         return f"""
 WITH {FAILURE_BASE},
-totals AS (SELECT {select_dims}sum(calls) AS calls FROM base {group}),
-kinds AS (
-    SELECT {select_dims}outcome AS error_kind, sum(calls) AS failures,
-           sum(latency_ms) AS latency_ms
-    FROM base WHERE outcome <> 'ok' AND ($6::text IS NULL OR outcome = $6)
-    GROUP BY {select_dims}outcome
+outcomes AS (
+    SELECT {select_dims}outcome, sum(calls) AS n, sum(latency_ms) AS latency_ms
+    FROM base GROUP BY {select_dims}outcome
 )
-SELECT {select_dims}k.error_kind, t.calls, k.failures, k.latency_ms
-FROM kinds k JOIN totals t {join}
-ORDER BY {select_dims}k.failures DESC, k.error_kind
+SELECT {select_dims}error_kind, calls, failures, latency_ms
+FROM (SELECT {select_dims}outcome AS error_kind, sum(n) OVER ({partition}) AS calls,
+             n AS failures, latency_ms
+      FROM outcomes) AS o
+WHERE error_kind <> 'ok' AND ($6::text IS NULL OR error_kind = $6)
+ORDER BY {select_dims}failures DESC, error_kind
 """
     # One pass: sums per group and latency bucket; the rows of a group are merged in
     # Python (a few hundred rows), which also gives the histogram for the quantiles.
@@ -435,6 +436,11 @@ PROJECTION_OF = {
 
 
 async def _rows(conn: Connection, q: Query) -> list[dict[str, Any]]:
+    # (Inside the caller's transaction.) The filters are "$n IS NULL OR column = $n":
+    # planned for the values at hand they vanish, while the generic plan Postgres
+    # switches to after five runs of a prepared statement keeps them all; measured on
+    # 34,000 call-stat rows: 15-34 ms per custom plan, 45-64 ms per generic one.
+    await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
     if q.kind == "profiles":
         return await _profiles(conn, q.tenant, q.model, q.category)
     if q.kind == "failures":

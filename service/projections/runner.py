@@ -418,6 +418,8 @@ async def rebuild(
                         progress(done, max(total, done))
                 for definition in deferred:
                     await conn.execute(definition)
+                for table in projection.tables:  # statistics for the planner, from the start
+                    await conn.execute(f"ANALYZE {_ident(shadow)}.{_ident(table)}")
             async with conn.transaction():
                 # Under the checkpoint row's lock the live runner cannot step: apply
                 # what came meanwhile, then swap the tables and the checkpoint.
