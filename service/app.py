@@ -82,7 +82,9 @@ def create_app(
             store = EventStore(db)
             registry = caller or ProviderRegistry(config, client, settings.secret)
             router_ = router or Router(config)  # issue 5: profiles followed in memory
-            runner = FusionRunner(store, registry, metrics, router=router_)
+            runner = FusionRunner(
+                store, registry, metrics, router=router_, max_open_runs=settings.max_open_runs
+            )
             stack.push_async_callback(runner.close, "shutdown")
             tasks: list[asyncio.Task[Any]] = []
             if sweeper:

@@ -54,6 +54,11 @@ class Metrics:
             registry=r,
         )
         self.open_runs = Gauge("fusion_open_runs", "Runs this process is driving.", registry=r)
+        self.shed = Counter(
+            "fusion_requests_shed_total",
+            "Fusion requests refused with 503 because the open-runs bound was reached.",
+            registry=r,
+        )
         self.overhead = Histogram(
             "fusion_orchestration_overhead_seconds",
             "Time a fusion spends not waiting on a provider: request in to response out, "

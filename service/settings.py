@@ -23,6 +23,7 @@ class Settings:
     pool_max_size: int = 10
     auth_required: bool = False  # from_env turns it on unless FUSION_LEDGER_AUTH=off
     run_projections: bool = True  # FUSION_LEDGER_PROJECTIONS=off: leave them to `worker`
+    max_open_runs: int = 256  # FUSION_LEDGER_MAX_OPEN_RUNS; past it fusions get 503 (0: none)
     environ: Mapping[str, str] | None = None
 
     @classmethod
@@ -42,6 +43,7 @@ class Settings:
             auth_required=env.get("FUSION_LEDGER_AUTH", "on").lower() not in ("off", "0", "false"),
             run_projections=env.get("FUSION_LEDGER_PROJECTIONS", "on").lower()
             not in ("off", "0", "false"),
+            max_open_runs=int(env.get("FUSION_LEDGER_MAX_OPEN_RUNS", "256")),
             environ=env,
         )
 

@@ -15,20 +15,32 @@ log = structlog.get_logger("api")
 class Problem(HTTPException):
     """An error answered as problem details; ``extra`` fields are added to the body."""
 
-    def __init__(self, status: int, title: str, detail: str, **extra: Any) -> None:
-        super().__init__(status_code=status, detail=detail)
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(status_code=status, detail=detail, headers=headers)
         self.title = title
         self.fields = extra
 
 
-def problem_response(status: int, title: str, detail: str, **extra: Any) -> Response[Any]:
+def problem_response(
+    status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> Response[Any]:
     """A problem-details response."""
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
-    return Response(body, status_code=status, media_type=PROBLEM_JSON)
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
 def handle_problem(_: Request[Any, Any, Any], exc: Problem) -> Response[Any]:
-    return problem_response(exc.status_code, exc.title, exc.detail, **exc.fields)
+    return problem_response(
+        exc.status_code, exc.title, exc.detail, headers=exc.headers, **exc.fields
+    )
 
 
 def handle_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:

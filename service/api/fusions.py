@@ -15,7 +15,7 @@ from service.api.errors import Problem
 from service.api.views import FusionResponse, fusion_view
 from service.config import PanelEntry
 from service.domain.events import ClientIdentity, GenerationParams, JudgeSpec, Message
-from service.orchestration.fusion import Fused, IdempotencyConflict
+from service.orchestration.fusion import Fused, IdempotencyConflict, Overloaded
 from service.orchestration.planning import FusionAsk, InvalidRequest, plan_fusion
 
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
@@ -137,7 +137,8 @@ def observe_overhead(services: Services, fused: Fused, started: float) -> Provid
 
 
 async def run_ask(services: Services, ask: FusionAsk) -> tuple[str, Fused]:
-    """Plan and run; InvalidRequest and IdempotencyConflict become 4xx problems."""
+    """Plan and run; InvalidRequest and IdempotencyConflict become 4xx problems, a full
+    process a 503 with Retry-After."""
     try:
         plan = plan_fusion(services.config, ask)
     except InvalidRequest as exc:
@@ -147,6 +148,9 @@ async def run_ask(services: Services, ask: FusionAsk) -> tuple[str, Fused]:
         fused = await services.runner.fuse_here(plan, run_id)
     except IdempotencyConflict as exc:
         raise Problem(422, "Idempotency-Key reused", str(exc)) from exc
+    except Overloaded as exc:
+        detail = f"the service is at capacity ({exc}); retry shortly"
+        raise Problem(503, "Overloaded", detail, headers={"retry-after": "1"}) from exc
     return str(run_id), fused
 
 

@@ -50,6 +50,10 @@ class IdempotencyConflict(Exception):
     """The Idempotency-Key was used before for a different request."""
 
 
+class Overloaded(Exception):
+    """This process drives as many runs as it may; nothing was started or written."""
+
+
 @dataclass(slots=True)
 class RunHandle:
     """A run in progress: its id and the task that drives it."""
@@ -77,11 +81,15 @@ class FusionRunner:
         caller: ModelCaller,
         metrics: Metrics | None = None,
         router: Router | None = None,
+        max_open_runs: int = 0,
     ) -> None:
         self.store = store
         self.caller = caller
         self.metrics = metrics or Metrics()
         self.router = router
+        # Past this many open runs a new one is refused (0: no bound). Beyond what the
+        # machine can serve, more accepted work only makes every answer later.
+        self.max_open_runs = max_open_runs
         self._open: dict[uuid.UUID, RunHandle] = {}
 
     @property
@@ -103,6 +111,9 @@ class FusionRunner:
         handle = self._open.get(run_id)
         joined = handle is not None
         if handle is None:
+            if self.max_open_runs and len(self._open) >= self.max_open_runs:
+                self.metrics.shed.inc()
+                raise Overloaded(f"{len(self._open)} runs open, the bound of this process")
             handle = RunHandle(run_id, asyncio.create_task(self._run(run_id, plan)))
             self._open[run_id] = handle
             self.metrics.open_runs.set(len(self._open))

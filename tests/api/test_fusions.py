@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
+from service.app import create_app
+from service.config import Config
+from service.settings import Settings
 from service.store import EventStore
 from service.store.verify import verify_chains
 from tests.api.conftest import MockProviders
+from tests.conftest import TestDatabase
 
 
 async def events_of(pool: asyncpg.Pool, run_id: str) -> list[str]:
@@ -211,3 +217,36 @@ async def test_run_provenance_and_listing(client: AsyncTestClient[Any]) -> None:
     missing = await client.get("/v1/runs/00000000-0000-0000-0000-000000000000")
     assert missing.status_code == 404
     assert (await client.get("/v1/runs", params={"limit": 0})).status_code == 400
+
+
+async def test_past_the_open_runs_bound_a_fusion_gets_503_and_writes_nothing(
+    database: TestDatabase, config: Config, providers: MockProviders, pool: asyncpg.Pool
+) -> None:
+    # The app on this test's own loop (the test client runs one request at a time).
+    http = httpx.AsyncClient(transport=httpx.MockTransport(providers.handle))
+    settings = Settings(database_url=database.url, pool_min_size=1, max_open_runs=1)
+    app = create_app(settings, config, http_client=http, sweeper=False, run_migrations=False)
+    slow = {"prompt": "2+2?", "panel": ["mock/slow", "mock/a", "mock/b"]}  # ~0.5 s
+    asgi = httpx.ASGITransport(app=app)
+    try:
+        async with app.lifespan(), httpx.AsyncClient(transport=asgi, base_url="http://t") as c:
+            first = asyncio.create_task(c.post("/v1/fusions", json=slow))
+            for _ in range(200):  # until the first run is open
+                if await count(pool):
+                    break
+                await asyncio.sleep(0.01)
+            refused = await c.post("/v1/fusions", json={"prompt": "3+3?"})
+            assert not first.done()
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["retry-after"] == "1"
+            assert refused.json()["title"] == "Overloaded"
+            question = "SELECT count(*) FROM events WHERE data->'messages'->0->>'content' = $1"
+            assert await pool.fetchval(question, "3+3?") == 0
+            assert (await first).status_code == 200  # the open run went on and finished
+            again = await c.post("/v1/fusions", json={"prompt": "3+3?"})
+            assert again.status_code == 200, again.text
+            assert await pool.fetchval(question, "3+3?") == 1
+            metrics = (await c.get("/metrics")).text
+            assert "fusion_requests_shed_total 1.0" in metrics
+    finally:
+        await http.aclose()
