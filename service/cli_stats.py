@@ -133,8 +133,14 @@ def rebuild_command(ctx: click.Context, name: str | None, as_json: bool) -> None
 
                     return await runner.rebuild(pool, n, progress=report)
 
-                # At once: each reads the log and writes its own tables (two cores used).
-                return list(await asyncio.gather(*map(one, names)))
+                # At once: each reads the log and writes its own tables (two cores used);
+                # if one fails, the others are cancelled (and their shadows dropped).
+                try:
+                    async with asyncio.TaskGroup() as group:
+                        tasks = [group.create_task(one(n)) for n in names]
+                except ExceptionGroup as failed:
+                    raise failed.exceptions[0] from None
+                return [t.result() for t in tasks]
         finally:
             await pool.close()
 

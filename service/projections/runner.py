@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -100,10 +101,18 @@ FROM (SELECT recorded_at FROM events
 # where there are thousands, and the reverse), and on those guesses it picks sort-merge
 # joins and sorted grouping on text keys, and JIT compilation, all of which measured
 # slower than hashing in memory at every range size (ops/bench/README.md).
+# Custom plans too: a generic plan cannot drop the "$n > 0 OR ..." conditions.
 PLANNER_SETTINGS = """
 SET LOCAL work_mem = '256MB';
 SET LOCAL jit = off;
-SET LOCAL enable_mergejoin = off
+SET LOCAL enable_mergejoin = off;
+SET LOCAL plan_cache_mode = force_custom_plan
+"""
+# Back to the session's values (as_of: the statistics queries run after the build).
+PLANNER_DEFAULTS = """
+SET LOCAL work_mem TO DEFAULT;
+SET LOCAL jit TO DEFAULT;
+SET LOCAL enable_mergejoin TO DEFAULT
 """
 
 
@@ -362,6 +371,16 @@ async def _search_path(conn: Connection) -> tuple[str, str]:
     return str(row["live"]), str(row["path"])
 
 
+def _shadow_schema(live: str, name: str) -> str:
+    """The scratch schema of one projection's rebuild: unique per (schema, projection)
+    within Postgres's 63-byte names, so concurrent rebuilds never share one."""
+    full = f"{live}__rebuild_{name}"
+    if len(full.encode()) <= 63:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:12]
+    return f"rebuild_{digest}_{name}"[:63]
+
+
 def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -382,7 +401,7 @@ async def rebuild(
     started = time.perf_counter()
     async with stateful(pool) as conn:  # SET search_path
         live, path = await _search_path(conn)
-        shadow = f"{live}__rebuild_{name}"[:63]
+        shadow = _shadow_schema(live, name)
         await conn.execute(f"DROP SCHEMA IF EXISTS {_ident(shadow)} CASCADE")
         await conn.execute(f"CREATE SCHEMA {_ident(shadow)}")
         try:
@@ -512,6 +531,7 @@ async def as_of(conn: Connection, upto: Checkpoint) -> AsyncIterator[None]:
         await conn.execute(f"SET LOCAL search_path = pg_temp, {path}")
         for projection in PROJECTIONS:
             await apply_range(conn, projection, Checkpoint(), upto)
+        await conn.execute(PLANNER_DEFAULTS)
         yield
     finally:
         await transaction.rollback()

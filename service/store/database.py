@@ -11,11 +11,15 @@ connection through ``stateful``, which resets it in full before giving it back.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
 import asyncpg
+import structlog
 from asyncpg.pool import PoolConnectionProxy
+
+log = structlog.get_logger("database")
 
 # A plain connection or one borrowed from the pool.
 Connection = asyncpg.Connection | PoolConnectionProxy
@@ -60,9 +64,9 @@ async def stateful(pool: asyncpg.Pool) -> AsyncIterator[PoolConnectionProxy]:
             yield conn
         finally:
             try:
-                if conn.is_in_transaction():
-                    await conn.execute("ROLLBACK")
-                await conn.execute(conn.get_reset_query())
-            except BaseException:
-                conn.terminate()
-                raise
+                await conn.reset()  # asyncpg's own: rollback, then the full reset query
+            except BaseException as exc:
+                conn.terminate()  # what the block did (or raised) stands; the session goes
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                log.warning("database.reset_failed", error=repr(exc))
