@@ -8,9 +8,11 @@ runner (runner.py) uses them for the live tables, for a rebuild into shadow tabl
 for ``as_of`` answers in temporary tables: one definition, three uses.
 
 Statements never look at a read model to find an event's context (a call's category,
-a seat's model): they join the run's own ``run.requested`` (stream version 1) and
-``panel.selected`` events, by the (stream_id, stream_version) index. That keeps each
-projection independent of the others, so each can be rebuilt alone.
+a seat's model): they take it from the run's own ``run.requested`` and
+``panel.selected`` events, read with the range when it holds them (always, for a range
+from the log's beginning: a stream's first events come first in commit order), else
+looked up by stream. That keeps each projection independent of the others, so each can
+be rebuilt alone.
 
 Only run streams count towards model profiles and call statistics (a replay re-judges
 a run whose calls were already counted); the runs read model holds replays too, which
@@ -53,7 +55,8 @@ _STATUS = "CASE type WHEN 'answer.finalized' THEN 'finalized' ELSE 'failed' END"
 
 def _one(value: str, where: str) -> str:
     """The value of a stream's one event that matches ``where`` (a stream has one
-    request, one judge event and one end), in a GROUP BY: no sort needed."""
+    request, one judge event and one end), in a GROUP BY: no sort needed. (Over a
+    position it is also the latest of several events: positions grow in a stream.)"""
     return f"max({value}) FILTER (WHERE {where})"
 
 
