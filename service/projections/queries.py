@@ -461,7 +461,7 @@ async def answer(conn: Connection, q: Query) -> StatsAnswer:
     """Answer the query from the read models (or as of an earlier point of the log)."""
     if q.as_of is not None:
         upto = await resolve_as_of(conn, q.as_of)
-        async with as_of(conn, upto):
+        async with as_of(conn, upto, [PROJECTION_OF[q.kind]]):  # only the one it reads
             rows = await _rows(conn, q)
         lag = await lag_after(conn, upto)
         return StatsAnswer(rows, str(upto), lag, as_of=str(upto))

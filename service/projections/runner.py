@@ -516,20 +516,24 @@ async def _shadowed(conn: Connection, search_path: str) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def as_of(conn: Connection, upto: Checkpoint) -> AsyncIterator[None]:
-    """Inside: the read-model names resolve to temporary tables built from the log up
-    to ``upto``. Everything is rolled back on exit; the live tables are not touched."""
+async def as_of(
+    conn: Connection, upto: Checkpoint, names: Sequence[str] | None = None
+) -> AsyncIterator[None]:
+    """Inside: the read-model names (of the projections ``names``, default all) resolve
+    to temporary tables built from the log up to ``upto``. Everything is rolled back on
+    exit; the live tables are not touched."""
+    projections = [p for p in PROJECTIONS if names is None or p.name in names]
     transaction = conn.transaction()
     await transaction.start()
     try:
-        for projection in PROJECTIONS:
+        for projection in projections:
             for table in projection.tables:
                 await conn.execute(
                     f"CREATE TEMP TABLE {_ident(table)} (LIKE {_ident(table)} INCLUDING ALL)"
                 )
         path = await conn.fetchval("SELECT current_setting('search_path')")
         await conn.execute(f"SET LOCAL search_path = pg_temp, {path}")
-        for projection in PROJECTIONS:
+        for projection in projections:
             await apply_range(conn, projection, Checkpoint(), upto)
         await conn.execute(PLANNER_DEFAULTS)
         yield
