@@ -6,6 +6,7 @@ a restart with every run replayed exactly once."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import time
 import uuid
@@ -51,7 +52,10 @@ async def fuse(
         body["judge"] = judge
     if panel is not None:
         body["panel"] = panel
-    response = await client.post("/v1/fusions", json=body)
+    # An Idempotency-Key from the prompt: fixed run ids, so the simulator's draws (seeded
+    # by the request) are the same on every run of a test, and so are its numbers.
+    key = hashlib.sha256(prompt.encode()).hexdigest()
+    response = await client.post("/v1/fusions", json=body, headers={"Idempotency-Key": key})
     assert response.status_code == 200, response.text
     return response.json()
 
