@@ -177,6 +177,8 @@ class BatchReplayer:
                 if resumed:
                     log.info("batch.resumed", batches=resumed)
             except Exception:
+                if self.store.pool.is_closing():
+                    return  # shutting down
                 log.exception("batch.resume_failed")
             await asyncio.sleep(interval_s)
 

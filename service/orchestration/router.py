@@ -291,5 +291,7 @@ async def follow_log(
                     router.install(fold.builder.snapshot(str(checkpoint)))
                     await asyncio.sleep(0)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if store.pool.is_closing():
+                return  # shutting down
             log.warning("router.profiles_unavailable", error=str(exc), retry_in_s=poll_interval)
             await asyncio.sleep(poll_interval)

@@ -65,5 +65,7 @@ async def sweep_forever(
         try:
             await sweep_once(store, grace_s, runner.owned_run_ids())
         except Exception:
+            if store.pool.is_closing():
+                return  # shutting down
             log.exception("sweeper.failed")
         await asyncio.sleep(interval_s)

@@ -275,8 +275,10 @@ class ProjectionWorker:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("projection.worker_failed", retry_in_s=self.poll_interval)
                 self.owned.clear()  # the connection and its locks may be gone
+                if self.pool.is_closing():
+                    return  # shutting down (also when a cancellation was lost on the way)
+                log.exception("projection.worker_failed", retry_in_s=self.poll_interval)
                 await asyncio.sleep(self.poll_interval)
 
     async def _run_connected(self) -> None:

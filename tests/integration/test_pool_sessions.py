@@ -7,6 +7,9 @@ unfinished transaction is rolled back.
 
 from __future__ import annotations
 
+import asyncio
+
+from service.projections.runner import ProjectionWorker
 from service.store.database import create_pool, stateful
 from tests.conftest import TestDatabase
 
@@ -56,3 +59,17 @@ async def test_plain_release_rolls_back_an_open_transaction(database: TestDataba
             assert await conn.fetchval("SELECT count(*) FROM pool_sessions_probe") == 0
     finally:
         await single.close()
+
+
+async def test_the_projection_worker_ends_when_its_pool_is_closed(
+    database: TestDatabase,
+) -> None:
+    # Shutdown must not rely on the cancellation reaching it: a lost one (asyncio.wait_for
+    # in Python 3.11 can swallow it) left the worker retrying against a closed pool.
+    own = await create_pool(database.url, min_size=1, max_size=3)
+    worker = ProjectionWorker(own, poll_interval=0.05)
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.caught_up.wait(), 10)
+    own.terminate()
+    await asyncio.wait_for(task, 10)  # returns by itself, not cancelled
+    assert not task.cancelled()
