@@ -229,6 +229,12 @@ class CpuMeter:
         return {"cpu_ms_per_request": per, "machine_busy_pct": round(share, 1)}
 
 
+def _git(*args: str) -> str:
+    """A git command's output in this checkout (empty when the command fails)."""
+    run = subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO, check=False)
+    return run.stdout
+
+
 def environment() -> dict[str, Any]:
     """Versions, machine and load: the context needed to read the numbers."""
     versions: dict[str, str | None] = {"python": platform.python_version()}
@@ -237,20 +243,8 @@ def environment() -> dict[str, Any]:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=False,
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=False,
-    ).stdout
+    commit = _git("rev-parse", "--short", "HEAD").strip()
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
     return {
         "versions": versions,
         "git_commit": commit or None,
