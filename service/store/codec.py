@@ -94,7 +94,7 @@ def _non_finite_float(value: Any, path: str) -> str | None:
     if isinstance(value, float):
         return None if math.isfinite(value) else path
     items: Any = value.items() if isinstance(value, dict) else None
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         items = enumerate(value)
     for key, item in items or ():
         found = _non_finite_float(item, f"{path}.{key}")

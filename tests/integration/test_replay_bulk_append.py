@@ -12,7 +12,13 @@ import asyncpg
 import pytest
 
 from service.domain.events import JudgeDecided, JudgeIdentity, RunFailed, Verdict
-from service.store import EventIdConflict, EventStore, NewEvent, WrongExpectedVersion
+from service.store import (
+    EventIdConflict,
+    EventStore,
+    NewEvent,
+    UnstorableEvent,
+    WrongExpectedVersion,
+)
 from service.store.bulk_append import append_new_streams
 from service.store.database import connect
 from service.store.verify import verify_chains
@@ -90,6 +96,27 @@ async def test_the_error_names_a_stream_that_exists(store: EventStore) -> None:
     await append_new_streams(store, [streams[0]])
     with pytest.raises(WrongExpectedVersion):  # re-sending a call is not a no-op
         await append_new_streams(store, [streams[0]])
+
+
+async def test_an_unstorable_event_is_named_and_nothing_is_written(
+    store: EventStore, pool: asyncpg.Pool
+) -> None:
+    before = await pool.fetchval("SELECT count(*) FROM events")
+    weights = JudgeDecided(
+        judge=JudgeIdentity(kind="vote", model=None, prompt_version="vote-v1"),
+        final_answer="B",
+        verdicts=[],
+        member_weights={"m1": float("nan")},
+    )
+    nul = RunFailed(reason="abandoned", message="a NUL \x00 here")
+    for bad, says in [(weights, "judge.decided.member_weights.m1"), (nul, "NUL")]:
+        streams = [
+            (f"replay-{uuid.uuid4()}", events(2)),
+            (f"replay-{uuid.uuid4()}", [NewEvent(bad)]),
+        ]
+        with pytest.raises(UnstorableEvent, match=says):
+            await append_new_streams(store, streams)
+    assert await pool.fetchval("SELECT count(*) FROM events") == before
 
 
 async def wait_until_blocked(pool: asyncpg.Pool, pid: int) -> None:
