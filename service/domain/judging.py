@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import msgspec
 
 from service.domain.events import Message, Verdict
-from service.domain.scoring import extract_answer, normalize_answer
+from service.domain.scoring import extract_answer, normalize_extracted
 
 PROMPT_VERSION = "judge-v1"
 _TASK_BLOCK = re.compile(r"<fusion-judge-task>\s*(\{.*\})\s*</fusion-judge-task>", re.DOTALL)
@@ -196,8 +196,10 @@ def vote(candidates: Sequence[Candidate], weights: Mapping[str, float] | None = 
     tally: dict[str, float] = {}
     first_seen: dict[str, int] = {}
     normal: dict[str, str] = {}
+    stated: dict[str, str] = {}
     for index, candidate in enumerate(candidates):
-        key = normalize_answer(candidate.text)
+        stated[candidate.member_id] = extract_answer(candidate.text)
+        key = normalize_extracted(stated[candidate.member_id])
         normal[candidate.member_id] = key
         weight = 1.0 if weights is None else weights.get(candidate.member_id, 0.5)
         tally[key] = tally.get(key, 0.0) + weight
@@ -208,5 +210,5 @@ def vote(candidates: Sequence[Candidate], weights: Mapping[str, float] | None = 
     ]
     supporters = [c for c in candidates if normal[c.member_id] == winner]
     rationale = f"{len(supporters)} of {len(candidates)} members answered {winner!r}"
-    final = extract_answer(supporters[0].text) or winner
+    final = stated[supporters[0].member_id] or winner
     return Decision(final_answer=final, verdicts=verdicts, rationale=rationale)

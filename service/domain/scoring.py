@@ -15,16 +15,21 @@ _TRAILING = ".,;:!?\"'`*"
 def extract_answer(text: str) -> str:
     """The part of a model's reply that states its answer ("... Answer: B" -> "B")."""
     stripped = text.strip()
-    matches = list(_ANSWER_MARKER.finditer(stripped))
-    if matches:
-        stripped = matches[-1].group(1).strip()
+    # One match at most: the marker's (.+) runs to the end of the text (DOTALL).
+    marker = _ANSWER_MARKER.search(stripped)
+    if marker:
+        stripped = marker.group(1).strip()
     first_line = stripped.splitlines()[0] if stripped else ""
     return first_line.strip().strip(_TRAILING).strip()
 
 
 def normalize_answer(text: str) -> str:
     """Canonical short form for comparison and voting: 'B', '42', '3.5', 'paris'."""
-    core = extract_answer(text)
+    return normalize_extracted(extract_answer(text))
+
+
+def normalize_extracted(core: str) -> str:
+    """normalize_answer of a reply whose answer ``extract_answer`` already took out."""
     if _NUMBER.match(core.replace(",", "")):
         core = core.replace(",", "")
     choice = _CHOICE.match(core)
