@@ -7,7 +7,11 @@ scratch schema. Then, per round and in alternating order:
 - ceiling: the same process reads every run's events, in the batch worker's chunks
   and concurrency, and decodes them into typed events, doing nothing else;
 - replay: a whole batch replay through ``BatchReplayer`` (resolve the filter, record
-  the batch, re-judge every run, write 10,000 replay streams, close the batch).
+  the batch, re-judge every run, write 10,000 replay streams, close the batch);
+- write floor: the same 10,000 replay streams, built beforehand, written alone with
+  the same bulk append, chunks and concurrency: what the hash-chained writes cost
+  with no reading or judging at all. A replay cannot be faster than this, so
+  ``floor_ratio`` (write floor / ceiling) bounds the ratio the replay could reach.
 
 The ratio is the median of per-round ratios (these machines are noisy). The raw
 fetch rate (rows only, no decoding) is reported too, as a stricter reference.
@@ -50,10 +54,11 @@ from service.domain.events import (
     SourceRun,
 )
 from service.domain.judging import Candidate
+from service.domain.runs import fold
 from service.orchestration.batch import BatchReplayer
 from service.orchestration.batch_worker import VOTE_CHUNK
 from service.orchestration.judge import run_judge
-from service.orchestration.replay import Replayer
+from service.orchestration.replay import Replayer, stamp
 from service.orchestration.replay_sources import READ_SOURCES_SQL, read_sources
 from service.providers.outcomes import CallFailed
 from service.store import EventStore, NewEvent
@@ -145,7 +150,7 @@ async def seed_runs(store: EventStore, count: int) -> list[SourceRun]:
     return runs
 
 
-async def in_chunks(runs: Sequence[SourceRun], concurrency: int, work: Any) -> float:
+async def in_chunks(runs: Sequence[Any], concurrency: int, work: Any) -> float:
     """Seconds for ``concurrency`` tasks to work through the runs in VOTE_CHUNK chunks."""
     chunks = iter([runs[i : i + VOTE_CHUNK] for i in range(0, len(runs), VOTE_CHUNK)])
 
@@ -174,6 +179,24 @@ async def read_raw(store: EventStore, runs: Sequence[SourceRun], concurrency: in
         )
 
     return await in_chunks(runs, concurrency, work)
+
+
+def fresh_writes(built: Sequence[list[Event]]) -> list[tuple[str, list[NewEvent]]]:
+    """The built replay streams under new stream and event ids (the log refuses repeats)."""
+    writes = []
+    for events in built:
+        replay_id = uuid.uuid4()
+        writes.append((f"replay-{replay_id}", stamp(events, replay_id, "default", "bench", None)))
+    return writes
+
+
+async def write_only(
+    store: EventStore, writes: Sequence[tuple[str, list[NewEvent]]], concurrency: int
+) -> float:
+    async def work(chunk: Sequence[tuple[str, list[NewEvent]]]) -> None:
+        await append_new_streams(store, chunk)
+
+    return await in_chunks(writes, concurrency, work)
 
 
 async def replay_batch(batches: BatchReplayer, concurrency: int) -> tuple[float, int]:
@@ -210,12 +233,16 @@ async def measure(
     await store.pool.execute("ANALYZE")
     batches = BatchReplayer(store, Replayer(store, NoModels(), Config()))
     await read_decoded(store, sources[:500], concurrency)  # warm connections and plans
+    built = await replay_events(batches.replayer, store, sources)
     per_round: list[dict[str, float]] = []
     for r in range(rounds):
         rates: dict[str, float] = {}
-        order = ["read", "replay"] if r % 2 == 0 else ["replay", "read"]
+        order = ["read", "replay", "write"] if r % 2 == 0 else ["write", "replay", "read"]
+        writes = fresh_writes(built)
         for mode in order:
-            if mode == "read":
+            if mode == "write":
+                rates["write_floor"] = runs / await write_only(store, writes, concurrency)
+            elif mode == "read":
                 rates["raw_fetch"] = runs / await read_raw(store, sources, concurrency)
                 cpu = time.process_time()
                 rates["ceiling_read"] = runs / await read_decoded(store, sources, concurrency)
@@ -227,11 +254,9 @@ async def measure(
                 rates["replay"] = replayed / seconds
         rates["ratio"] = rates["replay"] / rates["ceiling_read"]
         rates["ratio_to_raw_fetch"] = rates["replay"] / rates["raw_fetch"]
+        rates["floor_ratio"] = rates["write_floor"] / rates["ceiling_read"]
         per_round.append(
-            {
-                k: round(v, 3 if k.startswith("ratio") or k.endswith("cpu_s") else 1)
-                for k, v in rates.items()
-            }
+            {k: round(v, 3 if "ratio" in k or k.endswith("cpu_s") else 1) for k, v in rates.items()}
         )
 
     def median(key: str) -> float:
@@ -251,15 +276,34 @@ async def measure(
         "replay_runs_per_s": round(median("replay"), 1),
         "ceiling_read_runs_per_s": round(median("ceiling_read"), 1),
         "raw_fetch_runs_per_s": round(median("raw_fetch"), 1),
+        "write_floor_runs_per_s": round(median("write_floor"), 1),
         # This process's CPU time (Python, asyncpg) for one pass over all the runs.
         "ceiling_python_cpu_s": median("ceiling_python_cpu_s"),
         "replay_python_cpu_s": median("replay_python_cpu_s"),
         "ratio_replay_to_ceiling": round(ratio, 3),
         "ratio_replay_to_raw_fetch": round(median("ratio_to_raw_fetch"), 3),
+        # The most the ratio could be if reading and judging cost nothing.
+        "ratio_write_floor_to_ceiling": round(median("floor_ratio"), 3),
         "target": TARGET,
         "pass": ratio >= TARGET,
         "per_round": per_round,
     }
+
+
+async def replay_events(
+    replayer: Replayer, store: EventStore, sources: Sequence[SourceRun]
+) -> list[list[Event]]:
+    """Each run's replay events with the vote judge, as the batch would write them."""
+    built = []
+    for start in range(0, len(sources), VOTE_CHUNK):
+        chunk = sources[start : start + VOTE_CHUNK]
+        read = await read_sources(store, chunk)
+        for run in chunk:
+            source = fold(read[run.run_id])
+            built.append(
+                await replayer.rejudge(uuid.uuid4(), run.run_id, source, JudgeSpec(kind="vote"))
+            )
+    return built
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
