@@ -152,8 +152,13 @@ class EventStore:
         *,
         batch_size: int = 1000,
         poll_interval: float = 1.0,
+        settle_s: float = 0.0,
     ) -> AsyncIterator[list[RecordedEvent]]:
-        """Yield batches of new events forever; wakes on NOTIFY, polls as a fallback."""
+        """Yield batches of new events forever; wakes on NOTIFY, polls as a fallback.
+
+        ``settle_s``: after a wake-up, wait this long before reading, so that one read
+        takes the appends of that moment together (under load: one read per settle
+        period, not one per append)."""
         wake = asyncio.Event()
 
         def on_notify(*_: Any) -> None:
@@ -172,6 +177,8 @@ class EventStore:
                         continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), poll_interval)
+                if settle_s > 0:
+                    await asyncio.sleep(settle_s)
 
 
 def _translate(exc: asyncpg.PostgresError, stream_id: str, expected: int) -> Exception:
