@@ -43,6 +43,7 @@ from service.orchestration.replay_sources import (
     unfinished_batches,
 )
 from service.store import NO_STREAM, EventStore, NewEvent, WrongExpectedVersion
+from service.store.database import keep_running
 
 log = structlog.get_logger("replay.batch")
 
@@ -170,17 +171,16 @@ class BatchReplayer:
         return started
 
     async def resume_forever(self, interval_s: float = 30.0) -> None:
-        """Resume at start, then pick up batches a dead replica left, until cancelled."""
-        while True:
-            try:
-                resumed = await self.resume_unfinished()
-                if resumed:
-                    log.info("batch.resumed", batches=resumed)
-            except Exception:
-                if self.store.pool.is_closing():
-                    return  # shutting down
-                log.exception("batch.resume_failed")
-            await asyncio.sleep(interval_s)
+        """Resume at start, then pick up batches a dead replica left, until cancelled
+        or the pool closes."""
+
+        async def resume() -> None:
+            if resumed := await self.resume_unfinished():
+                log.info("batch.resumed", batches=resumed)
+
+        await keep_running(
+            self.store.pool, resume, pause_s=interval_s, failure="batch.resume_failed"
+        )
 
     async def wait(self, batch_id: uuid.UUID) -> None:
         """Until this process's task for the batch ends (tests and the CLI's local use)."""

@@ -45,6 +45,7 @@ from service.domain.routing import (
 )
 from service.orchestration.plan import FusionPlan, RouteRequest, stable_seed
 from service.store import EventStore, RecordedEvent
+from service.store.database import keep_running
 from service.store.postgres import START, checkpoint_of
 
 log = structlog.get_logger("router")
@@ -291,19 +292,23 @@ async def follow_log(
     fold = ProfileFold()
     checkpoint = START
     batches = 0
-    while True:
-        try:
-            async for batch in store.subscribe(
-                checkpoint, batch_size=batch_size, poll_interval=poll_interval, settle_s=settle_s
-            ):
-                fold_profiles(fold, batch)
-                checkpoint = checkpoint_of(batch[-1])
-                batches += 1
-                if len(batch) < batch_size or batches % INSTALL_EVERY_BATCHES == 0:
-                    router.install(fold.builder.snapshot(str(checkpoint)))
-                    await asyncio.sleep(0)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            if store.pool.is_closing():
-                return  # shutting down
-            log.warning("router.profiles_unavailable", error=str(exc), retry_in_s=poll_interval)
-            await asyncio.sleep(poll_interval)
+
+    async def follow() -> None:
+        nonlocal checkpoint, batches
+        async for batch in store.subscribe(
+            checkpoint, batch_size=batch_size, poll_interval=poll_interval, settle_s=settle_s
+        ):
+            fold_profiles(fold, batch)
+            checkpoint = checkpoint_of(batch[-1])
+            batches += 1
+            if len(batch) < batch_size or batches % INSTALL_EVERY_BATCHES == 0:
+                router.install(fold.builder.snapshot(str(checkpoint)))
+                await asyncio.sleep(0)
+
+    await keep_running(
+        store.pool,
+        follow,
+        pause_s=poll_interval,
+        failure="router.profiles_unavailable",
+        retry_on=(OSError, asyncpg.PostgresError, asyncpg.InterfaceError),
+    )

@@ -7,7 +7,6 @@ that is still progressing somewhere (another replica) wins and is left alone.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import structlog
@@ -15,6 +14,7 @@ import structlog
 from service.domain.events import RunFailed
 from service.orchestration.fusion import FusionRunner
 from service.store import EventStore, NewEvent, WrongExpectedVersion
+from service.store.database import keep_running
 
 log = structlog.get_logger("sweeper")
 
@@ -60,12 +60,10 @@ async def sweep_once(
 async def sweep_forever(
     store: EventStore, runner: FusionRunner, interval_s: float = 30.0, grace_s: float = 60.0
 ) -> None:
-    """Sweep at start and then every interval, until cancelled."""
-    while True:
-        try:
-            await sweep_once(store, grace_s, runner.owned_run_ids())
-        except Exception:
-            if store.pool.is_closing():
-                return  # shutting down
-            log.exception("sweeper.failed")
-        await asyncio.sleep(interval_s)
+    """Sweep at start and then every interval, until cancelled or the pool closes."""
+    await keep_running(
+        store.pool,
+        lambda: sweep_once(store, grace_s, runner.owned_run_ids()),
+        pause_s=interval_s,
+        failure="sweeper.failed",
+    )

@@ -36,7 +36,7 @@ import structlog
 
 from service.projections.definitions import BY_NAME, PROJECTIONS, Projection, statement_args
 from service.store import Checkpoint
-from service.store.database import Connection, stateful
+from service.store.database import Connection, keep_running, stateful
 from service.store.postgres import NOTIFY_CHANNEL
 
 log = structlog.get_logger("projections")
@@ -272,17 +272,12 @@ class ProjectionWorker:
 
     async def run(self) -> None:
         """Run until cancelled; a database error costs a pause, not the worker."""
-        while True:
-            try:
-                await self._run_connected()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.owned.clear()  # the connection and its locks may be gone
-                if self.pool.is_closing():
-                    return  # shutting down (also when a cancellation was lost on the way)
-                log.exception("projection.worker_failed", retry_in_s=self.poll_interval)
-                await asyncio.sleep(self.poll_interval)
+        await keep_running(
+            self.pool,
+            self._run_connected,
+            pause_s=self.poll_interval,
+            failure="projection.worker_failed",
+        )
 
     async def _run_connected(self) -> None:
         wake = asyncio.Event()

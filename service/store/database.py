@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import structlog
@@ -70,3 +70,29 @@ async def stateful(pool: asyncpg.Pool) -> AsyncIterator[PoolConnectionProxy]:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 log.warning("database.reset_failed", error=repr(exc))
+
+
+async def keep_running(
+    pool: asyncpg.Pool,
+    work: Callable[[], Awaitable[object]],
+    *,
+    pause_s: float,
+    failure: str,
+    retry_on: tuple[type[Exception], ...] = (Exception,),
+) -> None:
+    """A background loop: ``work()`` again and again, ``pause_s`` apart, until
+    cancelled or until ``pool`` closes.
+
+    A failure (one of ``retry_on``) is logged as ``failure`` and costs a pause, not
+    the loop; once the pool is closing, a failure ends the loop quietly (shutdown:
+    even when the cancellation that should have ended it was lost on the way).
+    """
+    while True:
+        try:
+            await work()
+        except retry_on as exc:
+            if pool.is_closing():
+                return
+            log.warning(failure, error=f"{type(exc).__name__}: {exc}", retry_in_s=pause_s,
+                        exc_info=True)  # fmt: skip
+        await asyncio.sleep(pause_s)

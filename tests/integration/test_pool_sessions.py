@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from service.projections.runner import ProjectionWorker
-from service.store.database import create_pool, stateful
+from service.store.database import create_pool, keep_running, stateful
 from tests.conftest import TestDatabase
 
 SESSION_SQL = """
@@ -73,3 +75,36 @@ async def test_the_projection_worker_ends_when_its_pool_is_closed(
     own.terminate()
     await asyncio.wait_for(task, 10)  # returns by itself, not cancelled
     assert not task.cancelled()
+
+
+async def test_a_background_loop_retries_failures_and_ends_with_its_pool(
+    database: TestDatabase,
+) -> None:
+    own = await create_pool(database.url, min_size=1, max_size=2)
+    calls: list[int] = []
+
+    async def work() -> None:
+        calls.append(await own.fetchval("SELECT 1"))  # fails once the pool is closed
+        if len(calls) == 1:
+            raise RuntimeError("a failure costs a pause, not the loop")
+
+    loop = asyncio.create_task(keep_running(own, work, pause_s=0.01, failure="test.failed"))
+    for _ in range(500):
+        if len(calls) >= 3:
+            break
+        await asyncio.sleep(0.01)
+    assert len(calls) >= 3  # ran again after the failure, and again after a success
+    own.terminate()
+    await asyncio.wait_for(loop, 10)  # the closed pool ends it
+    assert not loop.cancelled()
+
+    other = await create_pool(database.url, min_size=1, max_size=1)
+    try:
+
+        async def broken() -> None:
+            raise KeyError("not retried")
+
+        with pytest.raises(KeyError):  # only what retry_on names is retried
+            await keep_running(other, broken, pause_s=0.01, failure="x", retry_on=(OSError,))
+    finally:
+        await other.close()
