@@ -80,6 +80,15 @@ SELECT (SELECT count(*) FROM next) AS n, transaction_id::text::bigint AS xid,
 FROM next ORDER BY transaction_id DESC, global_position DESC LIMIT 1
 """
 
+# How many events lie in a range (after, upto]: for a rebuild's one pass over the whole
+# log a sequential count (0.2 s per million events), where NEXT_BATCH_SQL materialises
+# and sorts the positions (1.1 s).
+COUNT_RANGE_SQL = """
+SELECT count(*) FROM events e
+WHERE (e.transaction_id, e.global_position) > ($1::text::xid8, $2::bigint)
+  AND (e.transaction_id, e.global_position) <= ($3::text::xid8, $4::bigint)
+"""
+
 # The gap-safe head of the log: the last event a reader may see now.
 HEAD_SQL = """
 SELECT transaction_id::text::bigint AS xid, global_position AS pos FROM events
@@ -159,6 +168,26 @@ async def next_batch(
     if row is None:
         return None
     return int(row["n"]), Checkpoint(row["xid"], row["pos"])
+
+
+async def rebuild_batch(
+    conn: Connection, after: Checkpoint, limit: int
+) -> tuple[int, Checkpoint] | None:
+    """next_batch for a rebuild: everything up to the head when that is within the
+    limit (the usual case: one pass), found without listing the positions."""
+    upto = await head(conn)
+    if upto <= after:
+        return None
+    count = await conn.fetchval(
+        COUNT_RANGE_SQL,
+        str(after.transaction_id),
+        after.global_position,
+        str(upto.transaction_id),
+        upto.global_position,
+    )
+    if count <= limit:
+        return (count, upto) if count else None
+    return await next_batch(conn, after, limit)
 
 
 async def head(conn: Connection) -> Checkpoint:
@@ -421,15 +450,15 @@ async def rebuild(
                         SECONDARY_INDEXES_SQL, f"{_ident(live)}.{_ident(table)}", shadow
                     )
                 ]
-            total = await conn.fetchval("SELECT count(*) FROM events")
             shadow_path = f"{_ident(shadow)}, {path}"
-            checkpoint, done = Checkpoint(), 0
+            checkpoint, done, total = Checkpoint(), 0, 0
             async with _shadowed(conn, shadow_path):
                 while True:  # catch up without blocking the live runner
-                    batch = await next_batch(conn, checkpoint, batch_events)
+                    batch = await rebuild_batch(conn, checkpoint, batch_events)
                     if batch is None:
                         break
                     count, upto = batch
+                    total = total or count  # the log's size when the rebuild started
                     async with conn.transaction():
                         await apply_range(conn, projection, checkpoint, upto)
                     checkpoint, done = upto, done + count
