@@ -204,55 +204,53 @@ class ProfileBuilder:
         return ProfileSnapshot(checkpoint, dict(self.cells), dict(self.pairs))
 
 
-@dataclass(slots=True)
-class _RunSeen:
-    category: str
-    models: dict[str, str] = field(default_factory=dict)  # member_id -> model
-
-
 class ProfileFold:
     """Applies run events, in log order, to a ProfileBuilder.
 
     Only ``run-`` streams count: a replay re-judges a run that was already counted.
-    Keeps each run's category and seats, because outcomes can come at any time later.
+    Keeps each run's category and seats, because outcomes can come at any time later:
+    in plain str -> str dicts, which the garbage collector does not track, so a long
+    log does not lengthen the service's full collections (an object per run did).
     """
 
     def __init__(self) -> None:
         self.builder = ProfileBuilder()
-        self._runs: dict[str, _RunSeen] = {}
+        self._category: dict[str, str] = {}  # stream_id -> category
+        self._seats: dict[str, dict[str, str]] = {}  # stream_id -> member_id -> model
 
     def apply(self, stream_id: str, event: Event) -> None:
         """Count one event of stream ``stream_id``."""
         if not stream_id.startswith("run-"):
             return
         if isinstance(event, RunRequested):
-            self._runs[stream_id] = _RunSeen(event.category)
+            self._category[stream_id] = event.category
+            self._seats[stream_id] = {}
             return
-        run = self._runs.get(stream_id)
-        if run is None:
+        category = self._category.get(stream_id)
+        if category is None:
             return
+        seats = self._seats[stream_id]
         match event:
             case PanelSelected(members=members):
-                run.models = {m.member_id: m.model for m in members}
+                seats.update((m.member_id, m.model) for m in members)
             case PanelCallSucceeded():
                 self.builder.record_call(
-                    event.model, run.category, failed=False,
+                    event.model, category, failed=False,
                     cost_usd=event.cost_usd, latency_ms=event.latency_ms,
                     output_tokens=event.output_tokens,
                 )  # fmt: skip
             case PanelCallFailed():
                 self.builder.record_call(
-                    event.model, run.category, failed=True,
+                    event.model, category, failed=True,
                     cost_usd=0.0, latency_ms=event.latency_ms,
                 )  # fmt: skip
             case JudgeDecided(verdicts=verdicts):
-                seats = run.models
                 known = [(seats[v.member_id], v.agrees) for v in verdicts if v.member_id in seats]
-                self.builder.record_verdicts(run.category, known)
+                self.builder.record_verdicts(category, known)
             case OutcomeRecorded(members=outcomes):
                 graded = [
-                    (run.models[o.member_id], o.correct)
+                    (seats[o.member_id], o.correct)
                     for o in outcomes
-                    if o.correct is not None and o.member_id in run.models
+                    if o.correct is not None and o.member_id in seats
                 ]
-                self.builder.record_outcome(run.category, graded)
+                self.builder.record_outcome(category, graded)
