@@ -80,13 +80,11 @@ SELECT (SELECT count(*) FROM next) AS n, transaction_id::text::bigint AS xid,
 FROM next ORDER BY transaction_id DESC, global_position DESC LIMIT 1
 """
 
-# How many events lie in a range (after, upto]: for a rebuild's one pass over the whole
-# log a sequential count (0.2 s per million events), where NEXT_BATCH_SQL materialises
-# and sorts the positions (1.1 s).
-COUNT_RANGE_SQL = """
+# How many events the log holds up to a checkpoint (the head, for a rebuild): a
+# sequential count, 0.3 s per million events.
+COUNT_UPTO_SQL = """
 SELECT count(*) FROM events e
-WHERE (e.transaction_id, e.global_position) > ($1::text::xid8, $2::bigint)
-  AND (e.transaction_id, e.global_position) <= ($3::text::xid8, $4::bigint)
+WHERE (e.transaction_id, e.global_position) <= ($1::text::xid8, $2::bigint)
 """
 
 # The gap-safe head of the log: the last event a reader may see now.
@@ -168,26 +166,6 @@ async def next_batch(
     if row is None:
         return None
     return int(row["n"]), Checkpoint(row["xid"], row["pos"])
-
-
-async def rebuild_batch(
-    conn: Connection, after: Checkpoint, limit: int
-) -> tuple[int, Checkpoint] | None:
-    """next_batch for a rebuild: everything up to the head when that is within the
-    limit (the usual case: one pass), found without listing the positions."""
-    upto = await head(conn)
-    if upto <= after:
-        return None
-    count = await conn.fetchval(
-        COUNT_RANGE_SQL,
-        str(after.transaction_id),
-        after.global_position,
-        str(upto.transaction_id),
-        upto.global_position,
-    )
-    if count <= limit:
-        return (count, upto) if count else None
-    return await next_batch(conn, after, limit)
 
 
 async def head(conn: Connection) -> Checkpoint:
@@ -450,15 +428,25 @@ async def rebuild(
                         SECONDARY_INDEXES_SQL, f"{_ident(live)}.{_ident(table)}", shadow
                     )
                 ]
+            # The log as it stands: its gap-safe head and how many events lead up to it.
+            # The last range up to the head is known without listing its positions
+            # (next_batch materialises and sorts them: 1.1 s per million events).
+            start_head = await head(conn)
+            total = await conn.fetchval(
+                COUNT_UPTO_SQL, str(start_head.transaction_id), start_head.global_position
+            )
             shadow_path = f"{_ident(shadow)}, {path}"
-            checkpoint, done, total = Checkpoint(), 0, 0
+            checkpoint, done = Checkpoint(), 0
             async with _shadowed(conn, shadow_path):
                 while True:  # catch up without blocking the live runner
-                    batch = await rebuild_batch(conn, checkpoint, batch_events)
+                    batch: tuple[int, Checkpoint] | None
+                    if checkpoint < start_head and total - done <= batch_events:
+                        batch = (total - done, start_head)
+                    else:
+                        batch = await next_batch(conn, checkpoint, batch_events)
                     if batch is None:
                         break
                     count, upto = batch
-                    total = total or count  # the log's size when the rebuild started
                     async with conn.transaction():
                         await apply_range(conn, projection, checkpoint, upto)
                     checkpoint, done = upto, done + count

@@ -328,9 +328,21 @@ async def test_rebuild_crash_and_two_workers_change_nothing(
 
     # Rebuild from zero into shadow tables and swap: identical read models, and the
     # same indexes under the same names (the secondary ones are built after the rows).
+    logged = len(await all_events(store))
     for projection in PROJECTIONS:
-        result = await runner.rebuild(pool, projection.name, batch_events=7)
-        assert result.events == len(await all_events(store))
+        for batch in (7, 10_000):  # in many ranges, and in one up to the head
+            seen: list[tuple[int, int]] = []
+            result = await runner.rebuild(
+                pool,
+                projection.name,
+                batch_events=batch,
+                progress=lambda done, total, into=seen: into.append((done, total)),
+            )
+            assert result.events == logged
+            # progress counts up to the log's size, which it knew from the start
+            assert [total for _, total in seen] == [logged] * len(seen)
+            assert [done for done, _ in seen] == sorted({done for done, _ in seen})
+            assert seen[-1][0] == logged and len(seen) == (1 if batch > logged else -(-logged // 7))
     assert await dump(pool) == before
     assert set(await pool.fetch(indexes)) == indexes_before
 
