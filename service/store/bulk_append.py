@@ -1,5 +1,5 @@
 """Appending many new streams in one statement: ``append_new_streams`` in
-schema/migrations/0021_append_new_streams_document.sql, the batch path of the log.
+schema/migrations/0032_append_new_streams_document.sql, the batch path of the log.
 
 For writers that create thousands of short streams (batch replays): the same rules
 as ``EventStore.append_to_stream`` with ``NO_STREAM`` for every stream, the same hash
