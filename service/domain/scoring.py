@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 import re
 
-_ANSWER_MARKER = re.compile(r"(?:final answer|answer)\s*(?:is|:)\s*(.+)", re.IGNORECASE | re.DOTALL)
+# "... answer is X" / "Answer: X": X is the rest of that line (or the next, after a
+# line break). A "final answer" outranks any plain one; among equals the last one wins.
+_FINAL_MARKER = re.compile(r"final answer\s*(?:is|:)\s*(.+)", re.IGNORECASE)
+_ANSWER_MARKER = re.compile(r"answer\s*(?:is|:)\s*(.+)", re.IGNORECASE)
 _CHOICE = re.compile(r"^\(?([A-Ea-e])\)?[.)]?$")
 _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
 _SPACES = re.compile(r"\s+")
@@ -15,10 +18,11 @@ _TRAILING = ".,;:!?\"'`*"
 def extract_answer(text: str) -> str:
     """The part of a model's reply that states its answer ("... Answer: B" -> "B")."""
     stripped = text.strip()
-    # One match at most: the marker's (.+) runs to the end of the text (DOTALL).
-    marker = _ANSWER_MARKER.search(stripped)
-    if marker:
-        stripped = marker.group(1).strip()
+    for marker in (_FINAL_MARKER, _ANSWER_MARKER):
+        stated = [m.group(1) for m in marker.finditer(stripped)]
+        if stated:
+            stripped = stated[-1].strip()
+            break
     first_line = stripped.splitlines()[0] if stripped else ""
     return first_line.strip().strip(_TRAILING).strip()
 
