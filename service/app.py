@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -55,8 +56,16 @@ def create_app(
     sweeper: bool = True,
     router: Router | None = None,
     projections: bool = True,
+    freeze_heap: bool = False,
 ) -> Litestar:
-    """Build the application; resources open in its lifespan."""
+    """Build the application; resources open in its lifespan.
+
+    ``freeze_heap`` (the server process): once started, take everything alive out of
+    the garbage collector's way (gc.freeze). It lives as long as the process, yet every
+    full collection walked it: 45-60 ms pauses of the event loop every ~5 s at 100
+    fusions/s, with every fusion in flight waiting; frozen, those pauses take ~3 ms
+    (overhead p99 44 -> 19 ms in the same benchmark run).
+    """
     metrics = Metrics()
 
     @contextlib.asynccontextmanager
@@ -105,6 +114,10 @@ def create_app(
                 asyncio.create_task(replays.batches.resume_forever(), name="replay-batches")
             )
             app.state.services.extras["replays"] = replays
+            if freeze_heap:
+                gc.collect()
+                gc.freeze()
+                log.info("app.heap_frozen", objects=gc.get_freeze_count())
             try:
                 yield
             finally:

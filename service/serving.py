@@ -168,7 +168,7 @@ async def serve(
     # already, and a log line per call is measurable CPU at hundreds of fusions/s.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     async with providers_or_simulator(config, host, simulator_port) as running:
-        app = create_app(settings, running.config)
+        app = create_app(settings, running.config, freeze_heap=True)
         server = uvicorn.Server(
             uvicorn.Config(
                 app,

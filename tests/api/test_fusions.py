@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import asyncpg
@@ -249,4 +250,30 @@ async def test_past_the_open_runs_bound_a_fusion_gets_503_and_writes_nothing(
             metrics = (await c.get("/metrics")).text
             assert "fusion_requests_shed_total 1.0" in metrics
     finally:
+        await http.aclose()
+
+
+async def test_the_server_app_freezes_what_it_built_at_startup(
+    database: TestDatabase, config: Config, providers: MockProviders
+) -> None:
+    # serve() builds its app with freeze_heap: the full collections of a running
+    # server then skip everything that lives as long as the process.
+    http = httpx.AsyncClient(transport=httpx.MockTransport(providers.handle))
+    settings = Settings(database_url=database.url, pool_min_size=1)
+    plain = create_app(settings, config, http_client=http, sweeper=False, run_migrations=False)
+    frozen = create_app(
+        settings, config, http_client=http, sweeper=False, run_migrations=False, freeze_heap=True
+    )
+    try:
+        gc.unfreeze()
+        async with plain.lifespan():
+            assert gc.get_freeze_count() == 0
+        async with frozen.lifespan():
+            assert gc.get_freeze_count() > 10_000  # modules, the app, its pools
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=frozen), base_url="http://t"
+            ) as client:
+                assert (await client.get("/healthz")).status_code == 200
+    finally:
+        gc.unfreeze()  # the rest of the test session collects as usual
         await http.aclose()
