@@ -7,8 +7,7 @@ import re
 
 # "... answer is X" / "Answer: X": X is the rest of that line (or the next, after a
 # line break). A "final answer" outranks any plain one; among equals the last one wins.
-_FINAL_MARKER = re.compile(r"final answer\s*(?:is|:)\s*(.+)", re.IGNORECASE)
-_ANSWER_MARKER = re.compile(r"answer\s*(?:is|:)\s*(.+)", re.IGNORECASE)
+_ANSWER_MARKER = re.compile(r"(final )?answer\s*(?:is|:)\s*(.+)", re.IGNORECASE)
 _CHOICE = re.compile(r"^\(?([A-Ea-e])\)?[.)]?$")
 _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
 _SPACES = re.compile(r"\s+")
@@ -18,11 +17,14 @@ _TRAILING = ".,;:!?\"'`*"
 def extract_answer(text: str) -> str:
     """The part of a model's reply that states its answer ("... Answer: B" -> "B")."""
     stripped = text.strip()
-    for marker in (_FINAL_MARKER, _ANSWER_MARKER):
-        stated = [m.group(1) for m in marker.finditer(stripped)]
-        if stated:
-            stripped = stated[-1].strip()
-            break
+    last = final = None
+    for found in _ANSWER_MARKER.finditer(stripped):
+        last = found
+        if found.group(1):
+            final = found
+    chosen = final or last
+    if chosen is not None:
+        stripped = chosen.group(2).strip()
     first_line = stripped.splitlines()[0] if stripped else ""
     return first_line.strip().strip(_TRAILING).strip()
 
