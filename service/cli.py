@@ -16,14 +16,13 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
+from service.cli_output import console, err_console, fail
 from service.settings import Settings
 from service.store import database
 from service.store.migrations import MigrationError, migrate
 from service.store.verify import Digest, check_digest, take_digest, verify_chains
 
 T = TypeVar("T")
-console = Console()
-err_console = Console(stderr=True)
 
 
 def _run(coro: Awaitable[T]) -> T:
@@ -34,15 +33,10 @@ def _emit_json(value: Any) -> None:
     sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
 
 
-def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[red]error:[/red] {message}")
-    raise SystemExit(code)
-
-
 def _database_url(ctx: click.Context) -> str:
     url = ctx.obj["database_url"] or ctx.obj["settings"].database_url
     if not url:
-        _fail("no database given: set DATABASE_URL or pass --database-url")
+        fail("no database given: set DATABASE_URL or pass --database-url")
     return str(url)
 
 
@@ -50,7 +44,7 @@ async def _with_connection(url: str, work: Callable[[Any], Awaitable[T]]) -> T:
     try:
         conn = await database.connect(url)
     except (OSError, Exception) as exc:  # asyncpg raises many kinds on connect
-        _fail(f"cannot connect to the database: {exc}")
+        fail(f"cannot connect to the database: {exc}")
         raise
     try:
         return await work(conn)
@@ -82,9 +76,9 @@ def migrate_command(ctx: click.Context, as_json: bool) -> None:
     try:
         applied = _run(_with_connection(url, migrate))
     except MigrationError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except asyncpg.PostgresError as exc:
-        _fail(f"migration failed: {exc} (does this role own the schema?)")
+        fail(f"migration failed: {exc} (does this role own the schema?)")
     if as_json:
         _emit_json({"applied": applied})
     elif applied:
@@ -111,7 +105,7 @@ def verify_command(ctx: click.Context, digest_file: Path | None, as_json: bool) 
         try:
             digest = msgspec.json.decode(digest_file.read_bytes(), type=Digest)
         except msgspec.DecodeError as exc:
-            _fail(f"{digest_file} is not a fusion-ledger digest: {exc}")
+            fail(f"{digest_file} is not a fusion-ledger digest: {exc}")
 
     async def work(conn: Any) -> tuple[Any, Any]:
         with console.status("verifying hash chains…") if not as_json else _nothing():
@@ -265,14 +259,14 @@ def _serve(
 
     configure_logging(settings.log_format, settings.log_level)
     if not settings.database_url:
-        _fail(
+        fail(
             "no database given: set DATABASE_URL or pass --database-url "
             "(or use `fusion-ledger up` for an embedded one)"
         )
     try:
         config = read_config(settings, config_path)
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     with contextlib.suppress(KeyboardInterrupt):
         run_server(
             serve(
@@ -323,7 +317,7 @@ def up_command(
                 settings.with_overrides(database_url=url), config_path, host, port, simulator_port
             )
     except RuntimeError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @main.command("fuse")
@@ -367,13 +361,13 @@ def fuse_command(
     try:
         response = httpx.post(f"{url.rstrip('/')}/v1/fusions", json=body, timeout=timeout)
     except httpx.HTTPError as exc:
-        _fail(f"cannot reach the service at {url}: {exc}")
+        fail(f"cannot reach the service at {url}: {exc}")
     result = response.json()
     if as_json:
         _emit_json(result)
         raise SystemExit(0 if response.is_success else 1)
     if "run_id" not in result:
-        _fail(f"{result.get('title', 'error')}: {result.get('detail', response.text)}")
+        fail(f"{result.get('title', 'error')}: {result.get('detail', response.text)}")
     console.print(result.get("answer") or f"[red]run failed: {result.get('failure_reason')}")
     table = Table("member", "model", "status", "error", "latency ms", "cost $")
     for m in result["members"]:

@@ -16,10 +16,9 @@ from typing import Any
 import click
 import httpx
 import msgspec
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from service.cli_output import console, fail, progress_bar
 from service.evaluation import (
     DatasetError,
     EvalFailed,
@@ -32,8 +31,6 @@ from service.evaluation import (
     summarize,
 )
 
-console = Console()
-err_console = Console(stderr=True)
 _RESUME = "runs made so far are kept: run the same command again to resume"
 
 
@@ -122,15 +119,7 @@ async def _evaluate(
     quiet: bool,
 ) -> list[ItemResult]:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    progress = Progress(
-        TextColumn("evaluating"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-        disable=quiet or not err_console.is_terminal,
-    )
+    progress = progress_bar("evaluating", quiet=quiet)
     limits = httpx.Limits(max_connections=concurrency * 2)
     async with httpx.AsyncClient(
         base_url=url.rstrip("/"), headers=headers, timeout=request_timeout_s, limits=limits
@@ -144,11 +133,6 @@ async def _evaluate(
                 concurrency=concurrency,
                 on_done=lambda _: progress.advance(bar),
             )
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[red]error:[/red] {message}")
-    raise SystemExit(code)
 
 
 @click.command("eval")
@@ -197,9 +181,9 @@ def eval_command(
     try:
         items = load_dataset(dataset)
     except DatasetError as exc:
-        _fail(f"{dataset} {exc}; nothing was run")
+        fail(f"{dataset} {exc}; nothing was run")
     except OSError as exc:
-        _fail(f"cannot read {dataset}: {exc}")
+        fail(f"cannot read {dataset}: {exc}")
     spec = _spec(name or dataset.name, preset, panel, judge)
     chosen = items[:limit] if limit else items
     try:
@@ -207,9 +191,9 @@ def eval_command(
             _evaluate(url, api_key, timeout, spec, chosen, concurrency, quiet=as_json)
         )
     except EvalFailed as exc:
-        _fail(f"{exc}\n{_RESUME}", 1)
+        fail(f"{exc}\n{_RESUME}", 1)
     except KeyboardInterrupt:
-        _fail(f"interrupted\n{_RESUME}", 130)
+        fail(f"interrupted\n{_RESUME}", 130)
     report = _report(spec.name, dataset, results)
     if as_json:
         sys.stdout.write(msgspec.json.encode(report).decode() + "\n")

@@ -8,7 +8,8 @@ import click
 from rich.table import Table
 
 from service.auth import SCOPES, InvalidKeyRequest, create_key, revoke_key
-from service.cli import _database_url, _emit_json, _fail, _run, _with_connection, console
+from service.cli import _database_url, _emit_json, _run, _with_connection
+from service.cli_output import console, fail
 
 
 @click.group("keys")
@@ -46,7 +47,7 @@ def create_command(
     try:
         key_id, key = _run(_with_connection(_database_url(ctx), work))
     except InvalidKeyRequest as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if as_json:
         _emit_json({"key_id": key_id, "key": key, "tenant": tenant, "scopes": wanted})
     else:
@@ -67,7 +68,7 @@ def revoke_command(ctx: click.Context, key_id: str, as_json: bool) -> None:
     elif done:
         console.print(f"revoked {key_id}")
     if not done:
-        _fail(f"no active key {key_id}", 1)
+        fail(f"no active key {key_id}", 1)
 
 
 @keys_group.command("list")

@@ -12,12 +12,10 @@ from typing import Any
 import click
 import httpx
 import msgspec
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True)
+from service.cli_output import console, fail, progress_bar
+
 _RELATIVE = re.compile(r"^(\d+)\s*([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -52,17 +50,12 @@ def judge_body(
     return body
 
 
-def _fail(message: str) -> None:
-    err_console.print(f"[red]error:[/red] {message}")
-    raise SystemExit(2)
-
-
 def _problem(response: httpx.Response) -> None:
     try:
         body = response.json()
-        _fail(f"{body.get('title', response.status_code)}: {body.get('detail', response.text)}")
+        fail(f"{body.get('title', response.status_code)}: {body.get('detail', response.text)}")
     except ValueError:
-        _fail(f"HTTP {response.status_code}: {response.text[:300]}")
+        fail(f"HTTP {response.status_code}: {response.text[:300]}")
 
 
 def _emit_json(value: Any) -> None:
@@ -149,7 +142,7 @@ def replay_command(
             accepted = response.json()
             report = _follow(client, accepted, poll_s, quiet=as_json)
         except httpx.HTTPError as exc:
-            _fail(f"cannot reach the service at {url}: {exc}")
+            fail(f"cannot reach the service at {url}: {exc}")
             return
     if as_json:
         _emit_json(report)
@@ -184,15 +177,7 @@ def _follow(
 ) -> dict[str, Any]:
     """Poll the batch until it completes, with a progress bar on stderr."""
     status_url = accepted["status_url"]
-    progress = Progress(
-        TextColumn("replaying"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-        disable=quiet,
-    )
+    progress = progress_bar("replaying", quiet=quiet)
     with progress:
         bar = progress.add_task("replay", total=accepted["runs"])
         while True:

@@ -9,7 +9,8 @@ import click
 import msgspec
 from rich.table import Table
 
-from service.cli import _database_url, _emit_json, _fail, _run, console
+from service.cli import _database_url, _emit_json, _run
+from service.cli_output import console, fail
 from service.config import Config, ConfigError
 from service.orchestration.route_explain import Explanation, NotRouted, explain_run
 from service.store import EventStore
@@ -42,7 +43,7 @@ def explain_command(
     try:
         config = _prices_config(ctx, config_path)
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
     async def work() -> Explanation:
         pool = await create_pool(url, min_size=1, max_size=2)
@@ -54,7 +55,7 @@ def explain_command(
     try:
         explanation = _run(work())
     except NotRouted as exc:
-        _fail(str(exc), 1)
+        fail(str(exc), 1)
     if as_json:
         _emit_json(_as_json(explanation))
     else:

@@ -9,10 +9,10 @@ import contextlib
 from typing import Any
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from service.cli import _database_url, _emit_json, _fail, _run, _with_connection, console
+from service.cli import _database_url, _emit_json, _run, _with_connection
+from service.cli_output import console, fail, progress_bar
 from service.logging import configure_logging
 from service.projections import runner
 from service.projections.definitions import BY_NAME, PROJECTIONS
@@ -47,7 +47,7 @@ def worker_command(ctx: click.Context, once: bool, poll_interval: float, as_json
         try:
             async with pool.acquire() as conn:
                 if not await is_up_to_date(conn, load_migrations()):
-                    _fail("the database is not migrated: run `fusion-ledger migrate` first")
+                    fail("the database is not migrated: run `fusion-ledger migrate` first")
             if once:
                 return await runner.run_until_caught_up(pool)
             worker = runner.ProjectionWorker(pool, poll_interval=poll_interval)
@@ -116,13 +116,8 @@ def rebuild_command(ctx: click.Context, name: str | None, as_json: bool) -> None
     async def work() -> list[runner.RebuildResult]:
         pool = await create_pool(url, 1, len(names))  # one connection per projection
         try:
-            with Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=console,
-                disable=as_json or not console.is_terminal,
+            with progress_bar(
+                "{task.description}", on=console, quiet=as_json, transient=False
             ) as progress:
 
                 async def one(n: str) -> runner.RebuildResult:
@@ -204,7 +199,7 @@ def _ask(ctx: click.Context, build: Any, title: str, as_json: bool) -> None:
         try:
             return await answer(conn, query)
         except BadQuery as exc:
-            _fail(str(exc))
+            fail(str(exc))
             raise
 
     _print_answer(_run(_with_connection(_database_url(ctx), work)), title, as_json)

@@ -1,0 +1,34 @@
+"""What the commands share for output: the two consoles, the error exit and the
+progress bar. Tables and JSON go to stdout; errors and progress to stderr."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``error: message`` on stderr and exit with ``code``."""
+    err_console.print(f"[red]error:[/red] {message}")
+    raise SystemExit(code)
+
+
+def progress_bar(
+    label: str, *, on: Console = err_console, quiet: bool = False, transient: bool = True
+) -> Progress:
+    """A bar with the label, done/total and elapsed time; off when asked to be quiet
+    (--quiet, --json) or when the console is not a terminal."""
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=on,
+        transient=transient,
+        disable=quiet or not on.is_terminal,
+    )
