@@ -35,7 +35,7 @@ import msgspec
 import structlog
 
 from service.projections.definitions import BY_NAME, PROJECTIONS, Projection, statement_args
-from service.store import Checkpoint
+from service.store import START, Checkpoint
 from service.store.database import Connection, keep_running, stateful
 from service.store.postgres import NOTIFY_CHANNEL
 
@@ -80,12 +80,19 @@ SELECT (SELECT count(*) FROM next) AS n, transaction_id::text::bigint AS xid,
 FROM next ORDER BY transaction_id DESC, global_position DESC LIMIT 1
 """
 
-# How many events the log holds up to a checkpoint (the head, for a rebuild): a
-# sequential count, 0.3 s per million events.
-COUNT_UPTO_SQL = """
+# How many events lie in a range (after, upto]: a sequential count, 0.3 s per million
+# events, where next_batch lists and sorts the positions (1.1 s).
+COUNT_RANGE_SQL = """
 SELECT count(*) FROM events e
-WHERE (e.transaction_id, e.global_position) <= ($1::text::xid8, $2::bigint)
+WHERE (e.transaction_id, e.global_position) > ($1::text::xid8, $2::bigint)
+  AND (e.transaction_id, e.global_position) <= ($3::text::xid8, $4::bigint)
 """
+
+# A rebuild catches up with a growing log without blocking the live runner this many
+# times (each pass up to the head as it was when the pass began); what comes after
+# the last pass is applied under the checkpoint's lock, up to the head as it was then.
+# Chasing the head until nothing new arrived never ended under steady appends.
+REBUILD_CHASE_PASSES: Final = 3
 
 # The gap-safe head of the log: the last event a reader may see now.
 HEAD_SQL = """
@@ -166,6 +173,55 @@ async def next_batch(
     if row is None:
         return None
     return int(row["n"]), Checkpoint(row["xid"], row["pos"])
+
+
+async def count_range(conn: Connection, after: Checkpoint, upto: Checkpoint) -> int:
+    """How many events lie in (after, upto]."""
+    count: int = await conn.fetchval(
+        COUNT_RANGE_SQL,
+        str(after.transaction_id),
+        after.global_position,
+        str(upto.transaction_id),
+        upto.global_position,
+    )
+    return count
+
+
+async def _apply_upto(
+    conn: Connection,
+    projection: Projection,
+    after: Checkpoint,
+    target: Checkpoint,
+    limit: int,
+    advanced: Callable[[int], None],
+    waiting: int | None = None,
+    *,
+    in_own_transactions: bool = True,
+) -> Checkpoint:
+    """Apply (after, target] in ranges of at most ``limit`` events; returns target.
+
+    ``target`` must be a gap-safe head read before: every event up to it exists and
+    is counted once here (``waiting``, when the caller counted already). The last range
+    ends at ``target`` without listing positions; those before it are next_batch's,
+    whose limit-th event lies before ``target`` while more than ``limit`` wait.
+    """
+    if waiting is None:
+        waiting = await count_range(conn, after, target)
+    while waiting > 0:
+        if waiting <= limit:
+            count, upto = waiting, target
+        else:
+            batch = await next_batch(conn, after, limit)
+            assert batch is not None, "events counted before the head disappeared"
+            count, upto = batch
+        if in_own_transactions:
+            async with conn.transaction():
+                await apply_range(conn, projection, after, upto)
+        else:
+            await apply_range(conn, projection, after, upto)
+        after, waiting = upto, waiting - count
+        advanced(count)
+    return max(after, target)
 
 
 async def head(conn: Connection) -> Checkpoint:
@@ -428,30 +484,28 @@ async def rebuild(
                         SECONDARY_INDEXES_SQL, f"{_ident(live)}.{_ident(table)}", shadow
                     )
                 ]
-            # The log as it stands: its gap-safe head and how many events lead up to it.
-            # The last range up to the head is known without listing its positions
-            # (next_batch materialises and sorts them: 1.1 s per million events).
-            start_head = await head(conn)
-            total = await conn.fetchval(
-                COUNT_UPTO_SQL, str(start_head.transaction_id), start_head.global_position
-            )
             shadow_path = f"{_ident(shadow)}, {path}"
-            checkpoint, done = Checkpoint(), 0
+            start_head = await head(conn)  # the log as the rebuild found it
+            total = await count_range(conn, START, start_head)
+            checkpoint, done = START, 0
+
+            def advanced(count: int) -> None:
+                nonlocal done
+                done += count
+                if progress:
+                    progress(done, max(total, done))
+
             async with _shadowed(conn, shadow_path):
-                while True:  # catch up without blocking the live runner
-                    batch: tuple[int, Checkpoint] | None
-                    if checkpoint < start_head and total - done <= batch_events:
-                        batch = (total - done, start_head)
-                    else:
-                        batch = await next_batch(conn, checkpoint, batch_events)
-                    if batch is None:
+                checkpoint = await _apply_upto(
+                    conn, projection, checkpoint, start_head, batch_events, advanced, total
+                )
+                for _ in range(REBUILD_CHASE_PASSES):  # what came meanwhile
+                    target = await head(conn)
+                    if target <= checkpoint:
                         break
-                    count, upto = batch
-                    async with conn.transaction():
-                        await apply_range(conn, projection, checkpoint, upto)
-                    checkpoint, done = upto, done + count
-                    if progress:
-                        progress(done, max(total, done))
+                    checkpoint = await _apply_upto(
+                        conn, projection, checkpoint, target, batch_events, advanced
+                    )
                 for definition in deferred:
                     await conn.execute(definition)
                 for table in projection.tables:  # statistics for the planner, from the start
@@ -461,10 +515,15 @@ async def rebuild(
                 # what came meanwhile, then swap the tables and the checkpoint.
                 await lock_checkpoint(conn, name)
                 await conn.execute(f"SET LOCAL search_path = {shadow_path}")
-                while batch := await next_batch(conn, checkpoint, batch_events):
-                    count, upto = batch
-                    await apply_range(conn, projection, checkpoint, upto)
-                    checkpoint, done = upto, done + count
+                checkpoint = await _apply_upto(
+                    conn,
+                    projection,
+                    checkpoint,
+                    await head(conn),
+                    batch_events,
+                    advanced,
+                    in_own_transactions=False,
+                )
                 await conn.execute(f"SET LOCAL search_path = {path}")
                 for table in projection.tables:
                     await conn.execute(f"DROP TABLE {_ident(live)}.{_ident(table)}")

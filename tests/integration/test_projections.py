@@ -36,7 +36,7 @@ from service.orchestration.profile_loader import load_profile_snapshot
 from service.projections import runner
 from service.projections.definitions import PROJECTIONS
 from service.settings import Settings
-from service.store import EventStore
+from service.store import EventStore, NewEvent
 from service.store.codec import RecordedEvent
 from tests.conftest import RunningSimulator, TestDatabase
 
@@ -475,3 +475,46 @@ async def test_a_worker_whose_connection_dies_reconnects_and_catches_up(
         with contextlib.suppress(asyncio.CancelledError):
             await task
     check_answers(expected_stats(await all_events(store)), await ask_all(client))
+
+
+async def test_a_rebuild_beside_a_growing_log_counts_every_event_once(
+    service: tuple[AsyncTestClient[Any], Any], store: EventStore, pool: asyncpg.Pool
+) -> None:
+    # `projections rebuild` runs beside a serving service: the log grows while the
+    # rebuild reads it, chases its head a bounded number of times, and swaps.
+    client, world = service
+    await fuse_mix(client, world, 6)
+    await runner.run_until_caught_up(pool)
+    before = await dump(pool)
+    stop = asyncio.Event()
+    appended = 0
+
+    async def keep_appending() -> None:  # events no read model counts, back to back
+        nonlocal appended
+        noise = RunFailed(reason="abandoned", message="not a run")
+        while not stop.is_set():
+            await store.append_to_stream(f"noise-{uuid.uuid4()}", [NewEvent(noise)])
+            appended += 1
+
+    appender = asyncio.create_task(keep_appending())
+    try:
+        await asyncio.sleep(0.2)
+        for projection in PROJECTIONS:
+            seen = appended
+            result = await asyncio.wait_for(
+                runner.rebuild(pool, projection.name, batch_events=50), 30
+            )
+            assert appended > seen  # the log grew during the rebuild
+            async with pool.acquire() as conn:
+                (status,) = await runner.status(conn, [projection.name])
+                # the checkpoint's count is exactly the events up to the checkpoint
+                counted = await runner.count_range(conn, runner.START, status.checkpoint)
+            assert status.events == result.events == counted
+    finally:
+        stop.set()
+        await appender
+    await runner.run_until_caught_up(pool)
+    after = await dump(pool)
+    assert {k: v for k, v in after.items() if k != "checkpoints"} == {
+        k: v for k, v in before.items() if k != "checkpoints"
+    }
