@@ -11,6 +11,7 @@ update one after each prompt with the read models' maths.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -204,26 +205,44 @@ class ProfileBuilder:
         return ProfileSnapshot(checkpoint, dict(self.cells), dict(self.pairs))
 
 
+MAX_RUNS_HELD = 200_000  # runs whose context a fold keeps: ~70 MB (350 bytes a run)
+
+
 class ProfileFold:
     """Applies run events, in log order, to a ProfileBuilder.
 
     Only ``run-`` streams count: a replay re-judges a run that was already counted.
-    Keeps each run's category and seats, because outcomes can come at any time later:
-    in plain str -> str dicts, which the garbage collector does not track, so a long
-    log does not lengthen the service's full collections (an object per run did).
+    A run's later events need its category and seats: the fold holds those of the
+    latest ``max_runs`` runs (350 bytes each; ``trim`` lets go of older ones), in
+    plain str -> str dicts that the garbage collector does not track. An event of a
+    run it no longer holds is ignored here, so a reader of a long log first gives it
+    those runs' request and panel (``holds`` says which it lacks;
+    service.orchestration.router.fold_batch does).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_runs: int = MAX_RUNS_HELD) -> None:
         self.builder = ProfileBuilder()
-        self._category: dict[str, str] = {}  # stream_id -> category
+        self.max_runs = max_runs
+        self._category: dict[str, str] = {}  # stream_id -> category, oldest first
         self._seats: dict[str, dict[str, str]] = {}  # stream_id -> member_id -> model
+
+    def holds(self, stream_id: str) -> bool:
+        """True when the fold has this run's context (its request)."""
+        return stream_id in self._category
+
+    def trim(self) -> None:
+        """Let go of the oldest runs' context beyond ``max_runs`` (after a batch: never
+        in the middle of one, whose later events may belong to those runs)."""
+        while len(self._category) > self.max_runs:
+            oldest = next(iter(self._category))
+            del self._category[oldest], self._seats[oldest]
 
     def apply(self, stream_id: str, event: Event) -> None:
         """Count one event of stream ``stream_id``."""
         if not stream_id.startswith("run-"):
             return
         if isinstance(event, RunRequested):
-            self._category[stream_id] = event.category
+            self._category[stream_id] = sys.intern(event.category)
             self._seats[stream_id] = {}
             return
         category = self._category.get(stream_id)
@@ -232,7 +251,7 @@ class ProfileFold:
         seats = self._seats[stream_id]
         match event:
             case PanelSelected(members=members):
-                seats.update((m.member_id, m.model) for m in members)
+                seats.update((sys.intern(m.member_id), sys.intern(m.model)) for m in members)
             case PanelCallSucceeded():
                 self.builder.record_call(
                     event.model, category, failed=False,

@@ -23,7 +23,7 @@ from service.domain.routing import (
     prompt_tokens,
     route,
 )
-from service.orchestration.router import fold_profiles, seats_to_panel
+from service.orchestration.router import fold_batch, seats_to_panel
 from service.store import Checkpoint, EventStore
 from service.store.postgres import START, checkpoint_of
 
@@ -65,7 +65,7 @@ async def snapshot_at(store: EventStore, checkpoint: Checkpoint) -> ProfileSnaps
         batch = [e for e in await store.read_all(after, 1000) if checkpoint_of(e) <= checkpoint]
         if not batch:
             break
-        fold_profiles(fold, batch)
+        await fold_batch(store, fold, batch)
         after = checkpoint_of(batch[-1])
     return fold.builder.snapshot(str(checkpoint))
 

@@ -45,6 +45,7 @@ from service.domain.routing import (
 )
 from service.orchestration.plan import FusionPlan, RouteRequest, stable_seed
 from service.store import EventStore, RecordedEvent
+from service.store.codec import decode_event
 from service.store.database import keep_running
 from service.store.postgres import START, checkpoint_of
 
@@ -268,11 +269,42 @@ PROFILE_EVENT_TYPES = frozenset(
 FOLLOW_SETTLE_S = 0.25
 
 
+# A run's context for the fold: its request and its panel, the stream's first events.
+RUN_CONTEXT_SQL = """
+SELECT stream_id, event_type, schema_version, data FROM events
+WHERE stream_id = ANY($1::text[]) AND stream_version <= 2
+  AND event_type IN ('run.requested', 'panel.selected')
+ORDER BY stream_id, stream_version
+"""
+
+
 def fold_profiles(fold: ProfileFold, batch: Iterable[RecordedEvent]) -> None:
-    """Count the events of a batch that profiles are made of (run streams only)."""
+    """Count the events of a batch that profiles are made of (run streams only); then
+    the fold lets go of its oldest runs beyond its bound."""
     for recorded in batch:
         if recorded.stream_id.startswith("run-") and recorded.event_type in PROFILE_EVENT_TYPES:
             fold.apply(recorded.stream_id, recorded.decode())
+    fold.trim()
+
+
+async def fold_batch(store: EventStore, fold: ProfileFold, batch: Sequence[RecordedEvent]) -> None:
+    """fold_profiles, first reading the context of runs the fold no longer holds (an
+    outcome recorded long after its run): one query per batch, usually none."""
+    opened: set[str] = set()
+    missing: set[str] = set()
+    for recorded in batch:
+        stream_id = recorded.stream_id
+        if not stream_id.startswith("run-") or recorded.event_type not in PROFILE_EVENT_TYPES:
+            continue
+        if recorded.event_type == "run.requested":
+            opened.add(stream_id)
+        elif stream_id not in opened and not fold.holds(stream_id):
+            missing.add(stream_id)
+    if missing:
+        for row in await store.pool.fetch(RUN_CONTEXT_SQL, sorted(missing)):
+            event = decode_event(row["event_type"], row["schema_version"], row["data"])
+            fold.apply(row["stream_id"], event)
+    fold_profiles(fold, batch)
 
 
 async def follow_log(
@@ -298,7 +330,7 @@ async def follow_log(
         async for batch in store.subscribe(
             checkpoint, batch_size=batch_size, poll_interval=poll_interval, settle_s=settle_s
         ):
-            fold_profiles(fold, batch)
+            await fold_batch(store, fold, batch)
             checkpoint = checkpoint_of(batch[-1])
             batches += 1
             if len(batch) < batch_size or batches % INSTALL_EVERY_BATCHES == 0:

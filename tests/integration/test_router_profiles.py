@@ -10,16 +10,23 @@ import httpx
 import pytest
 
 from service.config import Config
-from service.domain.events import JudgeDecided
-from service.domain.profiles import ProfileBuilder
+from service.domain.events import JudgeDecided, MemberOutcome, OutcomeRecorded
+from service.domain.profiles import ProfileBuilder, ProfileFold
 from service.domain.routing import ROUTER_VERSION, RouterSettings
 from service.orchestration.fusion import FusionRunner
 from service.orchestration.route_explain import NotRouted, explain_run, snapshot_at
-from service.orchestration.router import Router, follow_log, router_seed
+from service.orchestration.router import (
+    Router,
+    fold_batch,
+    fold_profiles,
+    follow_log,
+    router_seed,
+)
 from service.providers.registry import ProviderRegistry
-from service.store import Checkpoint, EventStore
+from service.store import Checkpoint, EventStore, NewEvent
 from service.store.postgres import START, checkpoint_of
 from tests.conftest import RunningSimulator
+from tests.integration.replay_fixtures import record_runs
 from tests.integration.router_world import (
     fuse,
     record_truth,
@@ -137,3 +144,40 @@ async def test_a_budget_the_profiles_say_is_too_small_fails_the_run_on_the_recor
     assert "cannot pay for 3 seats" in state.failed.message
     types = [type(e).__name__ for e in await run_events(store, run_id)]
     assert types == ["RunRequested", "RunFailed"]
+
+
+async def test_a_fold_holding_few_runs_reads_back_the_context_of_late_outcomes(
+    store: EventStore,
+) -> None:
+    # The follower keeps only the latest runs' category and seats; an outcome recorded
+    # long after its run makes it read that run's request and panel back from the log.
+    run_ids = await record_runs(store, 5)
+    late = OutcomeRecorded(
+        source="dataset",
+        final_correct=True,
+        members=[
+            MemberOutcome(member_id="m1", correct=True),
+            MemberOutcome(member_id="m2", correct=False),
+            MemberOutcome(member_id="m3", correct=True),
+        ],
+    )
+    for run_id in run_ids[:2]:
+        meta = {"correlation_id": run_id, "tenant": "default", "actor": "test"}
+        await store.append_to_stream(f"run-{run_id}", [NewEvent(late, meta)])
+    events = await store.read_all(START, 1000)
+
+    everything = ProfileFold()
+    fold_profiles(everything, events)
+    expected = everything.builder.snapshot("end")
+    assert sum(c.right + c.wrong for c in expected.cells.values()) == 6  # the late grades
+
+    few = ProfileFold(max_runs=1)
+    for start in range(0, len(events), 4):
+        await fold_batch(store, few, events[start : start + 4])
+    assert few.builder.snapshot("end") == expected
+    assert not few.holds(f"run-{run_ids[2]}")  # it did let go of older runs
+
+    forgetful = ProfileFold(max_runs=1)  # without reading back: the late grades are lost
+    for start in range(0, len(events), 4):
+        fold_profiles(forgetful, events[start : start + 4])
+    assert forgetful.builder.snapshot("end") != expected
