@@ -44,7 +44,7 @@ SELECT global_position, transaction_id::text::bigint AS transaction_id, stream_i
 FROM events
 WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY transaction_id, global_position
+ORDER BY events.transaction_id, events.global_position  -- the column, not the bigint alias
 LIMIT $3
 """
 

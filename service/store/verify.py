@@ -46,7 +46,7 @@ EXTENDS_SQL = """
 SELECT transaction_id::text::bigint AS transaction_id, global_position, stream_id, hash
 FROM events
 WHERE (transaction_id, global_position) <= ($1::text::xid8, $2)
-ORDER BY transaction_id, global_position
+ORDER BY events.transaction_id, events.global_position  -- the column, not the bigint alias
 """
 
 
