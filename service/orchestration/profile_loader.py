@@ -10,9 +10,8 @@ the checkpoint they report.
 
 from __future__ import annotations
 
-import asyncpg
-
 from service.domain.profiles import START_CHECKPOINT, CellStats, PairStats, ProfileSnapshot
+from service.store.database import Connection
 
 PROFILE_PROJECTION = "model_stats"
 
@@ -38,7 +37,7 @@ GROUP BY category, model_a, model_b
 
 
 async def load_profile_snapshot(
-    conn: asyncpg.Connection, projection: str = PROFILE_PROJECTION
+    conn: Connection, projection: str = PROFILE_PROJECTION
 ) -> ProfileSnapshot:
     """The profiles as the read models hold them, labelled with their checkpoint."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):

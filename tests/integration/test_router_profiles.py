@@ -4,8 +4,11 @@ panel.selected, and `route explain` reproducing them from the log alone."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 
+import asyncpg
 import httpx
 import pytest
 
@@ -14,6 +17,7 @@ from service.domain.events import JudgeDecided, MemberOutcome, OutcomeRecorded
 from service.domain.profiles import ProfileBuilder, ProfileFold
 from service.domain.routing import ROUTER_VERSION, RouterSettings
 from service.orchestration.fusion import FusionRunner
+from service.orchestration.profile_loader import load_profile_snapshot
 from service.orchestration.route_explain import NotRouted, explain_run, snapshot_at
 from service.orchestration.router import (
     Router,
@@ -22,11 +26,12 @@ from service.orchestration.router import (
     follow_log,
     router_seed,
 )
+from service.projections import runner as projections
 from service.providers.registry import ProviderRegistry
 from service.store import Checkpoint, EventStore, NewEvent
 from service.store.postgres import START, checkpoint_of
 from tests.conftest import RunningSimulator
-from tests.integration.replay_fixtures import record_runs
+from tests.integration.replay_fixtures import offline_config, record_runs
 from tests.integration.router_world import (
     fuse,
     record_truth,
@@ -181,3 +186,51 @@ async def test_a_fold_holding_few_runs_reads_back_the_context_of_late_outcomes(
     for start in range(0, len(events), 4):
         fold_profiles(forgetful, events[start : start + 4])
     assert forgetful.builder.snapshot("end") != expected
+
+
+async def test_the_follower_starts_from_the_read_models_and_follows_the_log_after_them(
+    store: EventStore, pool: asyncpg.Pool
+) -> None:
+    run_ids = await record_runs(store, 4)
+    await projections.run_until_caught_up(pool)  # the read models hold these runs
+    async with pool.acquire() as conn:
+        # A mark only the read models carry: the follower's counts show where they began.
+        marked = await conn.fetchval(
+            "UPDATE model_error_profile SET calls = calls + 1000"
+            " WHERE model = (SELECT min(model) FROM model_error_profile) RETURNING model"
+        )
+        start = await load_profile_snapshot(conn)
+    assert start.checkpoint == str(await log_end(store))
+    router = Router(offline_config())
+    follower = asyncio.create_task(follow_log(router, store, poll_interval=0.05))
+    try:
+        for _ in range(200):  # nothing after the read models' checkpoint: their counts
+            if router.snapshot.checkpoint == start.checkpoint:
+                break
+            await asyncio.sleep(0.02)
+        assert router.snapshot == start
+
+        # What comes after: new runs, and a grade for a run from before the checkpoint
+        # (whose request the follower never read: it reads it back).
+        await record_runs(store, 2)
+        late = OutcomeRecorded(
+            source="human",
+            final_correct=None,
+            members=[MemberOutcome(member_id="m1", correct=False)],
+        )
+        meta = {"correlation_id": run_ids[0], "tenant": "default", "actor": "test"}
+        await store.append_to_stream(f"run-{run_ids[0]}", [NewEvent(late, meta)])
+        end = await caught_up(store, router)
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+    rebuilt = await snapshot_at(store, end)  # folded from the log's start
+    assert set(router.snapshot.cells) == set(rebuilt.cells)
+    for key, cell in rebuilt.cells.items():  # sums in another order: floats to 1e-9
+        if key[0] == marked:
+            cell = dataclasses.replace(cell, calls=cell.calls + 1000)
+        got = dataclasses.astuple(router.snapshot.cells[key])
+        assert got == pytest.approx(dataclasses.astuple(cell))
+    assert router.snapshot.pairs == rebuilt.pairs
+    assert sum(c.wrong for c in rebuilt.cells.values()) == 1  # the late grade counted
