@@ -12,8 +12,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import asyncpg
+import msgspec
 
-from service.store.codec import NewEvent, UnstorableEvent, encode_event, encode_json
+from service.store.codec import (
+    NewEvent,
+    UnstorableEvent,
+    check_decodable,
+    encode_event,
+    encode_json,
+)
 from service.store.database import Connection
 from service.store.errors import EventIdConflict, WrongExpectedVersion
 from service.store.postgres import NO_STREAM, EventStore
@@ -61,10 +68,27 @@ def events_document(streams: Sequence[tuple[str, Sequence[NewEvent]]]) -> str:
             for e in stream_events
         )
     try:
-        return encode_json(rows, "events")
+        document = encode_json(rows, "events")
     except UnstorableEvent:
         for _, stream_events in streams:  # say which event, as a single append would
             for e in stream_events:
                 encode_event(e.event)
                 encode_json(dict(e.metadata), "metadata")
         raise
+    for row in _ROWS.decode(document):  # each event decodes as its type
+        check_decodable(row.event_type, row.data)
+    return document
+
+
+class _Row(msgspec.Struct, array_like=True):
+    """A document row, read back to check each event's data against its type."""
+
+    stream_id: str
+    event_id: str
+    event_type: str
+    schema_version: int
+    data: msgspec.Raw
+    metadata: msgspec.Raw
+
+
+_ROWS = msgspec.json.Decoder(list[_Row])

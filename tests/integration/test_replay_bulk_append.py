@@ -109,7 +109,12 @@ async def test_an_unstorable_event_is_named_and_nothing_is_written(
         member_weights={"m1": float("nan")},
     )
     nul = RunFailed(reason="abandoned", message="a NUL \x00 here")
-    for bad, says in [(weights, "judge.decided.member_weights.m1"), (nul, "NUL")]:
+    undecodable = RunFailed(reason="no such reason", message="x")  # type: ignore[arg-type]
+    for bad, says in [
+        (weights, "judge.decided.member_weights.m1"),
+        (nul, "NUL"),
+        (undecodable, "run.failed would not decode"),
+    ]:
         streams = [
             (f"replay-{uuid.uuid4()}", events(2)),
             (f"replay-{uuid.uuid4()}", [NewEvent(bad)]),
