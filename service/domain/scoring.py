@@ -5,9 +5,7 @@ from __future__ import annotations
 import math
 import re
 
-# "... answer is X" / "Answer: X": X is the rest of that line (or the next, after a
-# line break). A "final answer" outranks any plain one; among equals the last one wins.
-_ANSWER_MARKER = re.compile(r"(final )?answer\s*(?:is|:)\s*(.+)", re.IGNORECASE)
+_ANSWER_MARKER = re.compile(r"(?:final answer|answer)\s*(?:is|:)\s*(.+)", re.IGNORECASE | re.DOTALL)
 _CHOICE = re.compile(r"^\(?([A-Ea-e])\)?[.)]?$")
 _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
 _SPACES = re.compile(r"\s+")
@@ -17,14 +15,14 @@ _TRAILING = ".,;:!?\"'`*"
 def extract_answer(text: str) -> str:
     """The part of a model's reply that states its answer ("... Answer: B" -> "B")."""
     stripped = text.strip()
-    last = final = None
-    for found in _ANSWER_MARKER.finditer(stripped):
-        last = found
-        if found.group(1):
-            final = found
-    chosen = final or last
-    if chosen is not None:
-        stripped = chosen.group(2).strip()
+    # The first marker counts: its (.+) runs to the end of the text (DOTALL), and the
+    # answer is the first line of that. Replies that state the answer first and explain
+    # after read right; prose that says "the answer is ..." before the real answer does
+    # not. Every answer_normalized in the log was made by this rule: change it only
+    # with a versioned normaliser.
+    marker = _ANSWER_MARKER.search(stripped)
+    if marker:
+        stripped = marker.group(1).strip()
     first_line = stripped.splitlines()[0] if stripped else ""
     return first_line.strip().strip(_TRAILING).strip()
 

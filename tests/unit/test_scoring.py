@@ -14,10 +14,14 @@ from service.domain.scoring import answers_match, extract_answer, normalize_answ
         ("Thinking it through step by step.\nAnswer: C", "C"),
         ("The answer is 42.", "42"),
         ("Answer:\n\n  Paris  \nbecause it is the capital", "Paris"),
-        # the last statement of an answer wins over prose before it
-        ("The answer is not obvious.\nAfter checking: the answer is D", "D"),
-        # a final answer wins over any plain one, wherever it stands
+        # the first statement of an answer counts; what follows is explanation
+        ("Answer: B\nExplanation: A is wrong; its answer is off by one.", "B"),
+        ("The answer is B.\nI checked: the answer isn't A.", "B"),
+        ("Short answer: yes.\nLong answer: it depends on the season.", "yes"),
         ("Final answer: 7\nI am fairly sure the answer is right.", "7"),
+        # known limit of the rule: prose that states an answer early wins over a later
+        # one (stored answer_normalized values were all made by this rule)
+        ("The answer is not obvious.\nAfter checking: the answer is D", "not obvious"),
         ("first line only\nsecond line", "first line only"),
         ("   ", ""),
     ],
