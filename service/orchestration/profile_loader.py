@@ -15,6 +15,8 @@ from service.store.database import Connection
 
 PROFILE_PROJECTION = "model_stats"
 
+LOCK_SQL = "LOCK TABLE model_error_profile, co_failure IN ACCESS SHARE MODE"
+
 CHECKPOINT_SQL = """
 SELECT transaction_id, global_position FROM projection_checkpoints WHERE name = $1
 """
@@ -41,6 +43,10 @@ async def load_profile_snapshot(
 ) -> ProfileSnapshot:
     """The profiles as the read models hold them, labelled with their checkpoint."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
+        # Before the snapshot (LOCK takes none): a rebuild's swap replaces these tables
+        # by DDL, which snapshots do not isolate; locked first, the reads below see the
+        # swapped tables with their checkpoint, or the old ones with theirs, never a mix.
+        await conn.execute(LOCK_SQL)
         mark = await conn.fetchrow(CHECKPOINT_SQL, projection)
         profiles = await conn.fetch(PROFILE_SQL)
         pairs = await conn.fetch(CO_FAILURE_SQL)

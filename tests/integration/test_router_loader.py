@@ -4,6 +4,7 @@ projection and the router's in-memory fold agree)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -72,3 +73,41 @@ async def test_before_any_projection_ran_the_snapshot_is_empty(pool: asyncpg.Poo
     async with pool.acquire() as conn:
         loaded = await load_profile_snapshot(conn)
     assert loaded.checkpoint == "0:0" and not loaded.cells and not loaded.pairs
+
+
+async def test_a_load_during_a_rebuild_swap_sees_one_side_of_it(pool: asyncpg.Pool) -> None:
+    # A rebuild swaps the read models by DDL (drop the live table, move the shadow one
+    # in, advance the checkpoint, in one transaction). A load whose snapshot predates
+    # that commit must not read the new tables under the old checkpoint.
+    async with pool.acquire() as conn:
+        await conn.execute("INSERT INTO projection_checkpoints VALUES ('model_stats', 5, 50)")
+        await conn.execute(
+            "INSERT INTO model_error_profile (tenant, model, category, calls)"
+            " VALUES ('t', 'a', 'code', 1)"
+        )
+        schema = await conn.fetchval("SELECT current_schema()")
+        await conn.execute(
+            'CREATE SCHEMA "swap_test"; CREATE TABLE "swap_test".model_error_profile'
+            " (LIKE model_error_profile INCLUDING ALL);"
+            ' INSERT INTO "swap_test".model_error_profile (tenant, model, category, calls)'
+            " VALUES ('t', 'a', 'code', 2)"
+        )
+    try:
+        async with pool.acquire() as swapper, pool.acquire() as reader:
+            swap = swapper.transaction()
+            await swap.start()
+            await swapper.execute(
+                "LOCK TABLE model_error_profile IN ACCESS EXCLUSIVE MODE;"
+                " DROP TABLE model_error_profile;"
+                f' ALTER TABLE "swap_test".model_error_profile SET SCHEMA "{schema}";'
+                " UPDATE projection_checkpoints SET transaction_id = 6, global_position = 60"
+            )
+            loading = asyncio.create_task(load_profile_snapshot(reader))
+            await asyncio.sleep(0.3)  # the load waits for the swap's lock
+            assert not loading.done()
+            await swap.commit()
+            loaded = await asyncio.wait_for(loading, 10)
+    finally:
+        async with pool.acquire() as conn:
+            await conn.execute('DROP SCHEMA "swap_test" CASCADE')
+    assert (loaded.checkpoint, loaded.cells[("a", "code")].calls) == ("6:60", 2)
