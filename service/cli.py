@@ -45,7 +45,6 @@ async def _with_connection(url: str, work: Callable[[Any], Awaitable[T]]) -> T:
         conn = await database.connect(url)
     except (OSError, Exception) as exc:  # asyncpg raises many kinds on connect
         fail(f"cannot connect to the database: {exc}")
-        raise
     try:
         return await work(conn)
     finally:

@@ -200,7 +200,6 @@ def _ask(ctx: click.Context, build: Any, title: str, as_json: bool) -> None:
             return await answer(conn, query)
         except BadQuery as exc:
             fail(str(exc))
-            raise
 
     _print_answer(_run(_with_connection(_database_url(ctx), work)), title, as_json)
 

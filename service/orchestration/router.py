@@ -275,7 +275,8 @@ PROFILE_EVENT_TYPES = frozenset(
 FOLLOW_SETTLE_S = 0.25
 
 
-# A run's context for the fold: its request and its panel, the stream's first events.
+# A run's context for the fold: its request and its panel, versions 1 and 2 of a run
+# stream (FusionRunner writes both in its first append, before any other event).
 RUN_CONTEXT_SQL = """
 SELECT stream_id, event_type, schema_version, data FROM events
 WHERE stream_id = ANY($1::text[]) AND stream_version <= 2

@@ -198,7 +198,8 @@ async def _apply_upto(
     *,
     in_own_transactions: bool = True,
 ) -> Checkpoint:
-    """Apply (after, target] in ranges of at most ``limit`` events; returns target.
+    """Apply (after, target] in ranges of at most ``limit`` events; returns where it
+    got to (``target``, or ``after`` if that was beyond it).
 
     ``target`` must be a gap-safe head read before: every event up to it exists and
     is counted once here (``waiting``, when the caller counted already). The last range
@@ -499,17 +500,19 @@ async def rebuild(
                 checkpoint = await _apply_upto(
                     conn, projection, checkpoint, start_head, batch_events, advanced, total
                 )
-                for _ in range(REBUILD_CHASE_PASSES):  # what came meanwhile
+                for definition in deferred:
+                    await conn.execute(definition)
+                for table in projection.tables:  # statistics for the planner, from the start
+                    await conn.execute(f"ANALYZE {_ident(shadow)}.{_ident(table)}")
+                # What came meanwhile (index builds included), still without blocking
+                # the live runner: little is left for the locked stretch.
+                for _ in range(REBUILD_CHASE_PASSES):
                     target = await head(conn)
                     if target <= checkpoint:
                         break
                     checkpoint = await _apply_upto(
                         conn, projection, checkpoint, target, batch_events, advanced
                     )
-                for definition in deferred:
-                    await conn.execute(definition)
-                for table in projection.tables:  # statistics for the planner, from the start
-                    await conn.execute(f"ANALYZE {_ident(shadow)}.{_ident(table)}")
             async with conn.transaction():
                 # Under the checkpoint row's lock the live runner cannot step: apply
                 # what came meanwhile, then swap the tables and the checkpoint.
