@@ -40,6 +40,9 @@ def service_url(database: TestDatabase, simulator: RunningSimulator) -> Iterator
         except httpx.HTTPError:
             pass
         threading.Event().wait(0.05)
+    else:
+        server.should_exit = True
+        raise RuntimeError(f"the service at {url} did not become healthy")
     try:
         yield url
     finally:
