@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -21,7 +22,7 @@ from service.domain.events import (
 )
 from service.orchestration.fusion import FusionRunner
 from service.orchestration.plan import FusionPlan
-from service.orchestration.sweeper import sweep_once
+from service.orchestration.sweeper import Sweeper, sweep_once
 from service.providers.registry import ProviderRegistry
 from service.store import NO_STREAM, EventStore, NewEvent, WrongExpectedVersion
 
@@ -164,3 +165,54 @@ async def test_sweeper_closes_abandoned_runs_only(store: EventStore) -> None:
     assert await sweep_once(store, grace_s=0.0) == 0  # closed runs stay closed
     with pytest.raises(WrongExpectedVersion):  # and its writer can no longer append
         await store.append_to_stream(crashed, opened(1)[1:], 2)
+
+
+async def test_later_sweeps_look_only_past_the_watermark_and_keep_what_they_left_open(
+    store: EventStore,
+) -> None:
+    def opened() -> list[NewEvent]:
+        requested = RunRequested(
+            run_id="x",
+            messages=[Message(role="user", content="q")],
+            category="c",
+            panel=[PanelRequest(model="fast")],
+            judge=JudgeSpec(kind="vote"),
+            timeout_s=0.01,
+        )
+        return [NewEvent(requested), NewEvent(PanelSelected(members=[], method="fixed"))]
+
+    old_owned, old_other, fresh = (f"run-{uuid.uuid4()}" for _ in range(3))
+    for stream in (old_owned, old_other):
+        await store.append_to_stream(stream, opened(), NO_STREAM)
+    async with store.pool.acquire() as conn:  # created an hour ago (the streams row only)
+        await conn.execute(
+            "UPDATE streams SET created_at = now() - interval '1 hour'"
+            " WHERE stream_id = ANY($1::text[])",
+            [old_owned, old_other],
+        )
+    await asyncio.sleep(0.05)
+    sweeper = Sweeper(store, grace_s=0.0)
+    owned = frozenset({uuid.UUID(old_owned.partition("-")[2])})
+    assert await sweeper.sweep(owned) == 1  # first sweep: every stream; the owned one stays
+    assert (await types_of(store, old_other))[-1] == "run.failed"
+    assert sweeper.since is not None
+    hour_ago = (await store.read_stream(old_owned))[0].recorded_at - timedelta(minutes=59)
+    assert sweeper.since <= hour_ago  # not past the run it left open
+
+    await store.append_to_stream(fresh, opened(), NO_STREAM)
+    await asyncio.sleep(0.05)
+    assert await sweeper.sweep() == 2  # the fresh crash, and the one no longer owned
+    assert (await types_of(store, old_owned))[-1] == "run.failed"
+    assert (await types_of(store, fresh))[-1] == "run.failed"
+
+    # Past the watermark only: an old stream found open now is a full sweep's job.
+    stale = f"run-{uuid.uuid4()}"
+    await store.append_to_stream(stale, opened(), NO_STREAM)
+    async with store.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE streams SET created_at = now() - interval '1 hour' WHERE stream_id = $1",
+            stale,
+        )
+    await asyncio.sleep(0.05)
+    assert await sweeper.sweep() == 0
+    assert await sweep_once(store, grace_s=0.0) == 1
