@@ -15,6 +15,7 @@ from service.store.database import Connection
 
 PROFILE_PROJECTION = "model_stats"
 
+# In the order a rebuild drops them (definitions.MODEL_STATS.tables): no lock-order cycle.
 LOCK_SQL = "LOCK TABLE model_error_profile, co_failure IN ACCESS SHARE MODE"
 
 CHECKPOINT_SQL = """

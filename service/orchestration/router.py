@@ -276,7 +276,8 @@ FOLLOW_SETTLE_S = 0.25
 
 
 # A run's context for the fold: its request and its panel, versions 1 and 2 of a run
-# stream (FusionRunner writes both in its first append, before any other event).
+# stream (FusionRunner writes both in its first append; a run it could not route has
+# no panel, and its version 2 is run.failed).
 RUN_CONTEXT_SQL = """
 SELECT stream_id, event_type, schema_version, data FROM events
 WHERE stream_id = ANY($1::text[]) AND stream_version <= 2

@@ -4,11 +4,14 @@ A run is abandoned when its last event is not terminal and its own deadline plus
 grace period has passed. The close is appended with the exact version read, so a run
 that is still progressing somewhere (another replica) wins and is left alone.
 
-The first sweep of a process looks at every run and replay stream; later ones only at
-streams created since a watermark: everything older had passed its deadline when an
-earlier sweep looked, and was closed then, unless that sweep left it open (a run this
-process still drives, one that moved on meanwhile, or one beyond its row limit), in
-which case the watermark stays at or before it.
+The first sweep of a process looks at every run and replay stream, and so does every
+FULL_SWEEP_EVERY-th; the others only at streams created since a watermark: everything
+older had passed its deadline when an earlier sweep looked, and was closed then,
+unless that sweep left it open (a run this process still drives, one that moved on
+meanwhile, or one beyond its row limit), in which case the watermark stays at or
+before it. A stream whose creating transaction stayed open for longer than the window
+(created_at is when it began) was invisible to that sweep and is older than the
+watermark after it: the periodic full sweep is what finds such a run.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from service.store.database import keep_running
 log = structlog.get_logger("sweeper")
 
 SWEEP_LIMIT = 500  # runs closed per sweep at most (the LIMIT below); the rest on the next
+FULL_SWEEP_EVERY = 20  # every 10 minutes at the default interval
+DEFAULT_TIMEOUT_S = 600.0  # the deadline of a stream without timeout_s (replays)
 ALL_SQL = """
 SELECT s.stream_id, s.version, s.created_at, first.metadata->>'tenant' AS tenant
 FROM streams s
@@ -37,11 +42,12 @@ JOIN events first ON first.stream_id = s.stream_id AND first.stream_version = 1
 WHERE s.category IN ('run', 'replay')
   AND last.event_type NOT IN ('answer.finalized', 'run.failed', 'outcome.recorded')
   AND first.recorded_at < now() - make_interval(
-        secs => coalesce((first.data->>'timeout_s')::float8, 600) + $1)
+        secs => coalesce((first.data->>'timeout_s')::float8, $2) + $1)
 ORDER BY s.created_at
 LIMIT 500
 """
-SINCE_SQL = ALL_SQL.replace("ORDER BY", "  AND s.created_at >= $2\nORDER BY")
+SINCE_SQL = ALL_SQL.replace("ORDER BY", "  AND s.created_at >= $3\nORDER BY")
+assert f"LIMIT {SWEEP_LIMIT}" in ALL_SQL
 # Beyond the longest deadline (MAX_TIMEOUT_S) and the grace: room for clocks and commits.
 MARGIN_S = 60.0
 
@@ -54,17 +60,23 @@ class Sweeper:
         self.store = store
         self.grace_s = grace_s
         self.since: datetime | None = None  # streams created before this were handled
+        self.sweeps = 0
 
     async def sweep(self, owned: frozenset[uuid.UUID] = frozenset()) -> int:
         """Close every abandoned run since the watermark; returns how many were closed."""
         started: datetime = await self.store.pool.fetchval("SELECT now()")
-        if self.since is None:
-            rows = await self.store.pool.fetch(ALL_SQL, self.grace_s)
+        full = self.since is None or self.sweeps % FULL_SWEEP_EVERY == 0
+        self.sweeps += 1
+        if full:
+            rows = await self.store.pool.fetch(ALL_SQL, self.grace_s, DEFAULT_TIMEOUT_S)
         else:
-            rows = await self.store.pool.fetch(SINCE_SQL, self.grace_s, self.since)
+            rows = await self.store.pool.fetch(
+                SINCE_SQL, self.grace_s, DEFAULT_TIMEOUT_S, self.since
+            )
         closed, left_open = await _close(self.store, rows, owned)
         # Every stream created before this had passed its deadline when this sweep looked.
-        since = started - timedelta(seconds=MAX_TIMEOUT_S + self.grace_s + MARGIN_S)
+        longest = max(MAX_TIMEOUT_S, DEFAULT_TIMEOUT_S)
+        since = started - timedelta(seconds=longest + self.grace_s + MARGIN_S)
         if left_open:
             since = min(since, *left_open)
         if len(rows) == SWEEP_LIMIT:  # the rest come after the last row seen

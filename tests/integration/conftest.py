@@ -42,6 +42,7 @@ def service_url(database: TestDatabase, simulator: RunningSimulator) -> Iterator
         threading.Event().wait(0.05)
     else:
         server.should_exit = True
+        thread.join(timeout=20)
         raise RuntimeError(f"the service at {url} did not become healthy")
     try:
         yield url

@@ -86,10 +86,12 @@ async def test_a_load_during_a_rebuild_swap_sees_one_side_of_it(pool: asyncpg.Po
             " VALUES ('t', 'a', 'code', 1)"
         )
         schema = await conn.fetchval("SELECT current_schema()")
+        shadow = f"{schema}_swap"  # this test's own, beside its own schema
         await conn.execute(
-            'CREATE SCHEMA "swap_test"; CREATE TABLE "swap_test".model_error_profile'
+            f'DROP SCHEMA IF EXISTS "{shadow}" CASCADE; CREATE SCHEMA "{shadow}";'
+            f' CREATE TABLE "{shadow}".model_error_profile'
             " (LIKE model_error_profile INCLUDING ALL);"
-            ' INSERT INTO "swap_test".model_error_profile (tenant, model, category, calls)'
+            f' INSERT INTO "{shadow}".model_error_profile (tenant, model, category, calls)'
             " VALUES ('t', 'a', 'code', 2)"
         )
     try:
@@ -99,7 +101,7 @@ async def test_a_load_during_a_rebuild_swap_sees_one_side_of_it(pool: asyncpg.Po
             await swapper.execute(
                 "LOCK TABLE model_error_profile IN ACCESS EXCLUSIVE MODE;"
                 " DROP TABLE model_error_profile;"
-                f' ALTER TABLE "swap_test".model_error_profile SET SCHEMA "{schema}";'
+                f' ALTER TABLE "{shadow}".model_error_profile SET SCHEMA "{schema}";'
                 " UPDATE projection_checkpoints SET transaction_id = 6, global_position = 60"
             )
             loading = asyncio.create_task(load_profile_snapshot(reader))
@@ -109,5 +111,5 @@ async def test_a_load_during_a_rebuild_swap_sees_one_side_of_it(pool: asyncpg.Po
             loaded = await asyncio.wait_for(loading, 10)
     finally:
         async with pool.acquire() as conn:
-            await conn.execute('DROP SCHEMA "swap_test" CASCADE')
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{shadow}" CASCADE')
     assert (loaded.checkpoint, loaded.cells[("a", "code")].calls) == ("6:60", 2)

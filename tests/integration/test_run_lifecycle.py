@@ -22,7 +22,7 @@ from service.domain.events import (
 )
 from service.orchestration.fusion import FusionRunner
 from service.orchestration.plan import FusionPlan
-from service.orchestration.sweeper import Sweeper, sweep_once
+from service.orchestration.sweeper import FULL_SWEEP_EVERY, Sweeper, sweep_once
 from service.providers.registry import ProviderRegistry
 from service.store import NO_STREAM, EventStore, NewEvent, WrongExpectedVersion
 
@@ -205,7 +205,8 @@ async def test_later_sweeps_look_only_past_the_watermark_and_keep_what_they_left
     assert (await types_of(store, old_owned))[-1] == "run.failed"
     assert (await types_of(store, fresh))[-1] == "run.failed"
 
-    # Past the watermark only: an old stream found open now is a full sweep's job.
+    # Past the watermark only: an old stream found open now (its creating transaction
+    # outlasted the window) is the periodic full sweep's job.
     stale = f"run-{uuid.uuid4()}"
     await store.append_to_stream(stale, opened(), NO_STREAM)
     async with store.pool.acquire() as conn:
@@ -215,4 +216,6 @@ async def test_later_sweeps_look_only_past_the_watermark_and_keep_what_they_left
         )
     await asyncio.sleep(0.05)
     assert await sweeper.sweep() == 0
-    assert await sweep_once(store, grace_s=0.0) == 1
+    sweeper.sweeps = FULL_SWEEP_EVERY  # every so often a sweep looks at every stream
+    assert await sweeper.sweep() == 1
+    assert (await types_of(store, stale))[-1] == "run.failed"
