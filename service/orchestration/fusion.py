@@ -203,15 +203,49 @@ class FusionRunner:
         deadline = started + plan.timeout_s
         question = question_text(plan.messages)
         run_key = writer.correlation_id
-        async with asyncio.TaskGroup() as group:
-            for member in members:
-                group.create_task(
-                    self._call_member(writer, plan, member, run_key, selected_id, deadline)
-                )
-        state = fold(writer.recorded)
+        # Members' events go to the log as they answer; the judge starts once all have
+        # answered, while the last one's event may still be on its way (the writer
+        # keeps the order: the verdict's append queues behind it). The appends are
+        # settled, and a failed one raised, before anything else is written.
+        outcomes: dict[str, Event] = {}
+        appends: list[asyncio.Task[list[uuid.UUID]]] = []
+
+        async def member_task(member: PanelMember) -> None:
+            event = await self._call_member(plan, member, run_key, deadline)
+            outcomes[member.member_id] = event
+            appends.append(asyncio.create_task(writer.append(event, caused_by=selected_id)))
+
+        try:
+            async with asyncio.TaskGroup() as calls:
+                for member in members:
+                    calls.create_task(member_task(member))
+            return await self._judge(
+                writer, plan, members, selected_id, started, outcomes, question, appends
+            )
+        finally:
+            for task in appends:  # a cancelled run leaves them to finish; none goes unread
+                task.add_done_callback(_read_result)
+
+    async def _judge(
+        self,
+        writer: RunWriter,
+        plan: FusionPlan,
+        members: list[PanelMember],
+        selected_id: uuid.UUID,
+        started: float,
+        outcomes: dict[str, Event],
+        question: str,
+        appends: list[asyncio.Task[list[uuid.UUID]]],
+    ) -> RunState:
+        """The verdict over the members' answers, and the run's end."""
+        deadline = started + plan.timeout_s
+        run_key = writer.correlation_id
+        written = {id(e) for e in writer.recorded}
+        state = fold([*writer.recorded, *(e for e in outcomes.values() if id(e) not in written)])
         panel_cost = sum(m.cost_usd for m in state.members.values())
         successes = [Candidate(m.member_id, m.text or "") for m in state.succeeded]
         if len(successes) < plan.min_successes:
+            await _settled(appends)
             await self._fail(
                 writer,
                 "quorum_not_met",
@@ -258,19 +292,15 @@ class FusionRunner:
                 panel_cost_usd=panel_cost,
                 judge_cost_usd=result.cost_usd,
             )
+        await _settled(appends)
         await writer.write([judged, writer.new(end, caused_by=judged.event_id)])
         self.metrics.judge_outcomes.labels(judge_spec.kind, result.decided_by).inc()
         return fold(writer.recorded)
 
     async def _call_member(
-        self,
-        writer: RunWriter,
-        plan: FusionPlan,
-        member: PanelMember,
-        run_key: str,
-        selected_id: uuid.UUID,
-        deadline: float,
-    ) -> None:
+        self, plan: FusionPlan, member: PanelMember, run_key: str, deadline: float
+    ) -> Event:
+        """Call one member; its outcome as the event to record."""
         timeout = min(plan.member_timeout_s, deadline - time.perf_counter())
         seed = member.params.seed
         if seed is None:
@@ -316,7 +346,7 @@ class FusionRunner:
                 attempts=outcome.attempts,
                 provider_response_id=outcome.provider_response_id,
             )
-        await writer.append(event, caused_by=selected_id)
+        return event
 
     # --- the router (issue 5): automatic panels, learned judge weights -----------------
 
@@ -424,3 +454,19 @@ def _total_cost(state: RunState) -> float:
     if state.finalized is not None:
         return state.finalized.cost_usd
     return state.failed.cost_usd if state.failed is not None else 0.0
+
+
+async def _settled(appends: list[asyncio.Task[list[uuid.UUID]]]) -> None:
+    """Wait for the members' appends; raise the first failure (WrongExpectedVersion:
+    the run was closed elsewhere) once all have ended."""
+    results = await asyncio.gather(*appends, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
+def _read_result(task: asyncio.Task[list[uuid.UUID]]) -> None:
+    """Done callback: a member append's failure is read (and raised by _settled when
+    the run is still being driven), never left for asyncio to report."""
+    if not task.cancelled():
+        task.exception()
