@@ -18,6 +18,7 @@ from service.domain.events import (
     Message,
     PanelRequest,
     PanelSelected,
+    RunFailed,
     RunRequested,
 )
 from service.orchestration.fusion import FusionRunner
@@ -219,3 +220,27 @@ async def test_later_sweeps_look_only_past_the_watermark_and_keep_what_they_left
     sweeper.sweeps = FULL_SWEEP_EVERY  # every so often a sweep looks at every stream
     assert await sweeper.sweep() == 1
     assert (await types_of(store, stale))[-1] == "run.failed"
+
+
+async def test_a_run_closed_elsewhere_while_members_answer_ends_as_the_log_says(
+    store: EventStore, config: Config
+) -> None:
+    # Another process (a sweeper that judged it abandoned) closes the run while a member
+    # is still answering: the runner writes nothing after that close and returns the
+    # run as the log has it, without judging past it.
+    remote = Remote()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(remote.handle)) as http:
+        runner = FusionRunner(store, ProviderRegistry(config, http, lambda _: None))
+        run_id = uuid.uuid4()
+        stream = f"run-{run_id}"
+        task = asyncio.create_task(runner.fuse(plan(["fast", "hang"]), run_id))
+        await wait_for(store, stream, 3)  # requested, selected, fast's answer
+        closing = RunFailed(reason="abandoned", message="closed by another process")
+        await store.append_to_stream(stream, [NewEvent(closing)], 3)
+        remote.release.set()  # hang answers now: its event can no longer be written
+        state = await asyncio.wait_for(task, 10)
+    assert state.status == "failed" and state.failed is not None
+    assert state.failed.reason == "abandoned"
+    assert await types_of(store, stream) == [
+        "run.requested", "panel.selected", "panel.call.succeeded", "run.failed",
+    ]  # fmt: skip
