@@ -178,7 +178,8 @@ class FusionRunner:
         except Exception as exc:
             bound.exception("run.internal_error")
             await self._fail(writer, "internal_error", type(exc).__name__, started)
-            return fold(writer.recorded)
+            # As the log has it: the close above, or one written elsewhere first.
+            return fold(e.decode() for e in await self.store.read_stream(stream_id))
         failure = state.failed.reason if state.failed else ""
         self.metrics.runs.labels(state.status, failure).inc()
         bound.info(
@@ -207,18 +208,29 @@ class FusionRunner:
         # answered, while the last one's event may still be on its way (the writer
         # keeps the order: the verdict's append queues behind it). The appends are
         # settled, and a failed one raised, before anything else is written.
+        # A member append that fails (the run closed elsewhere, the database) stops the
+        # members still answering, and the judge is not called.
         outcomes: dict[str, Event] = {}
         appends: list[asyncio.Task[list[uuid.UUID]]] = []
+        calling: list[asyncio.Task[None]] = []
+
+        def append_done(task: asyncio.Task[list[uuid.UUID]]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                for call in calling:
+                    call.cancel()
 
         async def member_task(member: PanelMember) -> None:
             event = await self._call_member(plan, member, run_key, deadline)
             outcomes[member.member_id] = event
-            appends.append(asyncio.create_task(writer.append(event, caused_by=selected_id)))
+            append = asyncio.create_task(writer.append(event, caused_by=selected_id))
+            append.add_done_callback(append_done)
+            appends.append(append)
 
         try:
             async with asyncio.TaskGroup() as calls:
-                for member in members:
-                    calls.create_task(member_task(member))
+                calling.extend(calls.create_task(member_task(m)) for m in members)
+            if len(outcomes) < len(members) or any(_failed(a) for a in appends):
+                await _settled(appends)  # raises the failure that stopped the calls
             return await self._judge(
                 writer, plan, members, selected_id, started, outcomes, question, appends
             )
@@ -458,11 +470,19 @@ def _total_cost(state: RunState) -> float:
 
 async def _settled(appends: list[asyncio.Task[list[uuid.UUID]]]) -> None:
     """Wait for the members' appends; raise the first failure (WrongExpectedVersion:
-    the run was closed elsewhere) once all have ended."""
-    results = await asyncio.gather(*appends, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
+    the run was closed elsewhere) once all have ended. asyncio.wait, not gather: a
+    cancelled run must not cancel an append in flight (its batch could be committed
+    and still be dropped from the writer's bookkeeping)."""
+    if appends:
+        await asyncio.wait(appends)
+    for append in appends:
+        failure = None if append.cancelled() else append.exception()
+        if failure is not None:
+            raise failure
+
+
+def _failed(task: asyncio.Task[list[uuid.UUID]]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is not None
 
 
 def _read_result(task: asyncio.Task[list[uuid.UUID]]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 
 import httpx
@@ -35,20 +36,26 @@ max_attempts = 1
 provider = "p"
 [models.hang]
 provider = "p"
+[models.slow]
+provider = "p"
 """
 
 
 class Remote:
-    """The remote provider: `hang` never answers until released."""
+    """The remote provider: `hang` and `slow` never answer until released."""
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
+        self.release_slow = asyncio.Event()
         self.calls = 0
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
         self.calls += 1
-        if json.loads(request.content)["model"] == "hang":
+        model = json.loads(request.content)["model"]
+        if model == "hang":
             await self.release.wait()
+        if model == "slow":
+            await self.release_slow.wait()
         return httpx.Response(
             200, json={"choices": [{"message": {"content": "Answer: 7"}, "finish_reason": "stop"}]}
         )
@@ -225,22 +232,23 @@ async def test_later_sweeps_look_only_past_the_watermark_and_keep_what_they_left
 async def test_a_run_closed_elsewhere_while_members_answer_ends_as_the_log_says(
     store: EventStore, config: Config
 ) -> None:
-    # Another process (a sweeper that judged it abandoned) closes the run while a member
-    # is still answering: the runner writes nothing after that close and returns the
-    # run as the log has it, without judging past it.
+    # Another process (a sweeper that judged it abandoned) closes the run while its
+    # members are still answering: the first member event that cannot be written stops
+    # the members still calling, no judge is called, nothing is written after the
+    # close, and the runner returns the run as the log has it.
     remote = Remote()
     async with httpx.AsyncClient(transport=httpx.MockTransport(remote.handle)) as http:
         runner = FusionRunner(store, ProviderRegistry(config, http, lambda _: None))
         run_id = uuid.uuid4()
         stream = f"run-{run_id}"
-        task = asyncio.create_task(runner.fuse(plan(["fast", "hang"]), run_id))
-        await wait_for(store, stream, 3)  # requested, selected, fast's answer
+        judged = replace(plan(["hang", "slow"]), judge=JudgeSpec(kind="synthesize", model="fast"))
+        task = asyncio.create_task(runner.fuse(judged, run_id))
+        await wait_for(store, stream, 2)  # requested, selected
         closing = RunFailed(reason="abandoned", message="closed by another process")
-        await store.append_to_stream(stream, [NewEvent(closing)], 3)
-        remote.release.set()  # hang answers now: its event can no longer be written
-        state = await asyncio.wait_for(task, 10)
+        await store.append_to_stream(stream, [NewEvent(closing)], 2)
+        remote.release.set()  # hang answers; its event can no longer be written
+        state = await asyncio.wait_for(task, 10)  # slow is never released
+    assert remote.calls == 2  # the two members; no judge
     assert state.status == "failed" and state.failed is not None
     assert state.failed.reason == "abandoned"
-    assert await types_of(store, stream) == [
-        "run.requested", "panel.selected", "panel.call.succeeded", "run.failed",
-    ]  # fmt: skip
+    assert await types_of(store, stream) == ["run.requested", "panel.selected", "run.failed"]
