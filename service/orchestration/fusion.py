@@ -207,15 +207,15 @@ class FusionRunner:
         # Members' events go to the log as they answer; the judge starts once all have
         # answered, while the last one's event may still be on its way (the writer
         # keeps the order: the verdict's append queues behind it). The appends are
-        # settled, and a failed one raised, before anything else is written.
-        # A member append that fails (the run closed elsewhere, the database) stops the
-        # members still answering, and the judge is not called.
+        # settled, and a failed one raised, before anything else is written; a failed
+        # one (the run closed elsewhere, the database) also stops the members still
+        # calling, and the judge is not called.
         outcomes: dict[str, Event] = {}
         appends: list[asyncio.Task[list[uuid.UUID]]] = []
         calling: list[asyncio.Task[None]] = []
 
         def append_done(task: asyncio.Task[list[uuid.UUID]]) -> None:
-            if not task.cancelled() and task.exception() is not None:
+            if _failed(task):  # also reads the failure, so asyncio never reports it
                 for call in calling:
                     call.cancel()
 
@@ -226,32 +226,10 @@ class FusionRunner:
             append.add_done_callback(append_done)
             appends.append(append)
 
-        try:
-            async with asyncio.TaskGroup() as calls:
-                calling.extend(calls.create_task(member_task(m)) for m in members)
-            if len(outcomes) < len(members) or any(_failed(a) for a in appends):
-                await _settled(appends)  # raises the failure that stopped the calls
-            return await self._judge(
-                writer, plan, members, selected_id, started, outcomes, question, appends
-            )
-        finally:
-            for task in appends:  # a cancelled run leaves them to finish; none goes unread
-                task.add_done_callback(_read_result)
-
-    async def _judge(
-        self,
-        writer: RunWriter,
-        plan: FusionPlan,
-        members: list[PanelMember],
-        selected_id: uuid.UUID,
-        started: float,
-        outcomes: dict[str, Event],
-        question: str,
-        appends: list[asyncio.Task[list[uuid.UUID]]],
-    ) -> RunState:
-        """The verdict over the members' answers, and the run's end."""
-        deadline = started + plan.timeout_s
-        run_key = writer.correlation_id
+        async with asyncio.TaskGroup() as calls:
+            calling.extend(calls.create_task(member_task(m)) for m in members)
+        if any(_failed(a) for a in appends):
+            await _settled(appends)  # raises the failure that stopped the calls
         written = {id(e) for e in writer.recorded}
         state = fold([*writer.recorded, *(e for e in outcomes.values() if id(e) not in written)])
         panel_cost = sum(m.cost_usd for m in state.members.values())
@@ -476,17 +454,10 @@ async def _settled(appends: list[asyncio.Task[list[uuid.UUID]]]) -> None:
     if appends:
         await asyncio.wait(appends)
     for append in appends:
-        failure = None if append.cancelled() else append.exception()
-        if failure is not None:
-            raise failure
+        if _failed(append):
+            raise append.exception()  # type: ignore[misc]  # _failed: not None
 
 
 def _failed(task: asyncio.Task[list[uuid.UUID]]) -> bool:
+    """The task ended with an exception (reading it, so asyncio does not report it)."""
     return task.done() and not task.cancelled() and task.exception() is not None
-
-
-def _read_result(task: asyncio.Task[list[uuid.UUID]]) -> None:
-    """Done callback: a member append's failure is read (and raised by _settled when
-    the run is still being driven), never left for asyncio to report."""
-    if not task.cancelled():
-        task.exception()

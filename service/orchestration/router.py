@@ -273,6 +273,8 @@ PROFILE_EVENT_TYPES = frozenset(
 # service's CPU per fusion from 5.3 to 4.5 ms. Profiles a quarter second older
 # route as well.
 FOLLOW_SETTLE_S = 0.25
+# What the follower survives: the database went away or refused; a bug is not retried.
+DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 # A run's context for the fold: its request and its panel, versions 1 and 2 of a run
@@ -321,7 +323,7 @@ async def _read_model_start(store: EventStore) -> ProfileSnapshot | None:
     try:
         async with store.pool.acquire() as conn:
             snapshot = await load_profile_snapshot(conn)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DATABASE_ERRORS as exc:
         log.warning("router.read_models_unavailable", error=str(exc))
         return None
     return None if snapshot.checkpoint == START_CHECKPOINT else snapshot
@@ -370,5 +372,5 @@ async def follow_log(
         follow,
         pause_s=poll_interval,
         failure="router.profiles_unavailable",
-        retry_on=(OSError, asyncpg.PostgresError, asyncpg.InterfaceError),
+        retry_on=DATABASE_ERRORS,
     )

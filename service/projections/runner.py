@@ -195,8 +195,6 @@ async def _apply_upto(
     limit: int,
     advanced: Callable[[int], None],
     waiting: int | None = None,
-    *,
-    in_own_transactions: bool = True,
 ) -> Checkpoint:
     """Apply (after, target] in ranges of at most ``limit`` events; returns where it
     got to (``target``, or ``after`` if that was beyond it).
@@ -204,7 +202,8 @@ async def _apply_upto(
     ``target`` must be a gap-safe head read before: every event up to it exists and
     is counted once here (``waiting``, when the caller counted already). The last range
     ends at ``target`` without listing positions; those before it are next_batch's,
-    whose limit-th event lies before ``target`` while more than ``limit`` wait.
+    whose limit-th event lies before ``target`` while more than ``limit`` wait. Each
+    range is a transaction of its own (a savepoint, inside the caller's transaction).
     """
     if waiting is None:
         waiting = await count_range(conn, after, target)
@@ -215,10 +214,7 @@ async def _apply_upto(
             batch = await next_batch(conn, after, limit)
             assert batch is not None, "events counted before the head disappeared"
             count, upto = batch
-        if in_own_transactions:
-            async with conn.transaction():
-                await apply_range(conn, projection, after, upto)
-        else:
+        async with conn.transaction():
             await apply_range(conn, projection, after, upto)
         after, waiting = upto, waiting - count
         advanced(count)
@@ -519,13 +515,7 @@ async def rebuild(
                 await lock_checkpoint(conn, name)
                 await conn.execute(f"SET LOCAL search_path = {shadow_path}")
                 checkpoint = await _apply_upto(
-                    conn,
-                    projection,
-                    checkpoint,
-                    await head(conn),
-                    batch_events,
-                    advanced,
-                    in_own_transactions=False,
+                    conn, projection, checkpoint, await head(conn), batch_events, advanced
                 )
                 await conn.execute(f"SET LOCAL search_path = {path}")
                 for table in projection.tables:

@@ -139,21 +139,33 @@ async def test_run_deadline_fails_or_finalizes_in_time(store: EventStore, config
     assert state.members["m1"].error_kind == "timeout"
 
 
-async def test_sweeper_closes_abandoned_runs_only(store: EventStore) -> None:
-    def opened(timeout_s: float) -> list[NewEvent]:
-        requested = RunRequested(
-            run_id="x",
-            messages=[Message(role="user", content="q")],
-            category="c",
-            panel=[PanelRequest(model="fast")],
-            judge=JudgeSpec(kind="vote"),
-            timeout_s=timeout_s,
-        )
-        return [
-            NewEvent(requested, {"tenant": "t1"}),
-            NewEvent(PanelSelected(members=[], method="fixed")),
-        ]
+def opened(timeout_s: float) -> list[NewEvent]:
+    """A run's first two events, as a process that then crashed wrote them."""
+    requested = RunRequested(
+        run_id="x",
+        messages=[Message(role="user", content="q")],
+        category="c",
+        panel=[PanelRequest(model="fast")],
+        judge=JudgeSpec(kind="vote"),
+        timeout_s=timeout_s,
+    )
+    return [
+        NewEvent(requested, {"tenant": "t1"}),
+        NewEvent(PanelSelected(members=[], method="fixed")),
+    ]
 
+
+async def backdate(store: EventStore, streams: list[str]) -> None:
+    """Make the streams' rows say they were created an hour ago (events stay as written)."""
+    async with store.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE streams SET created_at = now() - interval '1 hour'"
+            " WHERE stream_id = ANY($1::text[])",
+            streams,
+        )
+
+
+async def test_sweeper_closes_abandoned_runs_only(store: EventStore) -> None:
     crashed, recent, owned = (f"run-{uuid.uuid4()}" for _ in range(3))
     await store.append_to_stream(crashed, opened(0.01), NO_STREAM)
     await store.append_to_stream(recent, opened(600), NO_STREAM)
@@ -178,26 +190,10 @@ async def test_sweeper_closes_abandoned_runs_only(store: EventStore) -> None:
 async def test_later_sweeps_look_only_past_the_watermark_and_keep_what_they_left_open(
     store: EventStore,
 ) -> None:
-    def opened() -> list[NewEvent]:
-        requested = RunRequested(
-            run_id="x",
-            messages=[Message(role="user", content="q")],
-            category="c",
-            panel=[PanelRequest(model="fast")],
-            judge=JudgeSpec(kind="vote"),
-            timeout_s=0.01,
-        )
-        return [NewEvent(requested), NewEvent(PanelSelected(members=[], method="fixed"))]
-
     old_owned, old_other, fresh = (f"run-{uuid.uuid4()}" for _ in range(3))
     for stream in (old_owned, old_other):
-        await store.append_to_stream(stream, opened(), NO_STREAM)
-    async with store.pool.acquire() as conn:  # created an hour ago (the streams row only)
-        await conn.execute(
-            "UPDATE streams SET created_at = now() - interval '1 hour'"
-            " WHERE stream_id = ANY($1::text[])",
-            [old_owned, old_other],
-        )
+        await store.append_to_stream(stream, opened(0.01), NO_STREAM)
+    await backdate(store, [old_owned, old_other])
     await asyncio.sleep(0.05)
     sweeper = Sweeper(store, grace_s=0.0)
     owned = frozenset({uuid.UUID(old_owned.partition("-")[2])})
@@ -207,7 +203,7 @@ async def test_later_sweeps_look_only_past_the_watermark_and_keep_what_they_left
     hour_ago = (await store.read_stream(old_owned))[0].recorded_at - timedelta(minutes=59)
     assert sweeper.since <= hour_ago  # not past the run it left open
 
-    await store.append_to_stream(fresh, opened(), NO_STREAM)
+    await store.append_to_stream(fresh, opened(0.01), NO_STREAM)
     await asyncio.sleep(0.05)
     assert await sweeper.sweep() == 2  # the fresh crash, and the one no longer owned
     assert (await types_of(store, old_owned))[-1] == "run.failed"
@@ -216,12 +212,8 @@ async def test_later_sweeps_look_only_past_the_watermark_and_keep_what_they_left
     # Past the watermark only: an old stream found open now (its creating transaction
     # outlasted the window) is the periodic full sweep's job.
     stale = f"run-{uuid.uuid4()}"
-    await store.append_to_stream(stale, opened(), NO_STREAM)
-    async with store.pool.acquire() as conn:
-        await conn.execute(
-            "UPDATE streams SET created_at = now() - interval '1 hour' WHERE stream_id = $1",
-            stale,
-        )
+    await store.append_to_stream(stale, opened(0.01), NO_STREAM)
+    await backdate(store, [stale])
     await asyncio.sleep(0.05)
     assert await sweeper.sweep() == 0
     sweeper.sweeps = FULL_SWEEP_EVERY  # every so often a sweep looks at every stream
