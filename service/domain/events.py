@@ -38,7 +38,12 @@ RunFailureReason = Literal[
 OutcomeSource = Literal["dataset", "human", "evaluator"]
 
 
-class Part(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+# gc=False: events and their parts hold only strings, numbers and containers of them,
+# never a reference back to themselves, so they cannot be part of a reference cycle and
+# the cycle collector need not track them. Readers that decode tens of thousands of
+# events (batch replays, folds) spent about a fifth of their time in collections that
+# walked them: reading 10,000 runs' events took 0.34-0.41 s of CPU, 0.25-0.28 s untracked.
+class Part(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False, gc=False):
     """Base of the value objects nested in events."""
 
 
@@ -125,7 +130,7 @@ class MemberOutcome(Part, frozen=True, kw_only=True):
     correct: bool | None
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True):
+class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Base of every event; ``type`` and ``schema_version`` are stable identifiers."""
 
     type: ClassVar[str]
