@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import structlog
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
@@ -55,6 +56,16 @@ def handle_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     return problem_response(exc.status_code, _title(exc.status_code), str(exc.detail))
 
 
+def handle_unstorable_text(
+    _: Request[Any, Any, Any], exc: asyncpg.CharacterNotInRepertoireError
+) -> Response[Any]:
+    # Postgres text cannot hold NUL, so a filter or field carrying one can match or
+    # store nothing: the request is at fault, and the statement failed before writing.
+    return problem_response(
+        400, "Bad request", "a text value holds the NUL character, which is not allowed"
+    )
+
+
 def handle_internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.exception("api.internal_error", path=request.url.path)
     return problem_response(500, "Internal error", "the service failed; see its logs")
@@ -73,6 +84,7 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     Problem: handle_problem,
     ValidationException: handle_validation,
     HTTPException: handle_http,
+    asyncpg.CharacterNotInRepertoireError: handle_unstorable_text,
     Exception: handle_internal,
 }
 

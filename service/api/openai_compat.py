@@ -8,7 +8,7 @@ events once the judge has decided (the panel and judge are not streamed).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Container
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -61,10 +61,12 @@ def _text(message: ChatMessage) -> str:
     return "".join(parts)
 
 
-def _preset(model: str) -> str | None:
+def _preset(model: str, presets: Container[str]) -> str | None:
+    """The preset a model name asks for (None: the default); 404 for any name that
+    /v1/models does not list."""
     if model == "fusion":
         return None
-    if model.startswith("fusion/") and len(model) > len("fusion/"):
+    if model.startswith("fusion/") and model.removeprefix("fusion/") in presets:
         return model.removeprefix("fusion/")
     raise Problem(
         404,
@@ -129,7 +131,7 @@ async def chat_completions(
     services: NamedDependency[Services],
 ) -> Response[Any]:
     """Run a fusion for the last user message and answer as a chat completion."""
-    preset = _preset(data.model)
+    preset = _preset(data.model, services.config.presets)
     params = GenerationParams(
         temperature=data.temperature, max_tokens=data.max_completion_tokens or data.max_tokens,
         top_p=data.top_p, seed=data.seed,

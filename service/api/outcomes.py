@@ -25,6 +25,7 @@ from service.domain.grading import (
     record_labels,
 )
 from service.domain.runs import TERMINAL_TYPES, RunState, fold
+from service.domain.scoring import normalize_answer
 from service.store import EventIdConflict, NewEvent, RecordedEvent, UnstorableEvent
 from service.store.errors import WrongExpectedVersion
 
@@ -83,6 +84,10 @@ def decide(state: RunState, body: OutcomeBody, actor: str) -> OutcomeRecorded:
             field="members",
         )
     if body.expected is not None:
+        if not normalize_answer(body.expected):  # it would mark every answer wrong
+            raise Problem(
+                422, "Invalid outcome", "expected is blank once normalised", field="expected"
+            )
         return grade_against(
             state, body.expected, source=body.source, recorded_by=actor, label=body.label
         )

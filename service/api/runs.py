@@ -16,21 +16,25 @@ from service.api.errors import Problem
 from service.api.views import FusionResponse, fusion_view
 from service.domain.runs import fold
 
-# Until the runs read model exists this reads the log directly: run.requested rows,
-# with the terminal event looked up per run through the (stream_id, version) index.
+# The log itself, newest first through the (tenant, run.requested, position) index, each
+# run's terminal event looked up through the (stream_id, version) index; the status
+# filter applies before the LIMIT, so a page holds `limit` matching runs.
 LIST_RUNS_SQL = """
-SELECT e.global_position, e.stream_id, e.recorded_at, e.data->>'category' AS category,
-       e.data->>'preset' AS preset,
-       (SELECT t.event_type FROM events t
-         WHERE t.stream_id = e.stream_id
-           AND t.event_type IN ('answer.finalized', 'run.failed') LIMIT 1) AS terminal
-FROM events e
-WHERE e.event_type = 'run.requested'
-  AND e.metadata->>'tenant' = $1
-  AND ($2::text IS NULL OR e.data->>'category' = $2)
-  AND ($3::bigint IS NULL OR e.global_position < $3)
-  AND ($4::timestamptz IS NULL OR e.recorded_at >= $4)
-ORDER BY e.global_position DESC
+SELECT * FROM (
+    SELECT e.global_position, e.stream_id, e.recorded_at, e.data->>'category' AS category,
+           e.data->>'preset' AS preset,
+           (SELECT t.event_type FROM events t
+             WHERE t.stream_id = e.stream_id
+               AND t.event_type IN ('answer.finalized', 'run.failed') LIMIT 1) AS terminal
+    FROM events e
+    WHERE e.event_type = 'run.requested'
+      AND e.metadata->>'tenant' = $1
+      AND ($2::text IS NULL OR e.data->>'category' = $2)
+      AND ($3::bigint IS NULL OR e.global_position < $3)
+      AND ($4::timestamptz IS NULL OR e.recorded_at >= $4)
+    ORDER BY e.global_position DESC
+) AS runs
+WHERE $6::text IS NULL OR coalesce(terminal, 'running') = $6
 LIMIT $5
 """
 
@@ -69,6 +73,7 @@ class RunDetail(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _STATUS = {"answer.finalized": "finalized", "run.failed": "failed", None: "running"}
+_TERMINAL = {"finalized": "answer.finalized", "failed": "run.failed", "running": "running"}
 _DEPS = {"services": Provide(provide_services, sync_to_thread=False)}
 
 
@@ -84,7 +89,10 @@ async def list_runs(
 ) -> RunList:
     """Newest first; page with ``before`` (the ``next_before`` of the previous page)."""
     tenant = getattr(request.state, "tenant", "default")
-    rows = await services.store.pool.fetch(LIST_RUNS_SQL, tenant, category, before, since, limit)
+    terminal = _TERMINAL[status] if status is not None else None
+    rows = await services.store.pool.fetch(
+        LIST_RUNS_SQL, tenant, category, before, since, limit, terminal
+    )
     items = [
         RunListItem(
             run_id=r["stream_id"].removeprefix("run-"),
@@ -96,8 +104,6 @@ async def list_runs(
         )
         for r in rows
     ]
-    if status is not None:
-        items = [i for i in items if i.status == status]
     next_before = rows[-1]["global_position"] if len(rows) == limit else None
     return RunList(runs=items, next_before=next_before)
 

@@ -66,6 +66,7 @@ class FusionAsk:
 def plan_fusion(config: Config, ask: FusionAsk) -> FusionPlan:
     """Validate an ask against the configuration; raises InvalidRequest."""
     _check_messages(ask.messages)
+    _check_labels(ask.category, ask.tags)
     preset_name = ask.preset or config.default_preset
     try:
         preset = config.preset(preset_name)
@@ -99,6 +100,14 @@ def plan_fusion(config: Config, ask: FusionAsk) -> FusionPlan:
         timeout_s=timeout, member_timeout_s=min(preset.member_timeout_s, timeout),
         min_successes=quorum, route=route,
     )  # fmt: skip
+
+
+def _check_labels(category: str | None, tags: Sequence[str]) -> None:
+    """Postgres text cannot hold NUL: refused here, before anything is written."""
+    if category is not None and "\x00" in category:
+        raise InvalidRequest("category", "the NUL character is not allowed")
+    if any("\x00" in tag for tag in tags):
+        raise InvalidRequest("tags", "the NUL character is not allowed")
 
 
 def _check_messages(messages: Sequence[Message]) -> None:

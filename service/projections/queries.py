@@ -30,6 +30,9 @@ _CHECKPOINT = re.compile(r"^(\d+):(\d+)$")
 Z_90 = 1.6448536269514722  # the 90% two-sided normal quantile
 
 
+MAX_POSITION = 2**63 - 1  # global positions are bigints
+
+
 class BadQuery(ValueError):
     """A filter or option that cannot be answered; the message says which and why."""
 
@@ -64,7 +67,12 @@ def parse_time(name: str, text: str | None) -> datetime | None:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise BadQuery(f"{name}: {text!r} is not an ISO 8601 date or time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:
+        moment.astimezone(UTC)  # the day arithmetic works in UTC
+    except OverflowError:
+        raise BadQuery(f"{name}: {text!r} is out of range") from None
+    return moment
 
 
 def parse_group_by(text: str | None, default: Sequence[str] = ("model",)) -> tuple[str, ...]:
@@ -95,7 +103,10 @@ async def resolve_as_of(conn: Connection, text: str) -> Checkpoint:
     """
     text = text.strip()
     found = _CHECKPOINT.match(text)
-    moment = None if found or text.isdigit() else parse_time("as_of", text)  # 4xx first
+    position = not found and text.isascii() and text.isdigit()
+    moment = None if found or position else parse_time("as_of", text)  # 4xx first
+    if position and int(text) > MAX_POSITION:
+        raise BadQuery(f"as_of: {text} is beyond any position (at most {MAX_POSITION})")
     last = await head(conn)
     if found:
         return min(Checkpoint(int(found.group(1)), int(found.group(2))), last)
@@ -251,7 +262,9 @@ def _day_after(until: datetime) -> date:
     """The first day not in a window ending at ``until`` (days are whole, UTC)."""
     moment = until.astimezone(UTC)
     day = moment.date()
-    return day if moment.time() == datetime.min.time() else day + timedelta(days=1)
+    if moment.time() == datetime.min.time() or day == date.max:  # no day after date.max
+        return day
+    return day + timedelta(days=1)
 
 
 def _day_text(value: Any) -> Any:

@@ -179,6 +179,12 @@ async def test_same_idempotency_key_makes_one_run(
         ({"prompt": "x", "timeout_s": 0}, 400, "timeout_s"),
         ({"prompt": "x", "surprise": True}, 400, "surprise"),
         ({"prompt": "x", "messages": [{"role": "user", "content": "y"}]}, 422, "not both"),
+        ({"prompt": "x", "category": "a\u0000b"}, 422, "NUL"),
+        ({"prompt": "x", "tags": ["ok", "a\u0000"]}, 422, "NUL"),
+        ({"prompt": "x", "params": {"temperature": -5}}, 400, "temperature"),
+        ({"prompt": "x", "params": {"max_tokens": 0}}, 400, "max_tokens"),
+        ({"prompt": "x", "params": {"temprature": 0.5}}, 400, "temprature"),
+        ({"prompt": "x", "panel": [{"model": "mock/a", "params": {"top_p": 2}}]}, 400, "top_p"),
     ],
 )
 async def test_bad_bodies_get_problem_details_and_write_nothing(
@@ -218,6 +224,28 @@ async def test_run_provenance_and_listing(client: AsyncTestClient[Any]) -> None:
     missing = await client.get("/v1/runs/00000000-0000-0000-0000-000000000000")
     assert missing.status_code == 404
     assert (await client.get("/v1/runs", params={"limit": 0})).status_code == 400
+    nul = await client.get("/v1/runs", params={"category": "a\x00b"})
+    assert nul.status_code == 400 and "NUL" in nul.json()["detail"]
+
+
+async def test_a_status_filter_fills_the_page_before_the_limit(
+    client: AsyncTestClient[Any],
+) -> None:
+    failed = await client.post("/v1/fusions", json={"prompt": "2+2?", "panel": ["mock/down"]})
+    assert failed.status_code == 502, failed.text
+    finalized = [(await client.post("/v1/fusions", json={"prompt": "2+2?"})).json()["run_id"]]
+    finalized += [(await client.post("/v1/fusions", json={"prompt": "3+3?"})).json()["run_id"]]
+    finalized += [(await client.post("/v1/fusions", json={"prompt": "4+4?"})).json()["run_id"]]
+    page = (await client.get("/v1/runs", params={"status": "failed", "limit": 2})).json()
+    assert [r["run_id"] for r in page["runs"]] == [failed.json()["run_id"]]
+    assert page["next_before"] is None
+    page = (await client.get("/v1/runs", params={"status": "finalized", "limit": 2})).json()
+    assert [r["run_id"] for r in page["runs"]] == finalized[:0:-1]  # newest first
+    after = {"status": "finalized", "limit": 2, "before": page["next_before"]}
+    rest = (await client.get("/v1/runs", params=after)).json()
+    assert [r["run_id"] for r in rest["runs"]] == finalized[:1]
+    running = (await client.get("/v1/runs", params={"status": "running"})).json()
+    assert running["runs"] == []
 
 
 async def test_past_the_open_runs_bound_a_fusion_gets_503_and_writes_nothing(

@@ -234,6 +234,8 @@ async def test_refusals_are_problems_and_write_nothing(
         (run, {"expected": ""}, 400, "expected"),
         (run, {"expected": "4", "color": "red"}, 400, "color"),
         (run, {"expected": "4\u0000"}, 422, "NUL"),
+        (run, {"expected": "   "}, 422, "blank"),  # would mark every answer wrong
+        (run, {"expected": "."}, 422, "blank"),
     ]
     before = await pool.fetchval("SELECT count(*) FROM events")
     for run_id, body, status, says in cases:

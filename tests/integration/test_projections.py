@@ -414,6 +414,14 @@ async def test_as_of_answers_with_the_earlier_numbers(
     assert await ask_all(client) == now
 
 
+async def test_a_window_to_the_last_day_there_is_answers(
+    service: tuple[AsyncTestClient[Any], Any],
+) -> None:
+    client, _ = service
+    response = await client.get("/v1/stats/failures?group_by=day&until=9999-12-31T12:00")
+    assert response.status_code == 200, response.text
+
+
 @pytest.mark.parametrize(
     ("path", "needle"),
     [
@@ -424,6 +432,10 @@ async def test_as_of_answers_with_the_earlier_numbers(
         ("/v1/profiles?as_of=last-tuesday", "ISO 8601"),
         ("/v1/stats/judges?as_of=12:ab", "ISO 8601"),
         ("/v1/stats/co-failures?min_n=-1", "min_n"),
+        ("/v1/stats/failures?as_of=99999999999999999999", "beyond any position"),
+        ("/v1/profiles?as_of=%C2%B2", "ISO 8601"),  # a digit to str.isdigit, not to int
+        ("/v1/stats/failures?until=9999-12-31T23:00-05:00", "out of range"),
+        ("/v1/stats/failures?model=a%00b", "NUL"),
     ],
 )
 async def test_bad_filters_are_4xx(
