@@ -16,17 +16,28 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
+from service.cli_http import api_key_option, bearer, fail_response
 from service.cli_output import console, err_console, fail
-from service.settings import Settings
+from service.settings import Settings, SettingsError
 from service.store import database
 from service.store.migrations import MigrationError, migrate
 from service.store.verify import Digest, check_digest, take_digest, verify_chains
 
 T = TypeVar("T")
 
+NOT_MIGRATED = "the database is not migrated: run `fusion-ledger migrate`"
 
-def _run(coro: Awaitable[T]) -> T:
-    return asyncio.run(coro)  # type: ignore[arg-type]
+
+def _run(coro: Awaitable[T], *, needs_schema: bool = True) -> T:
+    """Run a command's database work. A database without the schema it reads (never
+    migrated, or migrated by an older release) is one line and exit 2, for every
+    command; connection failures are caught where connections open (`_connected`)."""
+    try:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    except asyncpg.UndefinedTableError:
+        if not needs_schema:
+            raise
+        fail(NOT_MIGRATED)
 
 
 def _emit_json(value: Any) -> None:
@@ -40,11 +51,21 @@ def _database_url(ctx: click.Context) -> str:
     return str(url)
 
 
-async def _with_connection(url: str, work: Callable[[Any], Awaitable[T]]) -> T:
+async def _connected(opening: Awaitable[T]) -> T:
+    """A connection or pool being opened; any failure is one line and exit 2."""
     try:
-        conn = await database.connect(url)
-    except (OSError, Exception) as exc:  # asyncpg raises many kinds on connect
+        return await opening
+    except Exception as exc:  # asyncpg raises many kinds on connect (OSError among them)
         fail(f"cannot connect to the database: {exc}")
+
+
+async def _open_pool(url: str, min_size: int, max_size: int) -> asyncpg.Pool:
+    """A pool for a command (close it when done)."""
+    return await _connected(database.create_pool(url, min_size, max_size))
+
+
+async def _with_connection(url: str, work: Callable[[Any], Awaitable[T]]) -> T:
+    conn = await _connected(database.connect(url))
     try:
         return await work(conn)
     finally:
@@ -62,7 +83,10 @@ async def _with_connection(url: str, work: Callable[[Any], Awaitable[T]]) -> T:
 def main(ctx: click.Context, database_url: str | None) -> None:
     """Fusion Ledger: auditable LLM fusion on an immutable Postgres event log."""
     ctx.ensure_object(dict)
-    ctx.obj["settings"] = Settings.from_env()
+    try:
+        ctx.obj["settings"] = Settings.from_env()
+    except SettingsError as exc:
+        fail(str(exc))
     ctx.obj["database_url"] = database_url
 
 
@@ -73,7 +97,7 @@ def migrate_command(ctx: click.Context, as_json: bool) -> None:
     """Apply pending schema migrations (safe to run twice or concurrently)."""
     url = _database_url(ctx)
     try:
-        applied = _run(_with_connection(url, migrate))
+        applied = _run(_with_connection(url, migrate), needs_schema=False)  # it makes it
     except MigrationError as exc:
         fail(str(exc))
     except asyncpg.PostgresError as exc:
@@ -332,6 +356,7 @@ def up_command(
 @click.option("--panel", default=None, help="Comma-separated model ids.")
 @click.option("--judge", default=None, help="vote, or KIND:MODEL (synthesize:sim/judge-strong).")
 @click.option("--category", default=None)
+@api_key_option("the fuse scope")
 @click.option("--timeout", type=float, default=120.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the full JSON answer.")
 def fuse_command(
@@ -341,6 +366,7 @@ def fuse_command(
     panel: str | None,
     judge: str | None,
     category: str | None,
+    api_key: str | None,
     timeout: float,
     as_json: bool,
 ) -> None:
@@ -358,15 +384,22 @@ def fuse_command(
         kind, _, model = judge.partition(":")
         body["judge"] = {"kind": kind, **({"model": model} if model else {})}
     try:
-        response = httpx.post(f"{url.rstrip('/')}/v1/fusions", json=body, timeout=timeout)
+        response = httpx.post(
+            f"{url.rstrip('/')}/v1/fusions", json=body, headers=bearer(api_key), timeout=timeout
+        )
     except httpx.HTTPError as exc:
         fail(f"cannot reach the service at {url}: {exc}")
-    result = response.json()
+    try:
+        result = response.json()
+    except ValueError:
+        result = None
+    if not isinstance(result, dict):  # not the service's JSON: an HTML error page, say
+        fail_response(response)
     if as_json:
         _emit_json(result)
         raise SystemExit(0 if response.is_success else 1)
     if "run_id" not in result:
-        fail(f"{result.get('title', 'error')}: {result.get('detail', response.text)}")
+        fail_response(response)
     console.print(result.get("answer") or f"[red]run failed: {result.get('failure_reason')}")
     table = Table("member", "model", "status", "error", "latency ms", "cost $")
     for m in result["members"]:

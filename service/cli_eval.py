@@ -18,6 +18,7 @@ import httpx
 import msgspec
 from rich.table import Table
 
+from service.cli_http import api_key_option, bearer
 from service.cli_output import console, fail, progress_bar
 from service.evaluation import (
     DatasetError,
@@ -118,11 +119,10 @@ async def _evaluate(
     concurrency: int,
     quiet: bool,
 ) -> list[ItemResult]:
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     progress = progress_bar("evaluating", quiet=quiet)
     limits = httpx.Limits(max_connections=concurrency * 2)
     async with httpx.AsyncClient(
-        base_url=url.rstrip("/"), headers=headers, timeout=request_timeout_s, limits=limits
+        base_url=url.rstrip("/"), headers=bearer(api_key), timeout=request_timeout_s, limits=limits
     ) as client:
         with progress:
             bar = progress.add_task("eval", total=len(items))
@@ -154,12 +154,7 @@ async def _evaluate(
     show_default=True,
     help="The service's base URL.",
 )
-@click.option(
-    "--api-key",
-    envvar="FUSION_LEDGER_API_KEY",
-    default=None,
-    help="An API key with the fuse and label scopes (or $FUSION_LEDGER_API_KEY).",
-)
+@api_key_option("the fuse and label scopes")
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="Per request, s.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def eval_command(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import NoReturn
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 console = Console()
@@ -13,8 +14,9 @@ err_console = Console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Print ``error: message`` on stderr and exit with ``code``."""
-    err_console.print(f"[red]error:[/red] {message}")
+    """Print ``error: message`` on stderr and exit with ``code``. The message is shown
+    as it is (brackets in it are not markup) and not wrapped: a line stays one line."""
+    err_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     raise SystemExit(code)
 
 

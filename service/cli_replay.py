@@ -14,6 +14,7 @@ import httpx
 import msgspec
 from rich.table import Table
 
+from service.cli_http import api_key_option, bearer, fail_response
 from service.cli_output import console, fail, progress_bar
 
 _RELATIVE = re.compile(r"^(\d+)\s*([mhdw])$")
@@ -50,14 +51,6 @@ def judge_body(
     return body
 
 
-def _problem(response: httpx.Response) -> None:
-    try:
-        body = response.json()
-        fail(f"{body.get('title', response.status_code)}: {body.get('detail', response.text)}")
-    except ValueError:
-        fail(f"HTTP {response.status_code}: {response.text[:300]}")
-
-
 def _emit_json(value: Any) -> None:
     sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
 
@@ -91,6 +84,7 @@ def _emit_json(value: Any) -> None:
     show_default=True,
     help="The service's base URL.",
 )
+@api_key_option("the fuse and read scopes")
 @click.option("--poll", "poll_s", type=float, default=0.5, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
 def replay_command(
@@ -109,6 +103,7 @@ def replay_command(
     concurrency: int,
     force: bool,
     url: str,
+    api_key: str | None,
     poll_s: float,
     as_json: bool,
 ) -> None:
@@ -116,7 +111,7 @@ def replay_command(
     compare: agreement, accuracy on ground truth with 95% intervals, cost, latency."""
     spec = judge_body(judge, weighted, informed, fallback, allow_panel_model)
     base = url.rstrip("/")
-    with httpx.Client(base_url=base, timeout=120.0) as client:
+    with httpx.Client(base_url=base, timeout=120.0, headers=bearer(api_key)) as client:
         try:
             if run_id is not None:
                 _replay_one(client, run_id, spec, force, as_json)
@@ -138,7 +133,7 @@ def replay_command(
             }
             response = client.post("/v1/replays", json=body)
             if response.status_code != 202:
-                _problem(response)
+                fail_response(response)
             accepted = response.json()
             report = _follow(client, accepted, poll_s, quiet=as_json)
         except httpx.HTTPError as exc:
@@ -155,7 +150,7 @@ def _replay_one(
 ) -> None:
     response = client.post(f"/v1/runs/{run_id}/replays", json={"judge": spec, "force": force})
     if response.status_code not in (200, 201):
-        _problem(response)
+        fail_response(response)
     body = response.json()
     if as_json:
         _emit_json(body)
@@ -183,7 +178,7 @@ def _follow(
         while True:
             response = client.get(status_url)
             if response.status_code != 200:
-                _problem(response)
+                fail_response(response)
             body: dict[str, Any] = response.json()
             progress.update(bar, completed=body["done"])
             if body["status"] == "completed":

@@ -9,12 +9,11 @@ import click
 import msgspec
 from rich.table import Table
 
-from service.cli import _database_url, _emit_json, _run
+from service.cli import _database_url, _emit_json, _open_pool, _run
 from service.cli_output import console, fail
 from service.config import Config, ConfigError
 from service.orchestration.route_explain import Explanation, NotRouted, explain_run
 from service.store import EventStore
-from service.store.database import create_pool
 
 
 @click.group("route")
@@ -46,7 +45,7 @@ def explain_command(
         fail(str(exc))
 
     async def work() -> Explanation:
-        pool = await create_pool(url, min_size=1, max_size=2)
+        pool = await _open_pool(url, min_size=1, max_size=2)
         try:
             return await explain_run(EventStore(pool), config, run_id)
         finally:

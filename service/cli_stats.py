@@ -8,10 +8,11 @@ import asyncio
 import contextlib
 from typing import Any
 
+import asyncpg
 import click
 from rich.table import Table
 
-from service.cli import _database_url, _emit_json, _run, _with_connection
+from service.cli import NOT_MIGRATED, _database_url, _emit_json, _open_pool, _run, _with_connection
 from service.cli_output import console, fail, progress_bar
 from service.logging import configure_logging
 from service.projections import runner
@@ -24,8 +25,15 @@ from service.projections.queries import (
     answer,
     failures_query,
 )
-from service.store.database import create_pool
 from service.store.migrations import is_up_to_date, load_migrations
+
+
+async def _require_migrated(pool: asyncpg.Pool) -> None:
+    """Exit 2 with one line unless every migration is applied: before any work, so
+    nothing is half done (a rebuild's shadow schema, say) on a database without them."""
+    async with pool.acquire() as conn:
+        if not await is_up_to_date(conn, load_migrations()):
+            fail(NOT_MIGRATED)
 
 
 @click.command("worker")
@@ -43,11 +51,9 @@ def worker_command(ctx: click.Context, once: bool, poll_interval: float, as_json
     configure_logging(settings.log_format, settings.log_level)
 
     async def work() -> int:
-        pool = await create_pool(url, 1, 2)
+        pool = await _open_pool(url, 1, 2)
         try:
-            async with pool.acquire() as conn:
-                if not await is_up_to_date(conn, load_migrations()):
-                    fail("the database is not migrated: run `fusion-ledger migrate` first")
+            await _require_migrated(pool)
             if once:
                 return await runner.run_until_caught_up(pool)
             worker = runner.ProjectionWorker(pool, poll_interval=poll_interval)
@@ -114,8 +120,9 @@ def rebuild_command(ctx: click.Context, name: str | None, as_json: bool) -> None
     configure_logging(settings.log_format, settings.log_level)  # to stderr: stdout is the answer
 
     async def work() -> list[runner.RebuildResult]:
-        pool = await create_pool(url, 1, len(names))  # one connection per projection
+        pool = await _open_pool(url, 1, len(names))  # one connection per projection
         try:
+            await _require_migrated(pool)
             with progress_bar(
                 "{task.description}", on=console, quiet=as_json, transient=False
             ) as progress:

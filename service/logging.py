@@ -7,9 +7,13 @@ import sys
 
 import structlog
 
+from service.settings import LOG_LEVELS
+
 
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     """Configure structlog once per process."""
+    if level.lower() not in LOG_LEVELS:  # Settings.from_env has said so to the user
+        raise ValueError(f"log level {level!r}: must be one of {', '.join(LOG_LEVELS)}")
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()

@@ -7,6 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_POOL_MIN_SIZE = 2
+
+
+class SettingsError(ValueError):
+    """An environment variable with a value that cannot be used; the message names
+    both, on one line."""
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -19,7 +27,7 @@ class Settings:
     port: int = 8000
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"
-    pool_min_size: int = 2
+    pool_min_size: int = _POOL_MIN_SIZE
     pool_max_size: int = 10
     auth_required: bool = False  # from_env turns it on unless FUSION_LEDGER_AUTH=off
     run_projections: bool = True  # FUSION_LEDGER_PROJECTIONS=off: leave them to `worker`
@@ -31,19 +39,21 @@ class Settings:
         """Settings from environment variables (``FUSION_LEDGER_*``, ``DATABASE_URL``)."""
         env = dict(os.environ if environ is None else environ)
         config = env.get("FUSION_LEDGER_CONFIG")
+        pool_max_size = _integer(env, "FUSION_LEDGER_POOL_SIZE", 10, minimum=1)
         return cls(
             database_url=env.get("FUSION_LEDGER_DATABASE_URL") or env.get("DATABASE_URL") or None,
             config_path=Path(config) if config else None,
             data_dir=Path(env.get("FUSION_LEDGER_DATA_DIR", ".fusion-ledger")),
             host=env.get("FUSION_LEDGER_HOST", "127.0.0.1"),
-            port=int(env.get("FUSION_LEDGER_PORT", "8000")),
+            port=_integer(env, "FUSION_LEDGER_PORT", 8000, minimum=1, maximum=65535),
             log_format=env.get("FUSION_LEDGER_LOG_FORMAT", "auto"),
-            log_level=env.get("FUSION_LEDGER_LOG_LEVEL", "info"),
-            pool_max_size=int(env.get("FUSION_LEDGER_POOL_SIZE", "10")),
+            log_level=_log_level(env),
+            pool_min_size=min(_POOL_MIN_SIZE, pool_max_size),  # asyncpg wants min <= max
+            pool_max_size=pool_max_size,
             auth_required=env.get("FUSION_LEDGER_AUTH", "on").lower() not in ("off", "0", "false"),
             run_projections=env.get("FUSION_LEDGER_PROJECTIONS", "on").lower()
             not in ("off", "0", "false"),
-            max_open_runs=int(env.get("FUSION_LEDGER_MAX_OPEN_RUNS", "256")),
+            max_open_runs=_integer(env, "FUSION_LEDGER_MAX_OPEN_RUNS", 256, minimum=0),
             environ=env,
         )
 
@@ -54,3 +64,30 @@ class Settings:
     def secret(self, name: str) -> str | None:
         """The value of a named environment variable holding a secret (provider keys)."""
         return (self.environ or {}).get(name)
+
+
+def _integer(
+    env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int | None = None
+) -> int:
+    """An integer setting; unset or empty is the default."""
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise SettingsError(f"{name}: not an integer ({env[name]!r})") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"at least {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise SettingsError(f"{name}: must be {bound} ({env[name]!r})")
+    return value
+
+
+def _log_level(env: Mapping[str, str]) -> str:
+    level = env.get("FUSION_LEDGER_LOG_LEVEL", "").strip().lower() or "info"
+    if level not in LOG_LEVELS:
+        raise SettingsError(
+            f"FUSION_LEDGER_LOG_LEVEL: must be one of {', '.join(LOG_LEVELS)} "
+            f"({env['FUSION_LEDGER_LOG_LEVEL']!r})"
+        )
+    return level

@@ -1,0 +1,43 @@
+"""What the commands that talk to a running service share (``fuse``, ``replay``,
+``eval``): the ``--api-key`` option, the header it becomes, and the one-line error
+for an answer that is not what was asked for."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+import httpx
+
+from service.cli_output import fail
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def api_key_option(scopes: str) -> Callable[[F], F]:
+    """``--api-key`` (or ``$FUSION_LEDGER_API_KEY``); ``scopes`` says which the
+    command needs, e.g. "the fuse scope"."""
+    return click.option(
+        "--api-key",
+        envvar="FUSION_LEDGER_API_KEY",
+        default=None,
+        help=f"An API key with {scopes} (or $FUSION_LEDGER_API_KEY).",
+    )
+
+
+def bearer(api_key: str | None) -> dict[str, str]:
+    """The ``Authorization`` header for the key; none without one."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def fail_response(response: httpx.Response) -> NoReturn:
+    """Exit 2 with the service's problem (title: detail), or, when the answer is not
+    JSON (an HTML page from a proxy, say), its status and the start of its text."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        fail(f"{body.get('title', response.status_code)}: {body.get('detail', response.text)}")
+    fail(f"HTTP {response.status_code}: {' '.join(response.text.split())[:300]}")

@@ -1,0 +1,240 @@
+"""The command line's errors are one line and a meaningful exit code, never a
+traceback, when no database is needed to show it: a service answering HTML, an API
+key to send, a database that cannot be reached, a bad environment setting."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from service.cli import main
+from service.settings import Settings
+
+CLI = Path(sys.executable).parent / "fusion-ledger"
+UNREACHABLE = "postgresql://postgres@127.0.0.1:1/x"
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The installed command as a user runs it (its own process: the logging set-up of
+    `worker` and `rebuild` stays out of this one), 80 columns wide, with no
+    FUSION_LEDGER_* or DATABASE_URL setting but those given."""
+    command = [str(CLI)] if CLI.exists() else [sys.executable, "-m", "service"]
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("FUSION_LEDGER_") and k != "DATABASE_URL"
+    }
+    return subprocess.run(
+        [*command, *args],
+        env={**clean, "COLUMNS": "80", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def one_error_line(stderr: str) -> str:
+    """The single line a failed command printed on stderr."""
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: "), stderr
+    return lines[0].removeprefix("error: ")
+
+
+@dataclass
+class FakeService:
+    """A local HTTP server that answers every request alike and keeps what it got."""
+
+    url: str
+    requests: list[tuple[str, str, str | None]] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def fake_service(status: int, content_type: str, body: str) -> Iterator[FakeService]:
+    service = FakeService("")
+
+    class Handler(BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            service.requests.append((self.command, self.path, self.headers.get("authorization")))
+            data = body.encode()
+            self.send_response(status)
+            self.send_header("content-type", content_type)
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = answer
+
+        def log_message(self, *_: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    service.url = f"http://127.0.0.1:{server.server_port}"
+    thread = threading.Thread(target=server.serve_forever, name="fake-service", daemon=True)
+    thread.start()
+    try:
+        yield service
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def invoke(*args: str, env: dict[str, str | None] | None = None) -> Result:
+    """In this process; FUSION_LEDGER_API_KEY unset unless given."""
+    return CliRunner(env={"COLUMNS": "80", "FUSION_LEDGER_API_KEY": None, **(env or {})}).invoke(
+        main, list(args)
+    )
+
+
+# --- fuse on a page that is not JSON ------------------------------------------------
+
+NGINX_501 = """<html>
+<head><title>501 Not Implemented</title></head>
+<body>
+<center><h1>501 Not Implemented</h1></center>
+<hr><center>nginx [see the docs]</center>
+</body>
+</html>
+"""
+
+
+def test_fuse_on_an_html_error_page_names_the_status_and_the_page_in_one_line() -> None:
+    with fake_service(501, "text/html", NGINX_501) as service:
+        result = invoke("fuse", "2+2?", "--url", service.url)
+        as_json = invoke("fuse", "2+2?", "--url", service.url, "--json")
+    for r in (result, as_json):
+        assert r.exit_code == 2, r.output
+        assert isinstance(r.exception, SystemExit)  # not a JSONDecodeError
+        line = one_error_line(r.stderr)
+        assert line.startswith("HTTP 501: <html> <head><title>501 Not Implemented</title>")
+        assert "nginx [see the docs]" in line  # the page's text, not read as markup
+    assert as_json.stdout == ""
+
+
+# --- the API key --------------------------------------------------------------------
+
+UNAUTHORIZED = json.dumps({"status": 401, "title": "Unauthorized", "detail": "no API key"})
+
+
+def test_fuse_and_replay_send_the_api_key_from_the_option_or_the_environment() -> None:
+    with fake_service(401, "application/problem+json", UNAUTHORIZED) as service:
+        url = ["--url", service.url]
+        batch_key: dict[str, str | None] = {"FUSION_LEDGER_API_KEY": "fl_batch"}
+        results = [
+            invoke("fuse", "2+2?", *url, "--api-key", "fl_option"),
+            invoke("fuse", "2+2?", *url, env={"FUSION_LEDGER_API_KEY": "fl_env"}),
+            invoke("fuse", "2+2?", *url),
+            invoke("replay", "--judge", "vote", "--run", "r1", *url, "--api-key", "fl_one"),
+            invoke("replay", "--judge", "vote", "--since", "1d", *url, env=batch_key),
+        ]
+    assert service.requests == [
+        ("POST", "/v1/fusions", "Bearer fl_option"),
+        ("POST", "/v1/fusions", "Bearer fl_env"),
+        ("POST", "/v1/fusions", None),
+        ("POST", "/v1/runs/r1/replays", "Bearer fl_one"),
+        ("POST", "/v1/replays", "Bearer fl_batch"),
+    ]
+    for r in results:
+        assert r.exit_code == 2, r.output
+        assert one_error_line(r.stderr) == "Unauthorized: no API key"
+
+
+def test_fuse_and_replay_document_the_option() -> None:
+    for command in ("fuse", "replay"):
+        shown = invoke(command, "--help", env={"COLUMNS": "200"})
+        assert "--api-key" in shown.stdout and "$FUSION_LEDGER_API_KEY" in shown.stdout
+
+
+# --- a database that cannot be reached ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["worker", "--once"],
+        ["projections", "rebuild"],
+        ["route", "explain", "00000000-0000-4000-8000-000000000001"],
+        ["verify"],
+        ["keys", "list"],
+        ["stats", "failures"],
+    ],
+    ids=" ".join,
+)
+def test_an_unreachable_database_is_one_line_and_exit_2(command: list[str]) -> None:
+    done = run_cli(*command, env={"FUSION_LEDGER_DATABASE_URL": UNREACHABLE})
+    assert done.returncode == 2, done.stderr
+    assert one_error_line(done.stderr).startswith("cannot connect to the database: ")
+
+
+# --- bad settings -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("FUSION_LEDGER_PORT", "80OO", "FUSION_LEDGER_PORT: not an integer ('80OO')"),
+        ("FUSION_LEDGER_PORT", "70000", "FUSION_LEDGER_PORT: must be from 1 to 65535 ('70000')"),
+        ("FUSION_LEDGER_POOL_SIZE", "ten", "FUSION_LEDGER_POOL_SIZE: not an integer ('ten')"),
+        ("FUSION_LEDGER_POOL_SIZE", "0", "FUSION_LEDGER_POOL_SIZE: must be at least 1 ('0')"),
+        (
+            "FUSION_LEDGER_MAX_OPEN_RUNS",
+            "-1",
+            "FUSION_LEDGER_MAX_OPEN_RUNS: must be at least 0 ('-1')",
+        ),
+        (
+            "FUSION_LEDGER_LOG_LEVEL",
+            "verbose",
+            "FUSION_LEDGER_LOG_LEVEL: must be one of debug, info, warning, error, critical "
+            "('verbose')",
+        ),
+    ],
+)
+def test_a_bad_setting_is_named_with_its_value(name: str, value: str, message: str) -> None:
+    with pytest.raises(ValueError) as raised:  # a SettingsError
+        Settings.from_env({name: value})
+    assert str(raised.value) == message
+
+
+def test_settings_that_are_fine_stay_fine() -> None:
+    settings = Settings.from_env(
+        {"FUSION_LEDGER_LOG_LEVEL": "WARNING", "FUSION_LEDGER_PORT": " 9000 "}
+    )
+    assert settings.log_level == "warning" and settings.port == 9000
+    assert Settings.from_env({"FUSION_LEDGER_PORT": ""}).port == 8000  # empty: the default
+    small = Settings.from_env({"FUSION_LEDGER_POOL_SIZE": "1"})
+    assert small.pool_min_size == small.pool_max_size == 1  # asyncpg refuses min > max
+
+
+@pytest.mark.parametrize(
+    ("env", "command", "message"),
+    [
+        ({"FUSION_LEDGER_PORT": "80OO"}, ["fuse", "hi"], "FUSION_LEDGER_PORT: not an integer"),
+        (
+            {"FUSION_LEDGER_LOG_LEVEL": "verbose", "FUSION_LEDGER_DATABASE_URL": UNREACHABLE},
+            ["worker", "--once"],
+            "FUSION_LEDGER_LOG_LEVEL: must be one of",
+        ),
+    ],
+    ids=["port", "log-level"],
+)
+def test_a_bad_setting_stops_every_command_with_one_line(
+    env: dict[str, str], command: list[str], message: str
+) -> None:
+    done = run_cli(*command, env=env)
+    assert done.returncode == 2, done.stderr
+    assert one_error_line(done.stderr).startswith(message)
