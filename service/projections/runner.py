@@ -126,7 +126,9 @@ SET LOCAL plan_cache_mode = force_custom_plan
 PLANNER_DEFAULTS = """
 SET LOCAL work_mem TO DEFAULT;
 SET LOCAL jit TO DEFAULT;
-SET LOCAL enable_mergejoin TO DEFAULT
+SET LOCAL enable_mergejoin TO DEFAULT;
+SET LOCAL enable_nestloop TO DEFAULT;
+SET LOCAL enable_sort TO DEFAULT
 """
 
 
@@ -152,7 +154,7 @@ async def apply_range(
 ) -> None:
     """Run the projection's statements over (after, upto] on ``conn``'s tables (inside
     the caller's transaction)."""
-    await conn.execute(PLANNER_SETTINGS)
+    await conn.execute(PLANNER_SETTINGS + ";" + projection.planner)
     bounds = (
         str(after.transaction_id),
         after.global_position,
