@@ -88,7 +88,13 @@ _AFFECTED = f"""affected AS (
 # Grading: the expected answer when the truth gives one; else the label: the run's own
 # judge gets it, a replay with the same answer too, a replay with another answer is
 # wrong where the original was right and ungraded where it was wrong.
-_CONTRIBUTION = f"""judged AS (  -- the affected source runs' judged rows (all, from the start)
+_CONTRIBUTION = f"""judged_rows AS (  -- the affected source runs' judged rows (all, from the start)
+    SELECT j.* FROM run_summary j WHERE NOT {AFTER_START} AND j.judge IS NOT NULL
+    UNION ALL  -- by index from each affected source, not by a scan of every run
+    SELECT j.* FROM affected a JOIN run_summary j ON j.source_stream_id = a.source
+    WHERE {AFTER_START} AND j.judge IS NOT NULL
+),
+judged AS (
     SELECT j.*,
            -- compared: the other judges' answers on the same source run; agreed: those
            -- with this row's answer (same-judge rows are the same judge, not compared)
@@ -100,9 +106,7 @@ _CONTRIBUTION = f"""judged AS (  -- the affected source runs' judged rows (all, 
                count(*) OVER (PARTITION BY j.source_stream_id, j.answer_normalized)
                - count(*) OVER (PARTITION BY j.source_stream_id, j.judge, j.answer_normalized)
            END AS agreed
-    FROM run_summary j
-    WHERE j.judge IS NOT NULL
-      AND (NOT {AFTER_START} OR j.source_stream_id IN (SELECT source FROM affected))
+    FROM judged_rows j
 ),
 contribution AS (
     SELECT j.tenant, j.judge, j.category, count(*) AS runs,
@@ -157,7 +161,7 @@ RUNS = Projection(
     statements=(
         _add_contribution("-"),  # the affected source runs' old judge statistics out
         f"""
-WITH batch AS MATERIALIZED (
+WITH batch AS (
     SELECT e.stream_id, e.global_position AS pos, e.event_type AS type, e.recorded_at,
            e.metadata->>'tenant' AS tenant, e.data->>'category' AS category,
            e.data->>'preset' AS preset, e.data->>'source_run_id' AS source_run_id,
@@ -165,9 +169,7 @@ WITH batch AS MATERIALIZED (
                AS judge,
            (e.data->>'cost_usd')::float8 AS cost_usd,
            (e.data->>'latency_ms')::float8 AS latency_ms,
-           e.data->>'reason' AS reason, e.data->>'answer_normalized' AS answer,
-           e.data->>'expected_normalized' AS expected,
-           (e.data->>'final_correct')::boolean AS final_correct
+           e.data->>'reason' AS reason, e.data->>'answer_normalized' AS answer
     FROM events e
     WHERE e.event_type IN ('run.requested', 'replay.requested', 'judge.decided',
                            'judge.failed', 'answer.finalized', 'run.failed',
@@ -217,7 +219,11 @@ SELECT t.stream_id,
        t.latency_ms, t.cost_usd, t.answer_normalized, t.outcomes, truth.expected,
        truth.final_correct
 FROM streams t
-LEFT JOIN batch truth ON truth.pos = t.truth  -- the stream's latest outcome
+LEFT JOIN LATERAL (  -- the stream's latest outcome, by position (few streams have one)
+    SELECT o.data->>'expected_normalized' AS expected,
+           (o.data->>'final_correct')::boolean AS final_correct
+    FROM events o WHERE o.global_position = t.truth
+) AS truth ON true
 -- A stream's request comes before its other events in commit order: a stream without
 -- its request in this range has its row already (the placeholders above are not used).
 WHERE t.request IS NOT NULL OR EXISTS (SELECT 1 FROM run_summary x
