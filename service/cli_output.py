@@ -20,6 +20,13 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
+def note(message: str) -> None:
+    """Print ``message`` on stderr as one line: what a user needs to know even with
+    --json (whose stdout stays the report alone), e.g. the id of work that outlives
+    the command."""
+    err_console.print(escape(message), soft_wrap=True, highlight=False)
+
+
 def progress_bar(
     label: str, *, on: Console = err_console, quiet: bool = False, transient: bool = True
 ) -> Progress:

@@ -1,11 +1,19 @@
 """``fusion-ledger replay``: re-judge past runs through a running service's HTTP API,
-with a progress bar while the batch runs and the judge comparison as aligned tables."""
+with a progress bar while the batch runs and the judge comparison as aligned tables.
+
+A batch runs in the service, not in the command: it is named on stderr as soon as it
+is accepted, ``--batch ID`` follows it again, and it is submitted under an
+Idempotency-Key derived from its filter and judge, so the same command run again finds
+it instead of replaying (and paying for) every run twice.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sys
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,23 +23,46 @@ import msgspec
 from rich.table import Table
 
 from service.cli_http import api_key_option, bearer, fail_response
-from service.cli_output import console, fail, progress_bar
+from service.cli_output import console, fail, note, progress_bar
 
 _RELATIVE = re.compile(r"^(\d+)\s*([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 def parse_moment(text: str, now: datetime | None = None) -> datetime:
-    """An ISO 8601 date or time, or a span back from now ('30m', '12h', '7d', '2w')."""
+    """An ISO 8601 date or time, or a span back from now ('30m', '12h', '7d', '2w').
+
+    A span counts back from the start of the current minute (m, h) or hour (d, w): the
+    same command run again shortly after asks for the same times, and so for the batch
+    it submitted before (its Idempotency-Key is made of them)."""
     relative = _RELATIVE.match(text.strip())
     if relative:
         amount, unit = int(relative.group(1)), relative.group(2)
-        return (now or datetime.now(UTC)) - timedelta(**{_UNITS[unit]: amount})
+        return _whole(now or datetime.now(UTC), unit) - timedelta(**{_UNITS[unit]: amount})
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
         raise click.BadParameter(f"{text!r}: give an ISO date/time or a span like 7d") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _whole(now: datetime, unit: str) -> datetime:
+    """``now`` down to its minute, or to its hour for spans of days and weeks: the
+    span grows by at most a 60th of an hour or a 24th of a day."""
+    minute = now.replace(second=0, microsecond=0)
+    return minute.replace(minute=0) if unit in ("d", "w") else minute
+
+
+def _utc_text(text: str) -> str:
+    return parse_moment(text).astimezone(UTC).isoformat()
+
+
+def batch_key(body: dict[str, Any]) -> str:
+    """The Idempotency-Key of a batch: its filter (absolute times) and judge as sent.
+    Not its concurrency: the service does not compare that either, and a batch asked
+    again with another is still the same batch."""
+    identity = msgspec.json.encode([body["filter"], body["judge"]], order="sorted")
+    return f"replay:{hashlib.sha256(identity).hexdigest()[:40]}"
 
 
 def judge_body(
@@ -57,9 +88,16 @@ def _emit_json(value: Any) -> None:
 
 @click.command("replay")
 @click.option(
-    "--judge", "judge", required=True, help="vote, or KIND:MODEL (select:sim/judge-strong)."
+    "--judge", "judge", default=None, help="vote, or KIND:MODEL (select:sim/judge-strong)."
 )
 @click.option("--run", "run_id", default=None, help="Replay this one run instead of a batch.")
+@click.option(
+    "--batch",
+    "batch_id",
+    default=None,
+    help="Follow and report this batch, submitted before: nothing new is submitted, "
+    "and the judge and filter options are not used.",
+)
 @click.option("--since", default=None, help="Runs from this time (ISO 8601, or 7d / 12h back).")
 @click.option("--until", default=None, help="Runs before this time (ISO 8601, or a span back).")
 @click.option("--category", default=None)
@@ -88,8 +126,9 @@ def _emit_json(value: Any) -> None:
 @click.option("--poll", "poll_s", type=float, default=0.5, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
 def replay_command(
-    judge: str,
+    judge: str | None,
     run_id: str | None,
+    batch_id: str | None,
     since: str | None,
     until: str | None,
     category: str | None,
@@ -108,41 +147,68 @@ def replay_command(
     as_json: bool,
 ) -> None:
     """Re-judge past runs with another judge (the panel is not called again) and
-    compare: agreement, accuracy on ground truth with 95% intervals, cost, latency."""
-    spec = judge_body(judge, weighted, informed, fallback, allow_panel_model)
+    compare: agreement, accuracy on ground truth with 95% intervals, cost, latency.
+    The same command run again reports the batch it submitted before."""
+    if batch_id is not None:
+        if run_id is not None:
+            fail("--batch follows a batch and --run replays one run: give one of them")
+        _check_batch_id(batch_id)
+    elif judge is None:
+        fail("give --judge KIND[:MODEL], or --batch ID to follow a batch submitted before")
     base = url.rstrip("/")
     with httpx.Client(base_url=base, timeout=120.0, headers=bearer(api_key)) as client:
         try:
-            if run_id is not None:
-                _replay_one(client, run_id, spec, force, as_json)
-                return
-            selection: dict[str, Any] = {
-                "category": category,
-                "preset": preset,
-                "model": model,
-                "has_ground_truth": has_ground_truth,
-            }
-            if since:
-                selection["since"] = parse_moment(since).isoformat()
-            if until:
-                selection["until"] = parse_moment(until).isoformat()
-            body = {
-                "filter": {k: v for k, v in selection.items() if v is not None},
-                "judge": spec,
-                "concurrency": concurrency,
-            }
-            response = client.post("/v1/replays", json=body)
-            if response.status_code != 202:
-                fail_response(response)
-            accepted = response.json()
-            report = _follow(client, accepted, poll_s, quiet=as_json)
+            if batch_id is None:
+                assert judge is not None  # checked above
+                spec = judge_body(judge, weighted, informed, fallback, allow_panel_model)
+                if run_id is not None:
+                    _replay_one(client, run_id, spec, force, as_json)
+                    return
+                selection: dict[str, Any] = {
+                    "category": category,
+                    "preset": preset,
+                    "model": model,
+                    "has_ground_truth": has_ground_truth,
+                    "since": _utc_text(since) if since else None,
+                    "until": _utc_text(until) if until else None,
+                }
+                body = {
+                    "filter": {k: v for k, v in selection.items() if v is not None},
+                    "judge": spec,
+                    "concurrency": concurrency,
+                }
+                batch_id = _submit(client, base, body)
+            report = _follow(client, batch_id, poll_s, quiet=as_json)
         except httpx.HTTPError as exc:
             fail(f"cannot reach the service at {url}: {exc}")
-            return
     if as_json:
         _emit_json(report)
     else:
         print_report(report)
+
+
+def _check_batch_id(batch_id: str) -> None:
+    try:
+        uuid.UUID(batch_id)
+    except ValueError:
+        fail(f"--batch {batch_id!r} is not a batch id (a UUID)")
+
+
+def _submit(client: httpx.Client, base: str, body: dict[str, Any]) -> str:
+    """Submit the batch (or find the one this request made before) and name it on
+    stderr at once: it runs on in the service if this command is interrupted."""
+    headers = {"Idempotency-Key": batch_key(body)}
+    response = client.post("/v1/replays", json=body, headers=headers)
+    if response.status_code != 202:
+        fail_response(response)
+    accepted = response.json()
+    batch_id: str = accepted["batch_id"]
+    how = "submitted before with this filter and judge" if accepted["existing"] else "accepted"
+    note(
+        f"batch {batch_id} {how}: {accepted['runs']} runs, status at "
+        f"{base}{accepted['status_url']} (fusion-ledger replay --batch {batch_id} follows it)"
+    )
+    return batch_id
 
 
 def _replay_one(
@@ -167,23 +233,28 @@ def _replay_one(
         console.print("[yellow]this replay existed already; --force makes a new one[/yellow]")
 
 
-def _follow(
-    client: httpx.Client, accepted: dict[str, Any], poll_s: float, *, quiet: bool
-) -> dict[str, Any]:
-    """Poll the batch until it completes, with a progress bar on stderr."""
-    status_url = accepted["status_url"]
+def _follow(client: httpx.Client, batch_id: str, poll_s: float, *, quiet: bool) -> dict[str, Any]:
+    """Poll the batch until it completes, with a progress bar on stderr; Ctrl-C stops
+    the polling, not the batch, and says how to follow it again."""
     progress = progress_bar("replaying", quiet=quiet)
-    with progress:
-        bar = progress.add_task("replay", total=accepted["runs"])
-        while True:
-            response = client.get(status_url)
-            if response.status_code != 200:
-                fail_response(response)
-            body: dict[str, Any] = response.json()
-            progress.update(bar, completed=body["done"])
-            if body["status"] == "completed":
-                return body
-            time.sleep(poll_s)
+    try:
+        with progress:
+            bar = progress.add_task("replay", total=None)
+            while True:
+                response = client.get(f"/v1/replays/{batch_id}")
+                if response.status_code != 200:
+                    fail_response(response)
+                body: dict[str, Any] = response.json()
+                progress.update(bar, total=body["runs"], completed=body["done"])
+                if body["status"] == "completed":
+                    return body
+                time.sleep(poll_s)
+    except KeyboardInterrupt:
+        fail(
+            f"interrupted; batch {batch_id} runs on in the service: "
+            f"fusion-ledger replay --batch {batch_id} follows it",
+            130,
+        )
 
 
 def _rate(p: dict[str, Any]) -> str:

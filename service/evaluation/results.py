@@ -30,6 +30,7 @@ class FusionReply(msgspec.Struct, frozen=True, kw_only=True):
     members: list[MemberReply]
     cost_usd: float
     latency_ms: float | None
+    failure_reason: str | None = None  # why a failed run failed (RunFailureReason)
 
 
 class MemberGrade(msgspec.Struct, frozen=True, kw_only=True):

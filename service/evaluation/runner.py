@@ -5,6 +5,12 @@ derived from the evaluation (its name, preset, panel and judge) and the line's k
 A re-run of an interrupted evaluation therefore gets back the runs it made before
 (the service answers with the existing run) and records an outcome only on runs that
 have none from this evaluation yet (the service answers 200 with the earlier one).
+
+A run the service cut short (stopped or crashed mid-run: failed with reason shutdown,
+abandoned, ...) says nothing about the panel, so it is neither graded nor scored: the
+line runs again under the next derived key (``<key>:retry-1``, ...), which a later
+re-run finds in turn. A run that failed on its own terms (quorum, judge, budget,
+timeout) is the line's result and is scored as failed.
 """
 
 from __future__ import annotations
@@ -23,7 +29,14 @@ from service.evaluation.results import FusionReply, ItemResult, OutcomeReply
 
 T = TypeVar("T")
 _FUSION_ANSWERED = (200, 502, 504)  # finalized, failed, timed out: all are recorded runs
-_RATE_LIMIT_RETRIES = 8  # both requests are idempotent, so a retry is always safe
+_ASK_AGAIN_TRIES = 8  # both requests are idempotent, so a retry is always safe
+# 429: rate limited; 503: the service's open-run bound is reached. Both carry Retry-After.
+_ASK_AGAIN = (429, 503)
+# Failure reasons of the service, not of the fusion: the run stopped with its process
+# (shutdown), died with it (abandoned: closed later by the sweeper), or was cancelled.
+# internal_error is not one: a bug that failed the run would fail its rerun too.
+_CUT_SHORT = frozenset({"shutdown", "abandoned", "cancelled", "client_disconnected"})
+_RERUNS = 3  # a line the service cut short runs again this often at most
 
 
 class EvalFailed(Exception):
@@ -48,12 +61,14 @@ class EvalSpec:
         """The label its outcomes carry."""
         return f"eval:{self.name}"
 
-    def idempotency_key(self, item: EvalItem) -> str:
-        """Stable for this evaluation and line; a different panel or judge is a new run."""
+    def idempotency_key(self, item: EvalItem, rerun: int = 0) -> str:
+        """Stable for this evaluation and line; a different panel or judge is a new run.
+        ``rerun`` n > 0 is the line's n-th run after ones the service cut short."""
         identity = msgspec.json.encode(
             [self.name, self.preset, self.panel, self.judge, item.key], order="sorted"
         )
-        return f"eval:{hashlib.sha256(identity).hexdigest()[:40]}"
+        key = f"eval:{hashlib.sha256(identity).hexdigest()[:40]}"
+        return f"{key}:retry-{rerun}" if rerun else key
 
     def fusion_body(self, item: EvalItem) -> dict[str, Any]:
         """POST /v1/fusions body for one line."""
@@ -107,16 +122,34 @@ async def run_eval(
 
 async def evaluate_item(client: httpx.AsyncClient, spec: EvalSpec, item: EvalItem) -> ItemResult:
     """One line: its fusion (or the earlier one) and its dataset outcome (or the earlier one)."""
-    headers = {"Idempotency-Key": spec.idempotency_key(item)}
-    answer = await _post(client, item, "/v1/fusions", spec.fusion_body(item), headers)
-    if answer.status_code not in _FUSION_ANSWERED:
-        raise EvalFailed(item, f"fusion refused: {_problem(answer)}")
-    run = _decode(item, answer, FusionReply)
+    run, key = await _fuse(client, spec, item)
+    headers = {"Idempotency-Key": key}
     outcome = {"expected": item.expected, "source": "dataset", "label": spec.label}
     graded = await _post(client, item, f"/v1/runs/{run.run_id}/outcomes", outcome, headers)
     if graded.status_code not in (200, 201):
         raise EvalFailed(item, f"outcome refused on run {run.run_id}: {_problem(graded)}")
     return ItemResult(item, run, _decode(item, graded, OutcomeReply))
+
+
+async def _fuse(
+    client: httpx.AsyncClient, spec: EvalSpec, item: EvalItem
+) -> tuple[FusionReply, str]:
+    """The line's run and its key: the first, under the line's keys in turn, that the
+    service did not cut short. The keys are fixed, so a re-run walks the same runs."""
+    for rerun in range(_RERUNS + 1):
+        key = spec.idempotency_key(item, rerun)
+        body, headers = spec.fusion_body(item), {"Idempotency-Key": key}
+        answer = await _post(client, item, "/v1/fusions", body, headers)
+        if answer.status_code not in _FUSION_ANSWERED:
+            raise EvalFailed(item, f"fusion refused: {_problem(answer)}")
+        run = _decode(item, answer, FusionReply)
+        if run.failure_reason not in _CUT_SHORT:
+            return run, key
+    raise EvalFailed(
+        item,
+        f"the service cut its run short {_RERUNS + 1} times, last {run.run_id} "
+        f"({run.failure_reason}); not scored",
+    )
 
 
 async def _post(
@@ -126,12 +159,12 @@ async def _post(
     body: dict[str, Any],
     headers: dict[str, str],
 ) -> httpx.Response:
-    for _ in range(_RATE_LIMIT_RETRIES):
+    for _ in range(_ASK_AGAIN_TRIES):
         try:
             response = await client.post(path, json=body, headers=headers)
         except httpx.HTTPError as exc:
             raise EvalFailed(item, f"cannot reach the service: {exc!r}") from exc
-        if response.status_code != 429:
+        if response.status_code not in _ASK_AGAIN:
             return response
         await asyncio.sleep(_retry_after(response))
     return response

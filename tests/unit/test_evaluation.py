@@ -5,9 +5,19 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
-from service.evaluation import DatasetError, EvalSpec, ItemResult, parse_dataset, summarize
+from service.evaluation import (
+    DatasetError,
+    EvalFailed,
+    EvalItem,
+    EvalSpec,
+    ItemResult,
+    parse_dataset,
+    run_eval,
+    summarize,
+)
 from service.evaluation.results import FusionReply, MemberGrade, MemberReply, OutcomeReply
 
 
@@ -113,3 +123,103 @@ def test_the_summary_counts_failures_as_not_correct() -> None:
     assert a.mean_latency_ms == 30.0  # the pending seat has no latency to average
     assert (b.n, b.correct, b.failed, b.accuracy) == (4, 3, 0, 0.75)
     assert b.mean_latency_ms == pytest.approx(25.0)
+
+
+# --- running against a service (in memory, behind httpx.MockTransport) --------------
+
+
+class FakeService:
+    """POST /v1/fusions and /v1/runs/{id}/outcomes as the service answers them: one run
+    per Idempotency-Key (the same run when the key comes again), one outcome per run.
+
+    ``cut_short`` names the keys whose run the service closes without an answer
+    (reason shutdown, abandoned, ...); ``overloaded`` is how many fusion requests are
+    first answered 503, as when the service's open-run bound is reached."""
+
+    def __init__(self, cut_short: dict[str, str] | None = None, overloaded: int = 0) -> None:
+        self.cut_short = cut_short or {}
+        self.overloaded = overloaded
+        self.runs: dict[str, dict[str, object]] = {}  # by Idempotency-Key
+        self.outcomes: dict[str, str] = {}  # run id -> expected answer
+        self.fusion_keys: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        key = request.headers["idempotency-key"]
+        if request.url.path == "/v1/fusions":
+            return self.fuse(key)
+        run_id = request.url.path.split("/")[3]
+        existing = run_id in self.outcomes
+        self.outcomes.setdefault(run_id, json.loads(request.content)["expected"])
+        run = next(r for r in self.runs.values() if r["run_id"] == run_id)
+        body = {"final_correct": run["answer"] == "4", "members": [], "existing": existing}
+        return httpx.Response(200 if existing else 201, json=body)
+
+    def fuse(self, key: str) -> httpx.Response:
+        self.fusion_keys.append(key)
+        if self.overloaded:
+            self.overloaded -= 1
+            problem = {"title": "Overloaded", "detail": "at capacity; retry shortly"}
+            return httpx.Response(503, json=problem, headers={"retry-after": "0"})
+        reason = self.cut_short.get(key)
+        run = self.runs.setdefault(
+            key,
+            {
+                "run_id": f"run-{len(self.runs) + 1}",
+                "status": "failed" if reason else "finalized",
+                "answer": None if reason else "4",
+                "members": [],
+                "cost_usd": 0.0,
+                "latency_ms": None if reason else 10.0,
+                "failure_reason": reason,
+            },
+        )
+        return httpx.Response(502 if reason else 200, json=run)
+
+    async def evaluate(self, spec: EvalSpec, items: list[EvalItem]) -> list[ItemResult]:
+        transport = httpx.MockTransport(self)
+        async with httpx.AsyncClient(transport=transport, base_url="http://fake") as client:
+            return await run_eval(client, spec, items)
+
+
+async def test_a_line_whose_run_the_service_cut_short_runs_again_on_resume() -> None:
+    [item] = parse_dataset(lines(GOOD))
+    spec = EvalSpec(name="bank")
+    key = spec.idempotency_key(item)
+    # the service stopped mid-eval: the line's run was closed as shutdown
+    service = FakeService(cut_short={key: "shutdown"})
+    service.fuse(key)
+
+    [resumed] = await service.evaluate(spec, [item])
+    assert (resumed.run.run_id, resumed.run.status) == ("run-2", "finalized")
+    assert resumed.outcome.final_correct is True
+    assert service.outcomes == {"run-2": "4"}  # nothing recorded on the cut-short run
+
+    [again] = await service.evaluate(spec, [item])  # a later resume finds the same rerun
+    assert again.run.run_id == "run-2" and again.outcome.existing
+    assert len(service.runs) == 2
+    assert service.fusion_keys[1:] == [key, f"{key}:retry-1"] * 2
+
+
+async def test_a_genuine_failure_is_scored_and_a_line_cut_short_each_time_stops() -> None:
+    [item] = parse_dataset(lines(GOOD))
+    spec = EvalSpec(name="bank")
+    key = spec.idempotency_key(item)
+    quorum = FakeService(cut_short={key: "quorum_not_met"})
+    [failed] = await quorum.evaluate(spec, [item])
+    assert (failed.run.status, failed.outcome.final_correct) == ("failed", False)
+    assert quorum.fusion_keys == [key]  # the panel's failure is the line's result
+
+    keys = [key, *(f"{key}:retry-{n}" for n in range(1, 4))]
+    crashing = FakeService(cut_short=dict.fromkeys(keys, "abandoned"))
+    with pytest.raises(EvalFailed, match=r"line 1: .*abandoned"):
+        await crashing.evaluate(spec, [item])
+    assert crashing.fusion_keys == keys  # bounded
+    assert crashing.outcomes == {}
+
+
+async def test_an_overloaded_service_is_asked_again() -> None:
+    [item] = parse_dataset(lines(GOOD))
+    service = FakeService(overloaded=1)
+    [result] = await service.evaluate(EvalSpec(name="bank"), [item])
+    assert result.run.status == "finalized" and result.outcome.final_correct is True
+    assert len(service.fusion_keys) == 2

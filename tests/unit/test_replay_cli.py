@@ -1,0 +1,133 @@
+"""``fusion-ledger replay`` against a scripted local service: a batch is named on stderr
+as soon as it is accepted, so an interrupted command can be re-attached to, and it
+is submitted under an Idempotency-Key derived from what it asks for."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from service import cli_replay
+from service.cli import main
+from service.cli_replay import parse_moment
+
+BATCH_ID = "0b7c1f3e-2d4a-4c5b-9e6f-7a8b9c0d1e2f"
+RUNNING = {"batch_id": BATCH_ID, "status": "running", "runs": 3, "done": 1}
+
+
+@dataclass
+class BatchService:
+    """Accepts every batch as BATCH_ID and says it is still running; keeps the
+    requests it got (method, path, Idempotency-Key, body)."""
+
+    url: str = ""
+    requests: list[tuple[str, str, str | None, Any]] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def batch_service() -> Iterator[BatchService]:
+    service = BatchService()
+
+    class Handler(BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            sent = self.rfile.read(int(self.headers.get("content-length") or 0))
+            key = self.headers.get("idempotency-key")
+            service.requests.append(
+                (self.command, self.path, key, json.loads(sent) if sent else None)
+            )
+            status, body = (200, RUNNING)
+            if self.command == "POST":
+                url = f"/v1/replays/{BATCH_ID}"
+                status = 202
+                body = {"batch_id": BATCH_ID, "status": "accepted", "runs": 3}
+                body |= {"existing": len(service.requests) > 1, "status_url": url}
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = answer
+
+        def log_message(self, *_: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    service.url = f"http://127.0.0.1:{server.server_port}"
+    thread = threading.Thread(target=server.serve_forever, name="batch-service", daemon=True)
+    thread.start()
+    try:
+        yield service
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner(env={"COLUMNS": "200", "FUSION_LEDGER_API_KEY": None}).invoke(
+        main, ["replay", *args]
+    )
+
+
+def interrupt(_: float) -> None:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("as_json", [[], ["--json"]], ids=["table", "json"])
+def test_an_interrupted_batch_was_named_on_stderr_when_accepted(
+    monkeypatch: pytest.MonkeyPatch, as_json: list[str]
+) -> None:
+    monkeypatch.setattr(cli_replay, "time", SimpleNamespace(sleep=interrupt))  # Ctrl-C
+    with batch_service() as service:
+        done = invoke("--judge", "vote", "--since", "2025-03-01", "--url", service.url, *as_json)
+    assert done.exit_code == 130, done.output
+    assert done.stdout == ""  # nothing for a --json reader but the report
+    named, interrupted = done.stderr.strip().splitlines()
+    assert f"batch {BATCH_ID} accepted: 3 runs" in named
+    assert f"{service.url}/v1/replays/{BATCH_ID}" in named
+    assert interrupted.startswith("error: interrupted")
+    assert f"fusion-ledger replay --batch {BATCH_ID}" in interrupted
+    assert [r[:2] for r in service.requests] == [
+        ("POST", "/v1/replays"),
+        ("GET", f"/v1/replays/{BATCH_ID}"),
+    ]
+
+
+def test_the_idempotency_key_is_the_filter_and_judge_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli_replay, "time", SimpleNamespace(sleep=interrupt))
+    with batch_service() as service:
+        common = ["--since", "2025-03-01T02:00:00+02:00", "--url", service.url]
+        for args in (
+            ["--judge", "vote", "--concurrency", "4"],
+            ["--judge", "vote", "--concurrency", "2"],  # the same batch, asked again
+            ["--judge", "vote", "--category", "arithmetic"],
+            ["--judge", "select:sim/judge-strong"],
+        ):
+            assert invoke(*args, *common).exit_code == 130
+    posts = [r for r in service.requests if r[0] == "POST"]
+    keys = [key for _, _, key, _ in posts]
+    assert all(key and key.startswith("replay:") and len(key) <= 200 for key in keys)
+    assert keys[0] == keys[1] and len(set(keys)) == 3
+    # the times sent are absolute and in UTC: the key stands for what the service records
+    assert posts[0][3]["filter"] == {"since": "2025-03-01T00:00:00+00:00"}
+
+
+def test_a_span_counts_back_from_a_whole_minute_or_hour() -> None:
+    # the same command run again shortly after asks for the same runs (and batch)
+    now = datetime(2025, 3, 10, 12, 34, 56, 789, tzinfo=UTC)
+    assert parse_moment("90m", now) == datetime(2025, 3, 10, 11, 4, tzinfo=UTC)
+    assert parse_moment("12h", now) == datetime(2025, 3, 10, 0, 34, tzinfo=UTC)
+    assert parse_moment("7d", now) == datetime(2025, 3, 3, 12, 0, tzinfo=UTC)
+    assert parse_moment("2w", now) == datetime(2025, 2, 24, 12, 0, tzinfo=UTC)
