@@ -110,7 +110,7 @@ def create_app(
             app.state.metrics = metrics
             app.state.auth_required = settings.auth_required
             # Replays (issue 6): batches a stopped process left unfinished resume here.
-            replays = create_replays(store, registry, config)
+            replays = create_replays(store, registry, config, router_)
             stack.push_async_callback(replays.close)
             tasks.append(
                 asyncio.create_task(replays.batches.resume_forever(), name="replay-batches")

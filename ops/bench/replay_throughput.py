@@ -56,7 +56,7 @@ from service.domain.events import (
 from service.domain.judging import Candidate
 from service.domain.runs import fold
 from service.orchestration.batch import BatchReplayer
-from service.orchestration.batch_worker import VOTE_CHUNK
+from service.orchestration.batch_worker import BATCHES_AT_ONCE, VOTE_CHUNK
 from service.orchestration.judge import run_judge
 from service.orchestration.replay import Replayer, stamp
 from service.orchestration.replay_sources import READ_SOURCES_SQL, read_sources
@@ -217,7 +217,10 @@ async def replay_batch(batches: BatchReplayer, concurrency: int) -> tuple[float,
 
 async def main(url: str, runs: int, concurrency: int, rounds: int) -> dict[str, Any]:
     async with scratch_schema(url) as (scoped, server):
-        pool = await create_pool(scoped, min_size=concurrency + 2, max_size=concurrency + 2)
+        # Batches keep to half the pool: this gives the batch `concurrency` queries, as
+        # the reads and writes it is compared with have.
+        size = 2 * (concurrency + BATCHES_AT_ONCE)
+        pool = await create_pool(scoped, min_size=size, max_size=size)
         try:
             return await measure(EventStore(pool), server, runs, concurrency, rounds)
         finally:

@@ -42,6 +42,7 @@ from service.orchestration.replay_sources import (
     resolve_runs,
     unfinished_batches,
 )
+from service.orchestration.router import Router
 from service.store import NO_STREAM, EventStore, NewEvent, WrongExpectedVersion
 from service.store.database import keep_running
 
@@ -230,7 +231,9 @@ class Replays:
         await self.replayer.close()
 
 
-def create_replays(store: EventStore, caller: ModelCaller, config: Config) -> Replays:
-    """The replay services for one process."""
-    replayer = Replayer(store, caller, config)
+def create_replays(
+    store: EventStore, caller: ModelCaller, config: Config, router: Router | None = None
+) -> Replays:
+    """The replay services for one process (the router: judges' track records)."""
+    replayer = Replayer(store, caller, config, router=router)
     return Replays(replayer, BatchReplayer(store, replayer))

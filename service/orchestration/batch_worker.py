@@ -6,6 +6,18 @@ Exactly once: a replay stream's id is a function of (batch, run), the bulk appen
 creates streams only where none exists, and a restarted worker starts from the set
 of streams that exist. Across replicas, the holder of the batch's advisory lock
 drives it; the others return at once.
+
+The pool: a batch holds a connection for its lock from start to end and needs others
+to read and write, so batches started without bound (every unfinished one, at start)
+could hold every connection and wait on each other for ever. A process drives at most
+BATCHES_AT_ONCE batches (the rest queue), and their reads and writes share a fixed
+number of connections whatever the batches' concurrency (which bounds judge calls):
+locks and queries together take at most half the pool. That needs a pool of four or
+more beside the projection worker's and the router's long-held connections.
+
+A run whose re-judging raises (a judge model no longer configured, a bug) is recorded
+as a failed replay, so the batch still completes and its report counts it; database
+errors and cancellation end the batch instead, and it resumes later.
 """
 
 from __future__ import annotations
@@ -30,26 +42,39 @@ from service.orchestration.replay import Replayer, batch_replay_id, stamp
 from service.orchestration.replay_sources import existing_streams, read_sources, terminal_counts
 from service.store import NO_STREAM, EventStore, NewEvent, WrongExpectedVersion
 from service.store.bulk_append import append_new_streams
-from service.store.database import stateful
+from service.store.database import DATABASE_ERRORS, stateful
 
 log = structlog.get_logger("replay.batch")
 
 VOTE_CHUNK = 64  # the vote needs no I/O: read and write 64 runs per round trip
+BATCHES_AT_ONCE = 2  # per process; the others queue (see the pool, above)
 TRY_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtextextended($1, 42))"
 UNLOCK_SQL = "SELECT pg_advisory_unlock(hashtextextended($1, 42))"
 
 
+def pool_shares(pool_size: int) -> tuple[int, int]:
+    """(batches driven at once, their queries at once): together half the pool, at
+    least one of each."""
+    share = max(2, pool_size // 2)
+    driven = min(BATCHES_AT_ONCE, share - 1)
+    return driven, share - driven
+
+
 class BatchWorker:
-    """Replays what a batch still lacks, with the batch's concurrency."""
+    """Replays what a batch still lacks, with the batch's concurrency, within this
+    process's share of the pool."""
 
     def __init__(self, store: EventStore, replayer: Replayer) -> None:
         self.store = store
         self.replayer = replayer
+        driven, queries = pool_shares(store.pool.get_max_size())
+        self._driving = asyncio.Semaphore(driven)
+        self._queries = asyncio.Semaphore(queries)
 
     async def drive(self, batch_id: uuid.UUID) -> None:
         """Finish the batch, unless another replica holds it; errors are logged."""
         stream_id = f"batch-{batch_id}"
-        async with stateful(self.store.pool) as lock:  # the batch's advisory lock
+        async with self._driving, stateful(self.store.pool) as lock:  # the advisory lock
             if not await lock.fetchval(TRY_LOCK_SQL, stream_id):
                 return  # another replica drives it
             try:
@@ -64,7 +89,8 @@ class BatchWorker:
                     await asyncio.shield(lock.fetchval(UNLOCK_SQL, stream_id))
 
     async def _replay_batch(self, batch_id: uuid.UUID, stream_id: str) -> None:
-        records = await self.store.read_stream(stream_id)
+        async with self._queries:  # every query of a batch: see the pool, above
+            records = await self.store.read_stream(stream_id)
         if len(records) != 1:
             return  # completed already
         requested = records[0].decode()
@@ -73,7 +99,8 @@ class BatchWorker:
         tenant, actor, cause = meta["tenant"], meta["actor"], str(records[0].event_id)
         replay_ids = {r.run_id: batch_replay_id(batch_id, r.run_id) for r in requested.runs}
         ids = {run: f"replay-{replay}" for run, replay in replay_ids.items()}
-        done = await existing_streams(self.store, list(ids.values()))
+        async with self._queries:
+            done = await existing_streams(self.store, list(ids.values()))
         todo = [r for r in requested.runs if ids[r.run_id] not in done]
         size = VOTE_CHUNK if requested.judge.kind == "vote" else 1
         chunks: asyncio.Queue[list[SourceRun]] = asyncio.Queue()
@@ -88,7 +115,8 @@ class BatchWorker:
         async with asyncio.TaskGroup() as group:
             for _ in range(min(requested.concurrency, chunks.qsize())):
                 group.create_task(worker())
-        finalized, failed = await terminal_counts(self.store, list(ids.values()))
+        async with self._queries:
+            finalized, failed = await terminal_counts(self.store, list(ids.values()))
         completed = ReplayBatchCompleted(
             replayed=finalized + failed, finalized=finalized, failed=failed
         )
@@ -101,8 +129,9 @@ class BatchWorker:
                 "actor": "replay-worker",
             },
         )
-        with contextlib.suppress(WrongExpectedVersion):
-            await self.store.append_to_stream(stream_id, [closing], 1)
+        async with self._queries:
+            with contextlib.suppress(WrongExpectedVersion):
+                await self.store.append_to_stream(stream_id, [closing], 1)
         log.info("batch.completed", batch_id=str(batch_id), replayed_now=len(todo), failed=failed)
 
     async def _replay_chunk(
@@ -114,7 +143,8 @@ class BatchWorker:
         actor: str,
         cause: str,
     ) -> None:
-        sources = await read_sources(self.store, chunk)
+        async with self._queries:
+            sources = await read_sources(self.store, chunk)
 
         async def one(run: SourceRun) -> tuple[str, list[NewEvent]]:
             replay_id = replay_ids[run.run_id]
@@ -123,7 +153,8 @@ class BatchWorker:
 
         # In turn: a chunk of more than one run is a vote's, which waits on nothing.
         writes = [await one(run) for run in chunk]
-        await self._append_all(writes)
+        async with self._queries:
+            await self._append_all(writes)
 
     async def _rejudge(
         self,
@@ -136,19 +167,19 @@ class BatchWorker:
         if source.request is None or source.finalized is None:
             # Resolved as finalized, so this cannot happen short of a damaged log; the
             # replay still records it, so the batch ends and says what went wrong.
-            return [
-                ReplayRequested(
-                    replay_id=str(replay_id),
-                    source_run_id=run.run_id,
-                    source_stream_version=source.version,
-                    judge=requested.judge,
-                    batch_id=requested.batch_id,
-                ),
-                RunFailed(reason="internal_error", message="source run has no final answer"),
-            ]
-        return await self.replayer.rejudge(
-            replay_id, run.run_id, source, requested.judge, batch_id=requested.batch_id
-        )
+            return failed_replay(
+                requested, run, source.version, replay_id, "source run has no final answer"
+            )
+        try:
+            return await self.replayer.rejudge(
+                replay_id, run.run_id, source, requested.judge, batch_id=requested.batch_id
+            )
+        except DATABASE_ERRORS:
+            raise  # not the run's fault: the batch resumes later
+        except Exception as exc:  # it would fail again on every resume: record it
+            log.exception("replay.failed", batch_id=requested.batch_id, run_id=run.run_id)
+            message = f"{type(exc).__name__}: {exc}"[:500]
+            return failed_replay(requested, run, source.version, replay_id, message)
 
     async def _append_all(self, writes: Sequence[tuple[str, list[NewEvent]]]) -> None:
         """All the chunk's replay streams in one statement; one by one when any exists
@@ -159,3 +190,23 @@ class BatchWorker:
             for stream_id, events in writes:
                 with contextlib.suppress(WrongExpectedVersion):
                     await self.store.append_to_stream(stream_id, events, NO_STREAM)
+
+
+def failed_replay(
+    requested: ReplayBatchRequested,
+    run: SourceRun,
+    source_version: int,
+    replay_id: uuid.UUID,
+    message: str,
+) -> list[Event]:
+    """A replay that could not judge: its request and run.failed (internal_error)."""
+    return [
+        ReplayRequested(
+            replay_id=str(replay_id),
+            source_run_id=run.run_id,
+            source_stream_version=source_version,
+            judge=requested.judge,
+            batch_id=requested.batch_id,
+        ),
+        RunFailed(reason="internal_error", message=message),
+    ]

@@ -10,6 +10,8 @@ the client forces a new one, and from (batch, source run) inside a batch.
 
 The judge is ``run_judge``, the very function a live run uses, with the live run's
 seed (the same ballot order), so only the judge differs between original and replay.
+A weighted or informed judge sees the member weights the original judge recorded; when
+it recorded none, the router's track records now, as a live run's judge would.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from service.orchestration.caller import ModelCaller
 from service.orchestration.judge import run_judge
 from service.orchestration.plan import stable_seed
 from service.orchestration.planning import InvalidRequest, _check_judge
+from service.orchestration.router import Router
 from service.store import NO_STREAM, EventStore, NewEvent, WrongExpectedVersion
 
 log = structlog.get_logger("replay")
@@ -138,12 +141,21 @@ def stamp(
 
 
 class Replayer:
-    """Re-judges recorded runs; owns the tasks of replays in flight."""
+    """Re-judges recorded runs; owns the tasks of replays in flight. The router, when
+    given, supplies track records to weighted and informed judges."""
 
-    def __init__(self, store: EventStore, caller: ModelCaller, config: Config) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        caller: ModelCaller,
+        config: Config,
+        *,
+        router: Router | None = None,
+    ) -> None:
         self.store = store
         self.caller = caller
         self.config = config
+        self.router = router
         self._inflight: dict[uuid.UUID, asyncio.Task[ReplayOutcome]] = {}
 
     async def replay(
@@ -220,8 +232,6 @@ class Replayer:
             batch_id=batch_id,
             force=force,
         )
-        # The weights the original judge saw, so a weighted vote replays bit-identically.
-        weights = source.judge.member_weights if source.judge is not None else None
         result = await run_judge(
             self.caller,
             spec,
@@ -229,7 +239,7 @@ class Replayer:
             candidates,
             seed=stable_seed(str(run_id), "judge"),
             timeout_s=source.request.timeout_s or DEFAULT_JUDGE_TIMEOUT_S,
-            weights=weights,
+            weights=self._judge_weights(spec, source),
             self_judging=spec.model is not None
             and spec.model in {m.model for m in source.members.values()},
         )
@@ -254,6 +264,17 @@ class Replayer:
             judge_cost_usd=result.cost_usd,
         )
         return [requested, result.event, finalized]
+
+    def _judge_weights(self, spec: JudgeSpec, source: RunState) -> dict[str, float] | None:
+        """The weights the original judge saw, so a weighted vote replays
+        bit-identically; when it saw none, a weighted or informed judge gets the
+        router's, as a live run would (with no router, none)."""
+        recorded = source.judge.member_weights if source.judge is not None else None
+        if recorded is not None or self.router is None or not (spec.weighted or spec.informed):
+            return recorded
+        assert source.request is not None
+        members = [(m.member_id, m.model) for m in source.succeeded]
+        return self.router.member_weights(source.request.category, members)
 
     async def close(self) -> None:
         """Cancel replays in flight; nothing of theirs was written (one append each)."""

@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
-import asyncpg
 import structlog
 
 from service.config import Config, PresetConfig, UnknownModel
@@ -52,7 +51,7 @@ from service.orchestration.plan import FusionPlan, RouteRequest, stable_seed
 from service.orchestration.profile_loader import load_profile_snapshot
 from service.store import Checkpoint, EventStore, RecordedEvent
 from service.store.codec import decode_event
-from service.store.database import keep_running
+from service.store.database import DATABASE_ERRORS, keep_running
 from service.store.postgres import START, checkpoint_of
 
 log = structlog.get_logger("router")
@@ -273,8 +272,6 @@ PROFILE_EVENT_TYPES = frozenset(
 # service's CPU per fusion from 5.3 to 4.5 ms. Profiles a quarter second older
 # route as well.
 FOLLOW_SETTLE_S = 0.25
-# What the follower survives: the database went away or refused; a bug is not retried.
-DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 # A run's context for the fold: its request and its panel, versions 1 and 2 of a run

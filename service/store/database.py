@@ -23,6 +23,8 @@ log = structlog.get_logger("database")
 
 # A plain connection or one borrowed from the pool.
 Connection = asyncpg.Connection | PoolConnectionProxy
+# The database went away or refused: what background loops retry (a bug is not).
+DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
