@@ -104,7 +104,7 @@ Progress = Callable[[int], None]
 async def verify_chains(conn: asyncpg.Connection, progress: Progress | None = None) -> VerifyReport:
     """Recompute every stream's chain; report the first bad event of each stream."""
     report = VerifyReport()
-    heads = {r["stream_id"]: r for r in await conn.fetch(STREAM_HEADS_SQL)}
+    heads: dict[str, asyncpg.Record] = {}  # read in the chains' snapshot, below
     current: str | None = None
     expected_prev = b""
     version = 0
@@ -134,6 +134,9 @@ async def verify_chains(conn: asyncpg.Connection, progress: Progress | None = No
             )
 
     async with conn.transaction(isolation="repeatable_read", readonly=True):
+        # Heads and chains from one snapshot: an append between two reads would look
+        # like events removed from a stream's end, or a stream without its head.
+        heads.update((r["stream_id"], r) for r in await conn.fetch(STREAM_HEADS_SQL))
         async for row in conn.cursor(CHAIN_SQL, prefetch=2000):
             event = RecordedEvent(**dict(row))
             if event.stream_id != current:

@@ -72,6 +72,34 @@ async def test_clean_log_verifies(store: EventStore) -> None:
     assert (report.events, report.streams) == (8, 3)
 
 
+class AppendsAfterHeads:
+    """A connection that lets the log grow right after verify reads the stream heads:
+    an existing stream gets an event and a new stream appears, as under live traffic."""
+
+    def __init__(self, conn: asyncpg.Connection, store: EventStore, stream: Stored) -> None:
+        self._conn, self._store, self._stream = conn, store, stream
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._conn, name)
+
+    async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await self._conn.fetch(query, *args)
+        if "FROM streams" in query:
+            s = self._stream
+            await self._store.append_to_stream(s.stream_id, [failed("late")], len(s.events))
+            await append_stream(self._store)
+        return rows
+
+
+async def test_a_log_growing_during_verify_is_not_tampered(store: EventStore) -> None:
+    stored = await append_stream(store, 2)
+    async with store.pool.acquire() as conn:
+        report = await verify_chains(AppendsAfterHeads(conn, store, stored))  # type: ignore[arg-type]
+    assert report.ok, report.problems
+    assert (report.events, report.streams) == (2, 1)  # the log as of its snapshot
+    assert (await verify(store)).ok
+
+
 async def test_one_changed_byte_names_the_event(
     store: EventStore, superuser: asyncpg.Connection
 ) -> None:
