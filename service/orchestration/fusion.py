@@ -15,11 +15,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import msgspec
 import structlog
 
 from service.domain.events import (
     AnswerFinalized,
+    ClientIdentity,
     Event,
+    JudgeFailed,
     JudgeSpec,
     PanelCallFailed,
     PanelCallSucceeded,
@@ -45,6 +48,10 @@ from service.tracing import model_call_span, record_call, run_span
 
 log = structlog.get_logger("fusion")
 
+# A call that timed out this close to the run's deadline (or after it) was stopped by
+# the deadline, not by its own bound: a run that then fails, fails for lack of time.
+DEADLINE_SLACK_S = 0.005
+
 
 class IdempotencyConflict(Exception):
     """The Idempotency-Key was used before for a different request."""
@@ -56,10 +63,11 @@ class Overloaded(Exception):
 
 @dataclass(slots=True)
 class RunHandle:
-    """A run in progress: its id and the task that drives it."""
+    """A run in progress: its id, the request it runs and the task that drives it."""
 
     run_id: uuid.UUID
     task: asyncio.Task[RunState]
+    fingerprint: RunRequested  # what its Idempotency-Key stands for (_fingerprint)
     cancel_reason: list[str] = field(default_factory=list)
     earlier: bool = False  # the stream existed: the Idempotency-Key's earlier run
 
@@ -108,13 +116,18 @@ class FusionRunner:
     async def fuse_here(self, plan: FusionPlan, run_id: uuid.UUID | None = None) -> Fused:
         """As ``fuse``, and say whether this call ran the fusion or found it made."""
         run_id = run_id or plan.run_id()
+        fingerprint = _fingerprint(_requested(run_id, plan))
         handle = self._open.get(run_id)
         joined = handle is not None
+        if handle is not None and handle.fingerprint != fingerprint:
+            # The key's first run is still open here: the request it runs is known.
+            raise IdempotencyConflict(_KEY_REUSED)
         if handle is None:
             if self.max_open_runs and len(self._open) >= self.max_open_runs:
                 self.metrics.shed.inc()
                 raise Overloaded(f"{len(self._open)} runs open, the bound of this process")
-            handle = RunHandle(run_id, asyncio.create_task(self._run(run_id, plan)))
+            task = asyncio.create_task(self._run(run_id, plan))
+            handle = RunHandle(run_id, task, fingerprint)
             self._open[run_id] = handle
             self.metrics.open_runs.set(len(self._open))
             handle.task.add_done_callback(lambda _: self._forget(run_id))
@@ -211,6 +224,7 @@ class FusionRunner:
         # one (the run closed elsewhere, the database) also stops the members still
         # calling, and the judge is not called.
         outcomes: dict[str, Event] = {}
+        cut_off: set[str] = set()  # members the run's deadline stopped
         appends: list[asyncio.Task[list[uuid.UUID]]] = []
         calling: list[asyncio.Task[None]] = []
 
@@ -222,6 +236,8 @@ class FusionRunner:
         async def member_task(member: PanelMember) -> None:
             event = await self._call_member(plan, member, run_key, deadline)
             outcomes[member.member_id] = event
+            if isinstance(event, PanelCallFailed) and _out_of_time(event.error_kind, deadline):
+                cut_off.add(member.member_id)
             append = asyncio.create_task(writer.append(event, caused_by=selected_id))
             append.add_done_callback(append_done)
             appends.append(append)
@@ -235,14 +251,18 @@ class FusionRunner:
         panel_cost = sum(m.cost_usd for m in state.members.values())
         successes = [Candidate(m.member_id, m.text or "") for m in state.succeeded]
         if len(successes) < plan.min_successes:
-            await _settled(appends)
-            await self._fail(
-                writer,
-                "quorum_not_met",
-                f"{len(successes)} of {len(members)} members answered; {plan.min_successes} needed",
-                started,
-                panel_cost,
+            reason: RunFailureReason = "quorum_not_met"
+            message = (
+                f"{len(successes)} of {len(members)} members answered; {plan.min_successes} needed"
             )
+            if len(successes) + len(cut_off) >= plan.min_successes:
+                # The members the deadline stopped could have made the quorum.
+                reason = "timeout"
+                message += (
+                    f"; the run's {plan.timeout_s:g}s deadline stopped {len(cut_off)} still calling"
+                )
+            await _settled(appends)
+            await self._fail(writer, reason, message, started, panel_cost)
             return fold(writer.recorded)
         judge_spec = plan.judge
         if plan.max_cost_usd is not None and panel_cost >= plan.max_cost_usd:
@@ -264,12 +284,14 @@ class FusionRunner:
         # The verdict and the run's end are one append: one transaction, one round trip.
         judged = writer.new(result.event, caused_by=selected_id)
         if result.decision is None:
-            end: Event = self._failed_event(
-                "judge_failed",
-                "the judge failed and the fallback is 'fail'",
-                started,
-                panel_cost + result.cost_usd,
-            )
+            failure: RunFailureReason = "judge_failed"
+            why = "the judge failed and the fallback is 'fail'"
+            if isinstance(result.event, JudgeFailed) and _out_of_time(
+                result.event.error_kind, deadline
+            ):
+                failure = "timeout"
+                why = f"the run's {plan.timeout_s:g}s deadline left the judge no time to decide"
+            end: Event = self._failed_event(failure, why, started, panel_cost + result.cost_usd)
         else:
             answer = result.decision.final_answer
             end = AnswerFinalized(
@@ -408,9 +430,7 @@ class FusionRunner:
         while True:
             state = fold(e.decode() for e in await self.store.read_stream(stream_id))
             if state.request is not None and _fingerprint(state.request) != _fingerprint(mine):
-                raise IdempotencyConflict(
-                    "this Idempotency-Key was already used for a different request"
-                )
+                raise IdempotencyConflict(_KEY_REUSED)
             if state.closed or time.monotonic() > deadline:
                 return state
             await asyncio.sleep(0.05)
@@ -436,8 +456,29 @@ def _requested(run_id: uuid.UUID, plan: FusionPlan) -> RunRequested:
     )
 
 
-def _fingerprint(event: RunRequested) -> tuple[object, ...]:
-    return (event.messages, event.panel, event.judge, event.preset, event.category)
+_KEY_REUSED = "this Idempotency-Key was already used for a different request"
+
+
+def _fingerprint(event: RunRequested) -> RunRequested:
+    """The request as its client chose it, to compare with another one of the same key:
+    the recorded request without who sent it (a retry may come with another user agent)
+    and without what the service inferred (a category the client did not give, and the
+    rule that gave it). An automatic panel is recorded as "auto", before the router picks
+    (the panel it picked is in panel.selected), so a retry of a routed request matches."""
+    given = event.category_source == "given"
+    return msgspec.structs.replace(
+        event,
+        client=ClientIdentity(),
+        category=event.category if given else "",
+        category_source="given" if given else "default",
+        category_rule=None,
+    )
+
+
+def _out_of_time(error_kind: str, deadline: float) -> bool:
+    """A call that timed out when the run's deadline came: stopped by the run's time,
+    not failed on its own (its own bound, a provider's, came earlier)."""
+    return error_kind == "timeout" and time.perf_counter() >= deadline - DEADLINE_SLACK_S
 
 
 def _total_cost(state: RunState) -> float:

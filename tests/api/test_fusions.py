@@ -162,6 +162,138 @@ async def test_same_idempotency_key_makes_one_run(
 
 
 @pytest.mark.parametrize(
+    "change",
+    [
+        {"min_successes": 3},
+        {"params": {"temperature": 0.5}},
+        {"timeout_s": 9},
+        {"tags": ["vip"]},
+        {"max_cost_usd": 1.0},
+    ],
+)
+async def test_a_reused_key_with_other_settings_is_refused_after_its_run_closed(
+    client: AsyncTestClient[Any], pool: asyncpg.Pool, change: dict[str, Any]
+) -> None:
+    headers = {"Idempotency-Key": "order-42"}
+    body = {"prompt": "2+2?", "min_successes": 2}
+    first = await client.post("/v1/fusions", json=body, headers=headers)
+    assert first.status_code == 200, first.text
+    # a retry may come from another client library: who asks is not the request
+    again = {**headers, "User-Agent": "retrier/2"}
+    retry = await client.post("/v1/fusions", json=body, headers=again)
+    assert retry.status_code == 200, retry.text
+    assert retry.json()["run_id"] == first.json()["run_id"]
+    other = await client.post("/v1/fusions", json={**body, **change}, headers=headers)
+    assert other.status_code == 422, other.text
+    assert other.json()["title"] == "Idempotency-Key reused"
+    requested = "SELECT count(*) FROM events WHERE event_type = 'run.requested'"
+    assert await pool.fetchval(requested) == 1
+
+
+async def test_a_retried_auto_panel_request_gets_its_run(
+    client: AsyncTestClient[Any], pool: asyncpg.Pool
+) -> None:
+    # The router picks the panel when the run starts; the request says "auto" each time.
+    headers = {"Idempotency-Key": "routed-1"}
+    body = {"prompt": "2+2?", "panel": "auto", "min_successes": 1}
+    first = await client.post("/v1/fusions", json=body, headers=headers)
+    assert first.status_code in (200, 502), first.text
+    retry = await client.post("/v1/fusions", json=body, headers=headers)
+    assert retry.status_code == first.status_code, retry.text
+    assert retry.json()["run_id"] == first.json()["run_id"]
+    requested = "SELECT count(*) FROM events WHERE event_type = 'run.requested'"
+    assert await pool.fetchval(requested) == 1
+
+
+async def test_a_reused_key_is_checked_while_its_first_run_is_open(
+    database: TestDatabase, config: Config, providers: MockProviders, pool: asyncpg.Pool
+) -> None:
+    # The app on this test's own loop (the test client runs one request at a time).
+    http = httpx.AsyncClient(transport=httpx.MockTransport(providers.handle))
+    settings = Settings(database_url=database.url, pool_min_size=1)
+    app = create_app(settings, config, http_client=http, sweeper=False, run_migrations=False)
+    headers = {"Idempotency-Key": "order-42"}
+    body = {"prompt": "3+4?", "panel": ["mock/slow", "mock/a", "mock/b"]}  # ~0.5 s
+    asgi = httpx.ASGITransport(app=app)
+    try:
+        async with app.lifespan(), httpx.AsyncClient(transport=asgi, base_url="http://t") as c:
+            first = asyncio.create_task(c.post("/v1/fusions", json=body, headers=headers))
+            for _ in range(200):  # until the first run is open
+                if await count(pool):
+                    break
+                await asyncio.sleep(0.01)
+            other = {"prompt": "Transfer $500 to Bob?", "panel": ["mock/c"]}
+            refused = await c.post("/v1/fusions", json=other, headers=headers)
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["title"] == "Idempotency-Key reused"
+            assert not first.done()
+            retry = await c.post("/v1/fusions", json=body, headers=headers)  # joins the run
+            done = await first
+            assert done.status_code == retry.status_code == 200, retry.text
+            assert retry.json()["run_id"] == done.json()["run_id"]
+            assert retry.json()["answer"] == done.json()["answer"]
+            requested = "SELECT count(*) FROM events WHERE event_type = 'run.requested'"
+            assert await pool.fetchval(requested) == 1
+    finally:
+        await http.aclose()
+
+
+async def failure_reason(pool: asyncpg.Pool, run_id: str) -> str | None:
+    """The reason the run's run.failed records (None: the run did not fail)."""
+    reason: str | None = await pool.fetchval(
+        "SELECT data->>'reason' FROM events WHERE stream_id = $1 AND event_type = 'run.failed'",
+        f"run-{run_id}",
+    )
+    return reason
+
+
+@pytest.mark.parametrize(
+    ("panel", "status", "reason"),
+    [
+        (["mock/a", "mock/slow"], 504, "timeout"),  # the deadline cut mock/slow off
+        (["mock/a", "mock/down"], 502, "quorum_not_met"),  # mock/down failed on its own
+        (["mock/down", "mock/slow"], 502, "quorum_not_met"),  # more time would not help
+    ],
+)
+async def test_a_run_out_of_time_fails_as_timeout(
+    client: AsyncTestClient[Any], pool: asyncpg.Pool, panel: list[str], status: int, reason: str
+) -> None:
+    body = {
+        "prompt": "2+2?",
+        "panel": panel,
+        "min_successes": 2,
+        "judge": {"kind": "vote"},
+        "timeout_s": 0.3,
+    }
+    response = await client.post("/v1/fusions", json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["failure_reason"] == reason
+    assert await failure_reason(pool, response.json()["run_id"]) == reason
+
+
+@pytest.mark.parametrize(
+    ("judge", "status", "reason"),
+    [
+        ("mock/slow", 504, "timeout"),  # the deadline left the judge no more time
+        ("mock/badjudge", 502, "judge_failed"),  # the judge failed on its own
+    ],
+)
+async def test_a_judge_out_of_time_fails_the_run_as_timeout(
+    client: AsyncTestClient[Any], pool: asyncpg.Pool, judge: str, status: int, reason: str
+) -> None:
+    body = {
+        "prompt": "2+2?",
+        "panel": ["mock/a", "mock/b"],
+        "judge": {"kind": "synthesize", "model": judge, "fallback": "fail"},
+        "timeout_s": 0.3,
+    }
+    response = await client.post("/v1/fusions", json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["failure_reason"] == reason
+    assert await failure_reason(pool, response.json()["run_id"]) == reason
+
+
+@pytest.mark.parametrize(
     ("body", "status", "needle"),
     [
         ({}, 422, "prompt"),

@@ -9,6 +9,21 @@ import openai
 import pytest
 from litestar.testing import AsyncTestClient
 
+from service.config import parse_config
+from tests.api.conftest import CONFIG_TOML
+
+# A preset whose deadline cuts mock/slow off (it needs both members to answer).
+HURRIED = parse_config(
+    CONFIG_TOML
+    + """
+[presets.hurried]
+panel = ["mock/a", "mock/slow"]
+judge = { kind = "vote" }
+min_successes = 2
+timeout_s = 0.3
+"""
+)
+
 
 def sdk(client: AsyncTestClient[Any]) -> openai.AsyncOpenAI:
     # AsyncTestClient is an httpx.AsyncClient that talks to the app in process.
@@ -50,6 +65,29 @@ async def test_openai_client_streams(client: AsyncTestClient[Any]) -> None:
             finish = chunk.choices[0].finish_reason or finish
     assert "".join(parts) == "4"
     assert finish == "stop"
+
+
+async def test_a_reused_key_with_another_request_is_refused(client: AsyncTestClient[Any]) -> None:
+    headers = {"Idempotency-Key": "chat-7"}
+    body = {"model": "fusion/cheap", "messages": [{"role": "user", "content": "2+2?"}]}
+    first = await client.post("/v1/chat/completions", json=body, headers=headers)
+    assert first.status_code == 200, first.text
+    retry = await client.post("/v1/chat/completions", json=body, headers=headers)
+    assert retry.status_code == 200, retry.text
+    assert retry.headers["x-fusion-run-id"] == first.headers["x-fusion-run-id"]
+    other = await client.post(
+        "/v1/chat/completions", json={**body, "temperature": 0.5}, headers=headers
+    )
+    assert other.status_code == 422, other.text
+    assert other.json()["title"] == "Idempotency-Key reused"
+
+
+@pytest.mark.parametrize("config", [HURRIED])
+async def test_a_run_out_of_time_is_a_504(client: AsyncTestClient[Any]) -> None:
+    body = {"model": "fusion/hurried", "messages": [{"role": "user", "content": "2+2?"}]}
+    response = await client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 504, response.text
+    assert response.json()["error"]["code"] == "timeout"
 
 
 async def test_models_and_unknown_model(client: AsyncTestClient[Any]) -> None:
