@@ -10,7 +10,9 @@ Pure transitions on an immutable ``Breaker``; the caller supplies the time. Stat
 - half_open: the cool-down is over; the router seats it once as a probe. A good probe
   closes the breaker (fresh window); a failed one opens it again with the cool-down
   doubled, up to ``max_cooldown_s``. A probe that never reports (its run was
-  cancelled) stops blocking the next probe after another cool-down.
+  cancelled) stops blocking the next probe after another cool-down. Any other call
+  that ends after the cool-down counts as a probe too: when no model is closed the
+  router seats resting ones, and their calls are the only news of them.
 """
 
 from __future__ import annotations
@@ -67,8 +69,8 @@ CLOSED = Breaker()
 def record_call(breaker: Breaker, failed: bool, now: float, settings: BreakerSettings) -> Breaker:
     """The breaker after one call outcome of its model."""
     if breaker.opened_at is not None:
-        if not breaker.probing:
-            return breaker  # calls that began before the model was rested
+        if not breaker.probing and now < breaker.opened_at + breaker.cooldown_s:
+            return breaker  # begun before it was rested, or seated while every model was
         if failed:
             return _open(breaker, now, min(breaker.cooldown_s * 2, settings.max_cooldown_s))
         return CLOSED

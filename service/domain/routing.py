@@ -19,7 +19,9 @@ For each candidate model in the prompt's category:
   costs: list prices for this prompt's tokens and the completion tokens the profiles
   show (``expected_costs``).
 - the breaker's view is an input: resting models are skipped; one model whose
-  cool-down is over is seated as a probe.
+  cool-down is over is seated as a probe. When no model is closed, the probe (if any
+  is due) is seated all the same and the other seats go to the best-scoring resting
+  models: a panel of resting models beats no answer.
 """
 
 from __future__ import annotations
@@ -255,10 +257,9 @@ def route(
         snapshot, pool, query.category, query.prompt_tokens, query.output_tokens, s
     )
     names = [c.model for c in pool]
-    usable = [m for m in names if m not in query.resting and m not in query.probes]
-    ignored_breaker = not usable
-    if ignored_breaker:  # every model rests: a panel of resting models beats no answer
-        usable = names
+    closed = [m for m in names if m not in query.resting and m not in query.probes]
+    all_resting = not closed
+    usable = closed or names  # every model rests: a panel of resting models beats no answer
     cheapest = min(costs[m] for m in usable)
     budget = query.budget_usd
     if budget is not None and not _fits(0.0, cheapest, query.k - 1, cheapest, budget):
@@ -271,12 +272,11 @@ def route(
     seats: list[str] = []
     spent = 0.0
     probe = None
-    if not ignored_breaker:
-        for m in names:
-            if m in query.probes and _fits(spent, costs[m], query.k - 1, cheapest, budget):
-                probe, spent = m, spent + costs[m]
-                seats.append(m)
-                break
+    for m in names:  # even when every model rests: else no breaker would ever close again
+        if m in query.probes and _fits(spent, costs[m], query.k - 1, cheapest, budget):
+            probe, spent = m, spent + costs[m]
+            seats.append(m)
+            break
     over_budget: set[str] = set()
     penalty = dict.fromkeys(usable, 0.0)
     for p in seats:
@@ -305,7 +305,7 @@ def route(
             score=scores[m],
             chosen=m in seats,
             reason=_reason(
-                m, seats, probe, query, over_budget, scores[m] > lowest_chosen, ignored_breaker
+                m, seats, probe, query, over_budget, scores[m] > lowest_chosen, all_resting
             ),
             expected_cost_usd=costs[m],
         )
@@ -370,17 +370,20 @@ def _reason(
     query: RouteQuery,
     over_budget: set[str],
     beat_a_chosen: bool,
-    ignored_breaker: bool,
+    all_resting: bool,
 ) -> str:
+    # Every seat says when no model was closed, the probe's too (a panel of one): route
+    # explain reads the breaker's view back from these reasons.
+    marker = " (every candidate resting)" if all_resting else ""
     taken = seats.count(model)
     if model == probe:
-        return "probe: breaker half-open"
+        return "probe: breaker half-open" + marker
     if taken:
         reason = "top score" if taken == 1 else f"top score ({taken} seats: self-fusion)"
-        return reason + (" (every candidate resting)" if ignored_breaker else "")
-    if model in query.resting and not ignored_breaker:
+        return reason + marker
+    if model in query.resting and not all_resting:
         return "resting: breaker open"
-    if model in query.probes and not ignored_breaker:
+    if model in query.probes and not all_resting:
         return "resting: another model is being probed"
     if model in over_budget:
         return "over budget"

@@ -96,7 +96,7 @@ async def explain_run(
         prompt_tokens=prompt_tokens(requested.messages),
         output_tokens=requested.params.max_tokens,
         resting=frozenset(_resting(recorded)),
-        probes=frozenset(c.model for c in recorded.candidates if c.reason in PROBED),
+        probes=frozenset(c.model for c in recorded.candidates if _probed(c.reason)),
     )
     again = route(snapshot, query, settings)
     seats = [m.model for m in selected.members]
@@ -136,6 +136,11 @@ def _resting(recorded: RouterDecision) -> set[str]:
     if any(ALL_RESTING in c.reason for c in recorded.candidates):
         return {c.model for c in recorded.candidates}
     return {c.model for c in recorded.candidates if c.reason == RESTING}
+
+
+def _probed(reason: str) -> bool:
+    # a probe seated while no model was closed carries the every-resting marker too
+    return reason.removesuffix(f" {ALL_RESTING}") in PROBED
 
 
 def _compare(recorded: RouterDecision, again: RouterDecision) -> list[str]:

@@ -6,7 +6,7 @@ into panel.selected with the seed, so ``route explain`` can rebuild the same inp
 
 The breakers are fed twice: by this process's own member calls as they end
 (``record_call``; reacts within a few runs) and by the calls other processes made, as
-newer snapshots show them (``install``).
+newer snapshots show them (``install``); not by the lifetime counts it starts from.
 """
 
 from __future__ import annotations
@@ -170,13 +170,17 @@ class Router:
         """The profiles the next decision reads."""
         return self._snapshot
 
-    def install(self, snapshot: ProfileSnapshot) -> None:
+    def install(self, snapshot: ProfileSnapshot, *, history: bool = False) -> None:
         """Use a newer snapshot; calls it shows for models this process did not call
-        since the last one (other replicas' calls) may open their breakers."""
+        since the last one (other replicas' calls) may open their breakers.
+
+        ``history``: the snapshot is where the profiles start (the read models at
+        start), and its counts are every call ever made: they feed no breaker, which is
+        about recent calls; the next snapshot's news is counted against them."""
         now = self.clock()
         previous = self._snapshot
         for model, cell in snapshot.overall.items():
-            if model in self._called:
+            if history or model in self._called:
                 continue
             seen = cell - previous.model_overall(model)
             if seen.calls > 0:
@@ -350,7 +354,7 @@ async def follow_log(
     if from_read_models and (start := await _read_model_start(store)) is not None:
         fold.builder = ProfileBuilder(start)
         checkpoint = Checkpoint.parse(start.checkpoint)
-        router.install(start)
+        router.install(start, history=True)
 
     async def follow() -> None:
         nonlocal checkpoint, batches

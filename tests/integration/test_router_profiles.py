@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -112,6 +113,32 @@ async def test_a_routed_run_is_explained_from_the_log(
     assert all(0.0 < w < 1.0 for w in judged.member_weights.values())
 
 
+async def test_a_run_routed_while_every_breaker_rested_is_explained_from_the_log(
+    routed: tuple[FusionRunner, Router, Config], store: EventStore, simulator: RunningSimulator
+) -> None:
+    runner, router, config = routed
+    questions = simulator.world.bank.in_category("multiple_choice")[:3]
+    for q in questions[:2]:
+        run_id, state = await fuse(runner, config, q.prompt)
+        await record_truth(store, run_id, state, q.expected)
+    await caught_up(store, router)
+    pool = config.presets["auto"].router.candidates
+    now = time.monotonic()
+    router.clock = lambda: now
+    for model in pool:  # one provider down: every candidate rests
+        while router.breakers([model])[model].state == "closed":
+            router.record_call(model, failed=True)
+    router.clock = lambda: now + router.breaker_settings.cooldown_s
+    run_id, _ = await fuse(runner, config, questions[2].prompt)
+
+    decision = (await selection(store, run_id)).router
+    assert decision is not None
+    reasons = {c.model: c.reason for c in decision.candidates}
+    assert reasons[pool[0]] == "probe: breaker half-open (every candidate resting)"
+    explanation = await explain_run(store, config, str(run_id))
+    assert explanation.identical, explanation.differences
+
+
 async def test_the_followed_snapshot_equals_a_rebuild_from_the_log(
     routed: tuple[FusionRunner, Router, Config], store: EventStore, simulator: RunningSimulator
 ) -> None:
@@ -186,6 +213,33 @@ async def test_a_fold_holding_few_runs_reads_back_the_context_of_late_outcomes(
     for start in range(0, len(events), 4):
         fold_profiles(forgetful, events[start : start + 4])
     assert forgetful.builder.snapshot("end") != expected
+
+
+async def test_a_start_from_the_read_models_rests_no_model_for_its_past_failures(
+    store: EventStore, pool: asyncpg.Pool
+) -> None:
+    await record_runs(store, 4)
+    await projections.run_until_caught_up(pool)
+    async with pool.acquire() as conn:
+        # 9 failed calls in 10 over the model's lifetime, none of them lately
+        failing = await conn.fetchval(
+            "UPDATE model_error_profile SET calls = calls + 1000, failures = failures + 900"
+            " WHERE model = (SELECT min(model) FROM model_error_profile) RETURNING model"
+        )
+        start = await load_profile_snapshot(conn)
+    router = Router(offline_config())
+    follower = asyncio.create_task(follow_log(router, store, poll_interval=0.05))
+    try:
+        for _ in range(200):
+            if router.snapshot.checkpoint == start.checkpoint:
+                break
+            await asyncio.sleep(0.02)
+        assert router.snapshot == start
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+    assert router.breakers([failing])[failing].state == "closed"
 
 
 async def test_the_follower_starts_from_the_read_models_and_follows_the_log_after_them(

@@ -27,6 +27,7 @@ from service.domain.events import (
 from service.domain.profiles import ProfileBuilder, ProfileFold, ProfileSnapshot
 from service.domain.routing import (
     PoolModel,
+    Route,
     RouteInfeasible,
     RouteQuery,
     expected_costs,
@@ -34,6 +35,7 @@ from service.domain.routing import (
     model_view,
     route,
 )
+from service.orchestration.plan import RouteRequest
 from service.orchestration.router import Router
 
 POOL = tuple(PoolModel(m, 1.0, 3.0) for m in ("a", "b", "c", "d"))
@@ -134,6 +136,14 @@ def test_every_model_resting_still_gives_a_panel() -> None:
     )
 
 
+def test_a_probe_is_seated_even_when_no_model_is_closed() -> None:
+    query = RouteQuery("math", POOL[:3], 2, seed=1, resting=frozenset("a"), probes=frozenset("bc"))
+    decided = route(ProfileSnapshot(), query)
+    assert decided.probe == "b" and "b" in decided.seats and len(decided.seats) == 2
+    reasons = {c.model: c.reason for c in decided.decision.candidates}
+    assert reasons["b"] == "probe: breaker half-open (every candidate resting)"
+
+
 def test_bad_queries_are_refused() -> None:
     with pytest.raises(RouteInfeasible) as too_many:
         route(ProfileSnapshot(), RouteQuery("math", POOL, 5, seed=1))
@@ -232,6 +242,17 @@ def test_a_lost_probe_does_not_block_probing_forever() -> None:
     assert breaker.state(15) == "open" and breaker.state(20) == "half_open"
 
 
+def test_a_call_that_ends_after_the_cool_down_is_a_probe() -> None:
+    cfg = BreakerSettings(cooldown_s=30)
+    rested = Breaker()
+    for _ in range(3):
+        rested = record_call(rested, True, 0, cfg)
+    assert record_call(rested, False, 29, cfg) == rested  # begun before it was rested
+    assert record_call(rested, False, 30, cfg).state(30) == "closed"
+    failed = record_call(rested, True, 30, cfg)  # seated without start_probe: still news
+    assert failed.state(89) == "open" and failed.state(90) == "half_open"
+
+
 # --- the profile fold (the read models' maths over events) -----------------------
 
 
@@ -302,3 +323,88 @@ def test_calls_other_replicas_made_can_rest_a_model() -> None:
     router.install(failing.snapshot("9:9"))
     views = router.breakers(["x", "y"])
     assert views["x"].state == "open" and views["y"].state == "closed"
+
+
+def test_a_start_from_the_read_models_opens_no_breaker() -> None:
+    config = parse_config(
+        '[providers.p]\nbase_url = "http://p.test/v1"\n[models.x]\nprovider = "p"\n'
+    )
+    router = Router(config, clock=lambda: 50.0)
+    lifetime = ProfileBuilder()
+    for i in range(40):  # x failed 3 calls in 4 over its lifetime, none of them lately
+        lifetime.record_call("x", "math", failed=i % 4 != 0, cost_usd=0, latency_ms=1)
+    router.install(lifetime.snapshot("5:5"), history=True)
+    assert router.breakers(["x"])["x"].state == "closed"
+    for _ in range(6):  # what other replicas see after the start still counts
+        lifetime.record_call("x", "math", failed=True, cost_usd=0, latency_ms=1)
+    router.install(lifetime.snapshot("9:9"))
+    assert router.breakers(["x"])["x"].state == "open"
+
+
+# --- the router's breakers over many runs ------------------------------------------
+
+ABC = RouteRequest(k=2, pool=("a", "b", "c"))
+
+
+class Clock:
+    """Time the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def abc_router(clock: Clock) -> Router:
+    """A router over models a, b and c, all behind one provider."""
+    models = "".join(f'[models.{m}]\nprovider = "p"\n' for m in "abc")
+    return Router(
+        parse_config(f'[providers.p]\nbase_url = "http://p.test/v1"\n{models}'), clock=clock
+    )
+
+
+def run_panels(router: Router, clock: Clock, runs: int, failing: str = "") -> list[Route]:
+    """``runs`` decisions a second apart, each seat's call reported: ``failing`` fails
+    every call, the others answer."""
+    decided = []
+    for seed in range(runs):
+        panel = router.decide("math", ABC, seed)
+        for model in panel.seats:
+            router.record_call(model, failed=model == failing)
+        decided.append(panel)
+        clock.now += 1.0
+    return decided
+
+
+def provider_outage(router: Router, clock: Clock) -> None:
+    """Every model fails until its breaker opens; then the cool-down passes."""
+    for model in "abc":
+        for _ in range(3):
+            router.record_call(model, failed=True)
+    assert {view.state for view in router.breakers("abc").values()} == {"open"}
+    clock.now += BreakerSettings().cooldown_s
+
+
+def test_breakers_close_after_an_outage_that_rested_every_candidate() -> None:
+    clock = Clock()
+    router = abc_router(clock)
+    provider_outage(router, clock)
+    decided = run_panels(router, clock, 50)
+    assert decided[0].probe == "a"  # due while no model is closed: probed all the same
+    states = {model: view.state for model, view in router.breakers("abc").items()}
+    assert states == dict.fromkeys("abc", "closed")
+    for panel in decided[1:]:  # the probe answered: from the next run on, a is closed
+        assert not any("every candidate resting" in c.reason for c in panel.decision.candidates)
+
+
+def test_after_an_outage_a_failing_model_is_rested_as_by_a_fresh_router() -> None:
+    clock = Clock()
+    router = abc_router(clock)
+    provider_outage(router, clock)
+    run_panels(router, clock, 50)
+    seated = sum("a" in p.seats for p in run_panels(router, clock, 200, failing="a"))
+    fresh_clock = Clock()
+    fresh = run_panels(abc_router(fresh_clock), fresh_clock, 200, failing="a")
+    # Left half-open for ever, a was seated in 92 of these 200 runs; a fresh router: 4.
+    assert seated <= sum("a" in p.seats for p in fresh) + 5
