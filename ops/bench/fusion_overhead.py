@@ -171,19 +171,20 @@ async def prefill(url: str, runs: int) -> None:
     loader = await asyncpg.connect(url)  # asyncpg's own jsonb codec: binary COPY
     try:
         events, made, seconds = await generate(loader, int(runs * 7.33), seed=1)
-        # Not autovacuum's work or a checkpoint's writes in the middle of the measurement.
-        await loader.execute("VACUUM (ANALYZE) events")
+        log(f"prefilled {made} runs ({events} events) in {seconds:.0f} s; catching up")
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+        pool = await create_pool(url, min_size=1, max_size=2)
+        try:
+            await asyncio.gather(*(runner.rebuild(pool, p.name) for p in runner.PROJECTIONS))
+        finally:
+            await pool.close()
+        # Not autovacuum's work, nor the writes of the load's dirty pages, in the middle
+        # of the measurement.
+        await loader.execute("VACUUM (ANALYZE)")
         with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
             await loader.execute("CHECKPOINT")
     finally:
         await loader.close()
-    log(f"prefilled {made} runs ({events} events) in {seconds:.0f} s; catching up")
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # not stdout
-    pool = await create_pool(url, min_size=1, max_size=2)
-    try:
-        await asyncio.gather(*(runner.rebuild(pool, p.name) for p in runner.PROJECTIONS))
-    finally:
-        await pool.close()
 
 
 async def drive(opts: Options, stack: Stack, key: str | None) -> dict[str, Any]:
