@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from service.providers.outcomes import CallFailed, CallOutcome
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.5)
 
@@ -78,6 +80,13 @@ class Metrics:
             ["projection"],
             registry=r,
         )
+
+    def record_provider_call(self, model: str, outcome: CallOutcome) -> None:
+        """One model call (a member's or a judge's): its latency, and its error if any."""
+        kind = outcome.error_kind if isinstance(outcome, CallFailed) else "ok"
+        self.provider_latency.labels(model, kind).observe(outcome.latency_ms / 1000)
+        if isinstance(outcome, CallFailed):
+            self.provider_errors.labels(model, kind).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

@@ -160,8 +160,19 @@ class FusionRunner:
         )
         # Every log line of this run (its task and the member tasks it starts) names it.
         structlog.contextvars.bind_contextvars(run_id=str(run_id))
-        bound = log
         started = time.perf_counter()
+        try:
+            return await self._run_on(writer, run_id, plan, started)
+        finally:
+            # Every path that closes the run (unroutable, failed, finalized, internal
+            # error, cancelled) passes here once, returning or raising.
+            self._closed(writer, started)
+
+    async def _run_on(
+        self, writer: RunWriter, run_id: uuid.UUID, plan: FusionPlan, started: float
+    ) -> RunState:
+        stream_id = writer.stream_id
+        bound = log
         requested = _requested(run_id, plan)
         try:
             plan = self._routed(plan, run_id)
@@ -193,18 +204,26 @@ class FusionRunner:
             await self._fail(writer, "internal_error", type(exc).__name__, started)
             # As the log has it: the close above, or one written elsewhere first.
             return fold(e.decode() for e in await self.store.read_stream(stream_id))
+        return state
+
+    def _closed(self, writer: RunWriter, started: float) -> None:
+        """Count the run and log its summary, if this process wrote its terminal event
+        (a run closed elsewhere, or an earlier request's run, is not counted here)."""
+        state = fold(writer.recorded)
+        if not state.closed:
+            return
         failure = state.failed.reason if state.failed else ""
         self.metrics.runs.labels(state.status, failure).inc()
-        bound.info(
+        log.info(
             "run.summary",
             status=state.status,
-            category=plan.category,
-            panel=[m.model for m in members],
+            reason=failure or None,
+            category=state.request.category if state.request else None,
+            panel=[m.model for m in state.members.values()],
             decided_by=state.finalized.decided_by if state.finalized else None,
             cost_usd=_total_cost(state),
             latency_ms=round((time.perf_counter() - started) * 1000, 1),
         )
-        return state
 
     async def _drive(
         self,
@@ -280,6 +299,7 @@ class FusionRunner:
             timeout_s=deadline - time.perf_counter(),
             weights=weights,
             self_judging=self_judging,
+            metrics=self.metrics,
         )
         # The verdict and the run's end are one append: one transaction, one round trip.
         judged = writer.new(result.event, caused_by=selected_id)
@@ -327,13 +347,11 @@ class FusionRunner:
                 seed=seed,
             )
             record_call(span, outcome)
-        kind = outcome.error_kind if isinstance(outcome, CallFailed) else "ok"
         if self.router is not None:
             self.router.record_call(member.model, failed=isinstance(outcome, CallFailed))
-        self.metrics.provider_latency.labels(member.model, kind).observe(outcome.latency_ms / 1000)
+        self.metrics.record_provider_call(member.model, outcome)
         event: Event
         if isinstance(outcome, CallFailed):
-            self.metrics.provider_errors.labels(member.model, kind).inc()
             event = PanelCallFailed(
                 member_id=member.member_id,
                 model=member.model,

@@ -27,6 +27,7 @@ from service.domain.judging import (
     parse_judge_output,
     vote,
 )
+from service.metrics import Metrics
 from service.orchestration.caller import ModelCaller
 from service.providers.outcomes import CallFailed
 from service.tracing import model_call_span, record_call
@@ -66,8 +67,11 @@ async def run_judge(
     timeout_s: float,
     weights: Mapping[str, float] | None = None,
     self_judging: bool = False,
+    metrics: Metrics | None = None,
 ) -> JudgeResult:
-    """Judge the candidates; on judge failure take the spec's fallback and say so."""
+    """Judge the candidates; on judge failure take the spec's fallback and say so.
+    With ``metrics``, the judge's model call counts in the provider metrics, as a
+    member's does (replays may pass none)."""
     who = identity(spec)
     if spec.kind == "vote":
         decision = vote(candidates, weights if spec.weighted else None)
@@ -91,6 +95,8 @@ async def run_judge(
             spec.model, judge_messages(ballot), JUDGE_PARAMS, timeout_s=timeout_s, seed=seed
         )
         record_call(span, outcome)
+    if metrics is not None:
+        metrics.record_provider_call(spec.model, outcome)
     latency = (time.perf_counter() - started) * 1000
     if isinstance(outcome, CallFailed):
         return _fallback(

@@ -10,9 +10,14 @@ import asyncpg
 import httpx
 import pytest
 from litestar.testing import AsyncTestClient
+from structlog.testing import capture_logs
 
 from service.app import create_app
 from service.config import Config
+from service.domain.events import Message
+from service.orchestration.fusion import FusionRunner
+from service.orchestration.planning import FusionAsk, plan_fusion
+from service.providers.registry import ProviderRegistry
 from service.settings import Settings
 from service.store import EventStore
 from service.store.verify import verify_chains
@@ -437,3 +442,57 @@ async def test_the_server_app_freezes_what_it_built_at_startup(
     finally:
         gc.unfreeze()  # the rest of the test session collects as usual
         await http.aclose()
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in a /metrics text (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{want}}} "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_judge_model_calls_count_in_the_provider_metrics(
+    client: AsyncTestClient[Any],
+) -> None:
+    # A judge whose provider is down: the run falls back to the vote, and the judge's
+    # failed call is a provider error of its model like a member's would be.
+    down = {"kind": "synthesize", "model": "mock/down", "fallback": "vote"}
+    response = await client.post(
+        "/v1/fusions", json={"prompt": "2+2?", "panel": ["mock/a", "mock/b"], "judge": down}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["judge"]["decided_by"] == "fallback:vote"
+    text = (await client.get("/metrics")).text
+    errors = "fusion_provider_call_errors_total"
+    assert sample(text, errors, model="mock/down", error_kind="server_error") == 1
+    durations = "fusion_provider_call_duration_seconds_count"
+    assert sample(text, durations, model="mock/down", outcome="server_error") == 1
+    # A judge that answers shows in the call duration histogram.
+    assert (await client.post("/v1/fusions", json={"prompt": "2+2?"})).status_code == 200
+    text = (await client.get("/metrics")).text
+    assert sample(text, durations, model="mock/judge", outcome="ok") == 1
+    assert sample(text, durations, model="mock/a", outcome="ok") == 2  # members as before
+
+
+async def test_a_run_cancelled_on_shutdown_is_counted_with_its_reason(
+    store: EventStore, config: Config, providers: MockProviders
+) -> None:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(providers.handle)) as http:
+        runner = FusionRunner(store, ProviderRegistry(config, http, lambda _: None))
+        ask = FusionAsk(messages=[Message(role="user", content="2+2?")], panel=["mock/slow"])
+        plan = plan_fusion(config, ask)
+        with capture_logs() as logs:
+            run = asyncio.create_task(runner.fuse(plan))
+            for _ in range(200):  # until the slow member is being called
+                if providers.requests:
+                    break
+                await asyncio.sleep(0.01)
+            await runner.close()
+            with pytest.raises(asyncio.CancelledError):
+                await run
+    runs = runner.metrics.registry.get_sample_value
+    assert runs("fusion_runs_total", {"status": "failed", "reason": "shutdown"}) == 1
+    summaries = [(e["status"], e["reason"]) for e in logs if e["event"] == "run.summary"]
+    assert summaries == [("failed", "shutdown")]

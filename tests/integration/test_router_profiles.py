@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from service.config import Config
 from service.domain.events import JudgeDecided, MemberOutcome, OutcomeRecorded
@@ -171,11 +172,25 @@ async def test_a_budget_the_profiles_say_is_too_small_fails_the_run_on_the_recor
             store, ProviderRegistry(config, client, lambda _: None), router=router
         )
         prompt = simulator.world.bank.in_category("arithmetic")[0].prompt
-        run_id, state = await fuse(runner, config, prompt, max_cost_usd=0.01)  # passes planning
+        with capture_logs() as logs:
+            run_id, state = await fuse(runner, config, prompt, max_cost_usd=0.01)  # planned
+            _, normal = await fuse(runner, config, prompt, preset="vote")
     assert state.failed is not None and state.failed.reason == "budget_exceeded"
     assert "cannot pay for 3 seats" in state.failed.message
     types = [type(e).__name__ for e in await run_events(store, run_id)]
     assert types == ["RunRequested", "RunFailed"]
+    # Counted and summarised like any other run, once each: the alert sees its reason.
+    assert normal.status == "finalized"
+    runs = {
+        (s.labels["status"], s.labels["reason"]): s.value
+        for metric in runner.metrics.registry.collect()
+        if metric.name == "fusion_runs"
+        for s in metric.samples
+        if s.name == "fusion_runs_total"
+    }
+    assert runs == {("failed", "budget_exceeded"): 1.0, ("finalized", ""): 1.0}
+    summaries = [(e["status"], e["reason"]) for e in logs if e["event"] == "run.summary"]
+    assert summaries == [("failed", "budget_exceeded"), ("finalized", None)]
 
 
 async def test_a_fold_holding_few_runs_reads_back_the_context_of_late_outcomes(
