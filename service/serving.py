@@ -108,18 +108,25 @@ class Running:
     simulator_url: str | None
 
 
+# The in-process simulator's address, whatever host the API listens on: the service
+# reaches it locally, and its admin endpoints (/_sim/world, /_sim/models/{name}) have no
+# authentication, so it must never listen on a public interface.
+SIMULATOR_HOST = "127.0.0.1"
+
+
 @contextlib.asynccontextmanager
 async def providers_or_simulator(
-    config: Config, host: str, simulator_port: int, fixed_latency_ms: float | None = None
+    config: Config, simulator_port: int, fixed_latency_ms: float | None = None
 ) -> AsyncIterator[Running]:
-    """Use the configured providers, or start the simulator when there are none."""
+    """Use the configured providers, or start the simulator (on SIMULATOR_HOST, never on
+    the API's host) when there are none."""
     if config.providers:
         yield Running(config, None)
         return
     from service.providers.simulator import default_world, serve_simulator
 
     world = default_world(fixed_latency_ms=fixed_latency_ms)
-    handle = await serve_simulator(world, host, simulator_port)
+    handle = await serve_simulator(world, SIMULATOR_HOST, simulator_port)
     try:
         names = sorted(world.models)
         prices = {
@@ -167,7 +174,7 @@ async def serve(
     # httpx logs every provider request at INFO; each call is an event and a metric
     # already, and a log line per call is measurable CPU at hundreds of fusions/s.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    async with providers_or_simulator(config, host, simulator_port) as running:
+    async with providers_or_simulator(config, simulator_port) as running:
         app = create_app(settings, running.config, freeze_heap=True)
         server = uvicorn.Server(
             uvicorn.Config(

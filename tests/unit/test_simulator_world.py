@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -28,9 +29,10 @@ from service.providers.simulator import (
     load_world,
     world_from_toml,
 )
-from service.providers.simulator.answering import is_correct, reply, short_answer
+from service.providers.simulator.answering import is_correct, known_question, reply, short_answer
 from service.providers.simulator.calibration import CategoryCalibration, measure
 from service.providers.simulator.command import simulate_command
+from service.providers.simulator.expressions import parse_arithmetic
 
 WORLDS = Path(__file__).parents[2] / "service" / "providers" / "simulator" / "worlds"
 
@@ -163,6 +165,86 @@ def test_an_unknown_prompt_gets_a_plausible_deterministic_answer(world: World) -
     text = reply(world, model, "How many legs do 3 spiders and 2 cats have?", 5)
     assert text == reply(world, model, "How many legs do 3 spiders and 2 cats have?", 5)
     assert text.splitlines()[-1].startswith("Answer: ")
+
+
+# README and the start banner's example request; not a bank question.
+QUICK_START = "What is 17 + 25 * 2? Reply with the number."
+
+
+def test_the_quick_start_prompt_is_computed_and_accurate_models_answer_67(world: World) -> None:
+    assert world.bank.lookup(QUICK_START) is None
+    question = known_question(world, QUICK_START)
+    assert question is not None and question.category == "arithmetic"
+    assert question.expected == "67" and question.distractor == "84"  # left to right
+    accurate = [m for m in world.names("panel") if world.true_accuracy(m, "arithmetic") >= 0.85]
+    answers = [
+        normalize_answer(reply(world, world.models[m], QUICK_START, sample))
+        for m in accurate
+        for sample in range(40)
+    ]
+    assert len(accurate) >= 3
+    assert answers.count("67") / len(answers) > 0.8
+    again = default_world()
+    assert [reply(again, again.models[m], QUICK_START, 3) for m in accurate] == [
+        reply(world, world.models[m], QUICK_START, 3) for m in accurate
+    ]
+
+
+def test_arithmetic_outside_the_bank_is_answered_at_the_category_accuracy(world: World) -> None:
+    rng = random.Random(11)
+    prompts: list[str] = []
+    while len(prompts) < 800:
+        a, b, c = (rng.randint(2, 60) for _ in range(3))
+        op1, op2 = rng.choice("+-*"), rng.choice("+-*")
+        prompt = f"What is ({a} {op1} {b}) {op2} {c}?"
+        if world.bank.lookup(prompt) is None and prompt not in prompts:
+            prompts.append(prompt)
+    questions = [known_question(world, p) for p in prompts]
+    assert all(q is not None for q in questions)
+    for name in ("model-e", "model-j"):
+        right = sum(
+            answers_match(reply(world, world.models[name], p, 1), str(q.expected))
+            for p, q in zip(prompts, questions, strict=True)
+            if q is not None
+        )
+        assert abs(right / len(prompts) - world.true_accuracy(name, "arithmetic")) < 0.07
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [
+        (QUICK_START, "67"),
+        ("What is (17 + 25) * 2?", "84"),
+        ("what is -3 - -4 * 2", "5"),
+        ("Calculate 7 / 2 =", "3.5"),
+        ("2+2", "4"),
+        ("What is 7 / (3 - 3)?", None),
+        ("What is 42?", None),
+        ("What is 2 ** 10?", None),
+        ("What is 2 + (3?", None),
+        ("What is __import__('os').getcwd()?", None),
+        ("How many legs do 3 spiders and 2 cats have?", None),
+    ],
+)
+def test_arithmetic_prompts_are_computed_without_eval(prompt: str, expected: str | None) -> None:
+    computed = parse_arithmetic(prompt)
+    assert (computed.expected if computed else None) == expected
+    if computed is not None:
+        assert computed.expected not in computed.wrong_answers
+
+
+def test_unknown_non_arithmetic_prompts_answer_as_before(world: World) -> None:
+    # Replies recorded before arithmetic prompts were computed: the rest is unchanged.
+    before = {
+        ("How many legs do 3 spiders and 2 cats have?", "model-c"): ["5", "5", "5", "5"],
+        ("How many legs do 3 spiders and 2 cats have?", "model-e"): ["6", "5", "6", "6"],
+        ("Is the sky green?", "model-c"): ["yes", "yes", "yes", "no"],
+        ("Which is bigger?\nA) 3\nB) 5", "model-e"): ["A", "B", "B", "B"],
+    }
+    for (prompt, model), answers in before.items():
+        assert known_question(world, prompt) is None
+        replies = [reply(world, world.models[model], prompt, sample) for sample in range(4)]
+        assert replies == [f"I considered the question carefully.\nAnswer: {a}" for a in answers]
 
 
 def _ballot_outcomes(world: World, judge: str, kind: str, count: int = 400) -> tuple[int, int]:

@@ -24,6 +24,7 @@ from service.domain.judging import (
 from service.domain.scoring import answers_match, extract_answer, normalize_answer
 from service.providers.simulator.bank import Question
 from service.providers.simulator.draws import STANDARD_NORMAL, normal, pick_index, text_key, uniform
+from service.providers.simulator.expressions import parse_arithmetic
 from service.providers.simulator.world import ModelSpec, World
 
 JUDGE_TASK_MARKER = "<fusion-judge-task>"
@@ -58,15 +59,41 @@ _INTEGER = re.compile(r"(?<![\w.])-?\d{1,9}(?![\w.])")
 
 
 def reply(world: World, model: ModelSpec, prompt: str, sample: int) -> str:
-    """The model's reply to a prompt (the last user message): judge, bank or unknown."""
+    """The model's reply to a prompt (the last user message): judge, bank (or computed
+    arithmetic) or unknown."""
     if JUDGE_TASK_MARKER in prompt:
         task = parse_judge_task(prompt)
         if task is not None:
             return judge_reply(world, model, task, sample)
-    question = world.bank.lookup(prompt)
+    question = known_question(world, prompt)
     if question is not None:
         return panel_reply(world, model, question, sample)
     return unknown_reply(world, model, prompt, sample)
+
+
+def known_question(world: World, prompt: str) -> Question | None:
+    """The bank question with this text, else, for a simple arithmetic expression outside
+    the bank ("What is 17 + 25 * 2?"), a question with the computed answer that models
+    answer with their arithmetic accuracy. Its difficulty is a draw keyed by the world
+    seed and the text, so it is the same on every run of a world."""
+    question = world.bank.lookup(prompt)
+    if question is not None:
+        return question
+    computed = parse_arithmetic(prompt)
+    if computed is None:
+        return None
+    key = text_key(computed.expression)
+    latent = normal(world.seed, "expression", key)
+    return Question(
+        id=f"ex-{key}",
+        category="arithmetic",
+        prompt=prompt.strip(),
+        expected=computed.expected,
+        difficulty=STANDARD_NORMAL.cdf(latent),
+        distractor=computed.wrong_answers[0],
+        wrong_answers=computed.wrong_answers,
+        latent=latent,
+    )
 
 
 # --- panel answers --------------------------------------------------------------------
@@ -159,7 +186,7 @@ def judge_choice(world: World, judge: ModelSpec, task: JudgeTask, sample: int) -
     if not candidates:
         return JudgeChoice(final="no candidate answered", chosen=None)
     key = _ballot_key(world, judge, task, sample)
-    question = world.bank.lookup(task.question)
+    question = known_question(world, task.question)
     if question is not None and uniform(*key, "skill") < judge.judge_skill:
         right = [c for c in candidates if answers_match(c.answer, question.expected)]
         if right:
