@@ -8,7 +8,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 import click
@@ -18,10 +18,13 @@ from rich.table import Table
 
 from service.cli_http import api_key_option, bearer, fail_response
 from service.cli_output import console, err_console, fail
-from service.settings import Settings, SettingsError
+from service.settings import Settings, SettingsError, switch
 from service.store import database
 from service.store.migrations import MigrationError, migrate
 from service.store.verify import Digest, check_digest, take_digest, verify_chains
+
+if TYPE_CHECKING:
+    from service.config import Config
 
 T = TypeVar("T")
 
@@ -290,6 +293,7 @@ def _serve(
         config = read_config(settings, config_path)
     except ConfigError as exc:
         fail(str(exc))
+    _check_provider_keys(settings, config)
     with contextlib.suppress(KeyboardInterrupt):
         run_server(
             serve(
@@ -301,6 +305,19 @@ def _serve(
                 announce=_banner,
             )
         )
+
+
+def _check_provider_keys(settings: Settings, config: Config) -> None:
+    """Refuse to start with a provider whose key variable is unset: the settings hold
+    the environment as it was at start, so every call to it would fail until a restart
+    (and /readyz would not say so)."""
+    missing = [
+        f"provider {name!r}: api_key_env {provider.api_key_env} is not set in the environment"
+        for name, provider in config.providers.items()
+        if provider.api_key_env and not settings.secret(provider.api_key_env)
+    ]
+    if missing:
+        fail("; ".join(missing))
 
 
 @main.command("up")
@@ -328,8 +345,9 @@ def up_command(
 
     settings: Settings = ctx.obj["settings"].with_overrides(database_url=ctx.obj["database_url"])
     # One machine, one user: keys are off unless asked for (FUSION_LEDGER_AUTH=on).
-    wanted = (settings.environ or {}).get("FUSION_LEDGER_AUTH", "off").lower()
-    settings = replace(settings, auth_required=wanted in ("on", "1", "true"))
+    # Settings.from_env has refused a value that is neither on nor off.
+    wanted = switch(settings.environ or {}, "FUSION_LEDGER_AUTH", default=False)
+    settings = replace(settings, auth_required=wanted)
     if settings.database_url:
         _serve(settings, config_path, host, port, simulator_port)
         return

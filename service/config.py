@@ -99,6 +99,17 @@ class ModelConfig(_Strict, frozen=True, kw_only=True):
         return Price(self.input_price, self.output_price)
 
 
+class PanelParams(_Strict, frozen=True, kw_only=True):
+    """What a preset's panel entry may set in ``params``: the fields of
+    ``GenerationParams`` (which accepts unknown ones, as events must), within the bounds
+    providers accept. Only checked: the entry keeps its ``GenerationParams``."""
+
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    max_tokens: AtLeastOne | None = None
+    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    seed: int | None = None
+
+
 class PanelEntry(_Strict, frozen=True, kw_only=True):
     model: str
     samples: AtLeastOne = 1
@@ -262,12 +273,26 @@ def _check_named_entries(data: object) -> None:
         if not isinstance(entries, dict):
             continue
         for key, value in entries.items():
-            try:
-                msgspec.convert(value, entry_type)
-            except msgspec.ValidationError as exc:
-                where = "$." + table_path(table, key)
-                message, _, at = str(exc).partition(" - at `$")
-                raise msgspec.ValidationError(f"{message} - at `{where}{at.rstrip('`')}`") from exc
+            _check_entry(value, entry_type, "$." + table_path(table, key))
+            if table == "presets" and isinstance(value, dict):
+                _check_panel_params(value.get("panel"), "$." + table_path(table, key))
+
+
+def _check_entry(value: object, entry_type: type[msgspec.Struct], where: str) -> None:
+    try:
+        msgspec.convert(value, entry_type)
+    except msgspec.ValidationError as exc:
+        message, _, at = str(exc).partition(" - at `$")
+        raise msgspec.ValidationError(f"{message} - at `{where}{at.rstrip('`')}`") from exc
+
+
+def _check_panel_params(panel: object, where: str) -> None:
+    """A misspelt or out-of-range generation parameter is an error, not dropped or sent."""
+    if not isinstance(panel, list):
+        return
+    for index, entry in enumerate(panel):
+        if isinstance(entry, dict) and "params" in entry:
+            _check_entry(entry["params"], PanelParams, f"{where}.panel[{index}].params")
 
 
 def _fill_upstream_names(config: Config) -> Config:

@@ -1,7 +1,9 @@
 """Cross-reference checks on a decoded ``Config``; ``service.config`` raises on them.
 
 Types are checked by msgspec while decoding; what is left is what a type cannot say:
-names that must refer to something defined elsewhere in the file, and regexes.
+names that must refer to something defined elsewhere in the file, regexes, and the
+limits the planner puts on every request (``service.orchestration.planning``), so a
+preset that could never run is refused at load, not blamed on each client with a 422.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ def config_problems(config: Config) -> list[str]:
             )
     for name, preset in config.presets.items():
         problems += _preset_problems(config, table_path("presets", name), preset)
-    if config.presets and config.default_preset not in config.presets:
+    # Every request without a preset uses the default one, even with its own panel and
+    # judge: models without it would answer nothing but 422s.
+    if (config.presets or config.models) and config.default_preset not in config.presets:
         problems.append(
             f"default_preset: no preset named {config.default_preset!r} "
             f"(defined: {_names(config.presets)})"
@@ -51,6 +55,10 @@ def config_problems(config: Config) -> list[str]:
 
 
 def _preset_problems(config: Config, where: str, preset: PresetConfig) -> list[str]:
+    # Imported here: the planner imports service.config, which imports this module.
+    from service.orchestration.judge import FALLBACKS
+    from service.orchestration.planning import MAX_PANEL_SEATS, MAX_TIMEOUT_S
+
     problems: list[str] = []
 
     def unknown(field: str, model_id: str | None) -> None:
@@ -66,11 +74,23 @@ def _preset_problems(config: Config, where: str, preset: PresetConfig) -> list[s
             problems.append(f"{where}.router.k: {preset.router.k} exceeds the {pool} candidates")
         seats = preset.router.k
     else:
-        for entry in entries:
+        for index, entry in enumerate(entries):
             unknown("panel", entry.model)
+            if entry.samples > MAX_PANEL_SEATS:
+                problems.append(
+                    f"{where}.panel[{index}].samples: {entry.samples} exceeds the limit of "
+                    f"{MAX_PANEL_SEATS} seats"
+                )
         seats = sum(e.samples for e in entries)
         if not entries:
             problems.append(f'{where}.panel: empty panel (list models, or "auto")')
+        elif seats > MAX_PANEL_SEATS and all(e.samples <= MAX_PANEL_SEATS for e in entries):
+            problems.append(f"{where}.panel: {seats} seats exceed the limit of {MAX_PANEL_SEATS}")
+    if preset.timeout_s > MAX_TIMEOUT_S:
+        problems.append(
+            f"{where}.timeout_s: {preset.timeout_s:g} exceeds the limit of "
+            f"{MAX_TIMEOUT_S:g} seconds"
+        )
     if seats and preset.min_successes > seats:
         problems.append(
             f"{where}.min_successes: {preset.min_successes} exceeds the panel's {seats} seats"
@@ -79,6 +99,10 @@ def _preset_problems(config: Config, where: str, preset: PresetConfig) -> list[s
     if judge.kind in ("synthesize", "select") and judge.model is None:
         problems.append(f"{where}.judge.model: a {judge.kind!r} judge needs a model")
     unknown("judge.model", judge.model)
+    if judge.fallback not in FALLBACKS:
+        problems.append(
+            f"{where}.judge.fallback: {judge.fallback!r} is not one of {', '.join(FALLBACKS)}"
+        )
     panel_models = {e.model for e in entries}
     if judge.model in panel_models and not preset.allow_panel_judge:
         problems.append(

@@ -8,6 +8,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("auto", "json", "console")
+SWITCH_VALUES = {"on": True, "1": True, "true": True, "off": False, "0": False, "false": False}
 _POOL_MIN_SIZE = 2
 
 
@@ -46,13 +48,12 @@ class Settings:
             data_dir=Path(env.get("FUSION_LEDGER_DATA_DIR", ".fusion-ledger")),
             host=env.get("FUSION_LEDGER_HOST", "127.0.0.1"),
             port=_integer(env, "FUSION_LEDGER_PORT", 8000, minimum=1, maximum=65535),
-            log_format=env.get("FUSION_LEDGER_LOG_FORMAT", "auto"),
+            log_format=_log_format(env),
             log_level=_log_level(env),
             pool_min_size=min(_POOL_MIN_SIZE, pool_max_size),  # asyncpg wants min <= max
             pool_max_size=pool_max_size,
-            auth_required=env.get("FUSION_LEDGER_AUTH", "on").lower() not in ("off", "0", "false"),
-            run_projections=env.get("FUSION_LEDGER_PROJECTIONS", "on").lower()
-            not in ("off", "0", "false"),
+            auth_required=switch(env, "FUSION_LEDGER_AUTH", default=True),
+            run_projections=switch(env, "FUSION_LEDGER_PROJECTIONS", default=True),
             max_open_runs=_integer(env, "FUSION_LEDGER_MAX_OPEN_RUNS", 256, minimum=0),
             environ=env,
         )
@@ -81,6 +82,27 @@ def _integer(
         bound = f"at least {minimum}" if maximum is None else f"from {minimum} to {maximum}"
         raise SettingsError(f"{name}: must be {bound} ({env[name]!r})")
     return value
+
+
+def switch(env: Mapping[str, str], name: str, *, default: bool) -> bool:
+    """An on/off setting (on|off, 1|0, true|false, any case); unset or empty is the
+    default; anything else is a ``SettingsError``, never silently on or off."""
+    text = env.get(name, "").strip().lower()
+    if not text:
+        return default
+    if text not in SWITCH_VALUES:
+        raise SettingsError(f"{name}: must be on or off (or 1/0, true/false) ({env[name]!r})")
+    return SWITCH_VALUES[text]
+
+
+def _log_format(env: Mapping[str, str]) -> str:
+    fmt = env.get("FUSION_LEDGER_LOG_FORMAT", "").strip().lower() or "auto"
+    if fmt not in LOG_FORMATS:
+        raise SettingsError(
+            f"FUSION_LEDGER_LOG_FORMAT: must be one of {', '.join(LOG_FORMATS)} "
+            f"({env['FUSION_LEDGER_LOG_FORMAT']!r})"
+        )
+    return fmt
 
 
 def _log_level(env: Mapping[str, str]) -> str:

@@ -318,7 +318,8 @@ def decision_timing(decisions: int, seed: int) -> dict[str, object]:
     )
     from service.config import parse_config
 
-    config = parse_config(f'[providers.p]\nbase_url = "http://p.test/v1"\n{prices}')
+    preset = '[presets.default]\npanel = "auto"\njudge = { kind = "vote" }\n'  # required
+    config = parse_config(f'[providers.p]\nbase_url = "http://p.test/v1"\n{prices}\n{preset}')
     router = Router(config, snapshot=builder.snapshot("1:1"))
     request = RouteRequest(k=3, pool=tuple(models), budget_usd=1e-2)
     messages = [Message(role="user", content="Which of these is a prime? A) 21 B) 23 C) 25")]

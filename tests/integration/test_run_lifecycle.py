@@ -38,6 +38,9 @@ provider = "p"
 provider = "p"
 [models.slow]
 provider = "p"
+[presets.default]
+panel = ["fast"]
+judge = { kind = "vote" }
 """
 
 

@@ -229,8 +229,20 @@ def test_settings_that_are_fine_stay_fine() -> None:
             ["worker", "--once"],
             "FUSION_LEDGER_LOG_LEVEL: must be one of",
         ),
+        # `up` would have run with keys off: its default, and "yes" was not "on" (the
+        # database is given so that `up` starts no embedded one if this ever regresses)
+        (
+            {"FUSION_LEDGER_AUTH": "yes", "DATABASE_URL": UNREACHABLE},
+            ["up"],
+            "FUSION_LEDGER_AUTH: must be on or off",
+        ),
+        (
+            {"FUSION_LEDGER_LOG_FORMAT": "consol", "FUSION_LEDGER_DATABASE_URL": UNREACHABLE},
+            ["serve"],
+            "FUSION_LEDGER_LOG_FORMAT: must be one of auto, json, console ('consol')",
+        ),
     ],
-    ids=["port", "log-level"],
+    ids=["port", "log-level", "auth-up", "log-format"],
 )
 def test_a_bad_setting_stops_every_command_with_one_line(
     env: dict[str, str], command: list[str], message: str
@@ -238,3 +250,54 @@ def test_a_bad_setting_stops_every_command_with_one_line(
     done = run_cli(*command, env=env)
     assert done.returncode == 2, done.stderr
     assert one_error_line(done.stderr).startswith(message)
+
+
+# --- a provider key that is not there -----------------------------------------------
+
+KEYED_CONFIG = """
+[providers.keyed]
+base_url = "http://keyed.test/v1"
+api_key_env = "FUSION_LEDGER_TEST_PROVIDER_KEY"
+[models.a]
+provider = "keyed"
+[presets.default]
+panel = ["a"]
+judge = { kind = "vote" }
+"""
+
+
+@pytest.mark.parametrize(
+    ("command", "env"),
+    [
+        (["serve"], {"FUSION_LEDGER_DATABASE_URL": UNREACHABLE}),
+        (["up"], {"DATABASE_URL": UNREACHABLE}),
+        (
+            ["serve"],
+            {"FUSION_LEDGER_DATABASE_URL": UNREACHABLE, "FUSION_LEDGER_TEST_PROVIDER_KEY": ""},
+        ),
+    ],
+    ids=["serve", "up", "serve-empty-key"],
+)
+def test_a_provider_key_variable_that_is_unset_stops_the_start(
+    tmp_path: Path, command: list[str], env: dict[str, str]
+) -> None:
+    """Settings copy the environment once: every call would fail until a restart."""
+    path = tmp_path / "keyed.toml"
+    path.write_text(KEYED_CONFIG)
+    done = run_cli(*command, "--config", str(path), env=env)  # FUSION_LEDGER_* unset
+    assert done.returncode == 2, done.stderr
+    assert one_error_line(done.stderr) == (
+        "provider 'keyed': api_key_env FUSION_LEDGER_TEST_PROVIDER_KEY is not set in the "
+        "environment"
+    )
+
+
+def test_a_provider_key_that_is_set_and_the_simulator_without_keys_start() -> None:
+    from service.cli import _check_provider_keys
+    from service.config import Config, parse_config
+
+    keyed = parse_config(KEYED_CONFIG)
+    _check_provider_keys(Settings(environ={"FUSION_LEDGER_TEST_PROVIDER_KEY": "k"}), keyed)
+    _check_provider_keys(Settings(environ={}), Config())  # no provider: the simulator
+    with pytest.raises(SystemExit):
+        _check_provider_keys(Settings(environ={}), keyed)

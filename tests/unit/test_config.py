@@ -218,6 +218,44 @@ BAD_FILES = {
         replace_once('default_preset = "default"', 'default_preset = "fast"'),
         "default_preset: no preset named 'fast'",
     ),
+    # What the planner refuses on every request is refused once, at load, naming the
+    # preset: a config error is the operator's to fix, not a 422 blamed on each client.
+    "judge fallback the planner does not know": (
+        replace_once('fallback = "vote"', 'fallback = "votes"'),
+        "presets.default.judge.fallback: 'votes' is not one of vote, first_success, fail",
+    ),
+    "preset timeout beyond the request cap": (
+        replace_once("timeout_s = 60.0", "timeout_s = 900.0"),
+        "presets.default.timeout_s: 900 exceeds the limit of 600 seconds",
+    ),
+    "panel entry beyond the seat limit": (
+        replace_once("samples = 2,", "samples = 20,"),
+        "presets.default.panel[1].samples: 20 exceeds the limit of 16 seats",
+    ),
+    "panel beyond the seat limit in total": (
+        replace_once("samples = 2,", "samples = 16,"),
+        "presets.default.panel: 17 seats exceed the limit of 16",
+    ),
+    "misspelt panel params": (
+        replace_once("params = { temperature = 0.7 }", "params = { temprature = 0.1 }"),
+        "unknown field `temprature` - at `$.presets.default.panel[1].params`",
+    ),
+    "temperature out of range": (
+        replace_once("params = { temperature = 0.7 }", "params = { temperature = 7.0 }"),
+        "<= 2.0 - at `$.presets.default.panel[1].params.temperature`",
+    ),
+    "max_tokens below one": (
+        replace_once("params = { temperature = 0.7 }", "params = { max_tokens = -5 }"),
+        ">= 1 - at `$.presets.default.panel[1].params.max_tokens`",
+    ),
+    "top_p out of range": (
+        replace_once("params = { temperature = 0.7 }", "params = { top_p = 1.5 }"),
+        "<= 1.0 - at `$.presets.default.panel[1].params.top_p`",
+    ),
+    "models without any preset": (
+        VALID[: VALID.index("[presets.default]")],
+        "default_preset: no preset named 'default' (defined: none)",
+    ),
     # TOML puts a key written after [categories] into that table.
     "top-level key after a table": (
         replace_once('default_preset = "default"\n', "") + 'default_preset = "default"\n',
@@ -298,3 +336,79 @@ def test_categories_are_inferred_by_the_first_rule_that_fires(
 
 def test_without_rules_every_prompt_gets_the_default_category() -> None:
     assert infer_category(Config(), "2 + 2") == ("general", "default", None)
+
+
+def test_panel_params_within_bounds_are_kept() -> None:
+    text = replace_once(
+        "params = { temperature = 0.7 }",
+        "params = { temperature = 2.0, top_p = 0.0, max_tokens = 1, seed = 7 }",
+    )
+    entry = parse_config(text).preset("default").panel_entries()[1]
+    assert entry.params == GenerationParams(temperature=2.0, top_p=0.0, max_tokens=1, seed=7)
+
+
+def test_the_limits_are_the_planners() -> None:
+    from service.orchestration import planning
+
+    assert parse_config(replace_once("samples = 2,", "samples = 15,"))  # 16 seats: the limit
+    assert parse_config(replace_once("timeout_s = 60.0", f"timeout_s = {planning.MAX_TIMEOUT_S}"))
+
+
+# The example in README.md's "Configuration" section: keep the two in step.
+README_EXAMPLE = r"""
+default_preset = "default"
+
+[providers.openrouter]
+base_url = "https://openrouter.ai/api/v1"
+api_key_env = "OPENROUTER_API_KEY"   # the NAME of the variable; keys never sit in files, events or logs
+timeout_s = 30.0
+max_concurrency = 64
+max_attempts = 3                     # retries 429, 5xx and connection errors, jittered, Retry-After honoured
+
+[models."gpt-4o-mini"]
+provider = "openrouter"
+upstream = "openai/gpt-4o-mini"
+input_price = 0.15                   # USD per million tokens
+output_price = 0.60
+
+[models."llama-3.1-70b"]
+provider = "openrouter"
+upstream = "meta-llama/llama-3.1-70b-instruct"
+input_price = 0.12
+output_price = 0.30
+
+[models."qwen-2.5-72b"]
+provider = "openrouter"
+upstream = "qwen/qwen-2.5-72b-instruct"
+input_price = 0.12
+output_price = 0.39
+
+[models."claude-3.5-haiku"]
+provider = "openrouter"
+upstream = "anthropic/claude-3.5-haiku"
+input_price = 0.80
+output_price = 4.00
+
+[presets.default]
+panel = ["gpt-4o-mini", "llama-3.1-70b", { model = "qwen-2.5-72b", samples = 2 }]
+judge = { kind = "synthesize", model = "claude-3.5-haiku", fallback = "vote" }
+min_successes = 2
+timeout_s = 60.0
+member_timeout_s = 30.0
+allow_panel_judge = false            # a generator does not grade its own homework
+
+[categories]
+default = "general"
+rules = [{ category = "arithmetic", pattern = "\\d+\\s*[-+*/]\\s*\\d+" }]
+"""  # noqa: E501 (README's lines, as they are)
+
+
+def test_the_readme_example_loads() -> None:
+    config = parse_config(README_EXAMPLE)
+    assert [e.model for e in config.preset("default").panel_entries()] == [
+        "gpt-4o-mini",
+        "llama-3.1-70b",
+        "qwen-2.5-72b",
+    ]
+    assert config.model("claude-3.5-haiku").upstream == "anthropic/claude-3.5-haiku"
+    assert infer_category(config, "What is 3 + 4?")[0] == "arithmetic"

@@ -31,6 +31,10 @@ output_price = 2.0
 
 [models."open/b"]
 provider = "open"
+
+[presets.default]
+panel = ["open/b"]
+judge = { kind = "vote" }
 """
 MESSAGES = [Message(role="user", content="hi")]
 OK = {"choices": [{"message": {"content": "hello"}, "finish_reason": "stop"}]}

@@ -39,6 +39,8 @@ from service.orchestration.plan import RouteRequest
 from service.orchestration.router import Router
 
 POOL = tuple(PoolModel(m, 1.0, 3.0) for m in ("a", "b", "c", "d"))
+# A configuration with models needs its default preset (the routers here ignore it).
+PRESET = '[presets.default]\npanel = "auto"\njudge = { kind = "vote" }\nrouter = { k = 1 }\n'
 
 
 def labelled(results: dict[str, tuple[int, int]], category: str = "math") -> ProfileSnapshot:
@@ -312,7 +314,7 @@ def test_expected_costs_follow_the_prompt_and_the_tokens_models_write() -> None:
 def test_calls_other_replicas_made_can_rest_a_model() -> None:
     config = parse_config(
         '[providers.p]\nbase_url = "http://p.test/v1"\n[models.x]\nprovider = "p"\n'
-        '[models.y]\nprovider = "p"\n'
+        '[models.y]\nprovider = "p"\n' + PRESET
     )
     router = Router(config, clock=lambda: 50.0)
     failing = ProfileBuilder()
@@ -327,7 +329,7 @@ def test_calls_other_replicas_made_can_rest_a_model() -> None:
 
 def test_a_start_from_the_read_models_opens_no_breaker() -> None:
     config = parse_config(
-        '[providers.p]\nbase_url = "http://p.test/v1"\n[models.x]\nprovider = "p"\n'
+        '[providers.p]\nbase_url = "http://p.test/v1"\n[models.x]\nprovider = "p"\n' + PRESET
     )
     router = Router(config, clock=lambda: 50.0)
     lifetime = ProfileBuilder()
@@ -360,7 +362,7 @@ def abc_router(clock: Clock) -> Router:
     """A router over models a, b and c, all behind one provider."""
     models = "".join(f'[models.{m}]\nprovider = "p"\n' for m in "abc")
     return Router(
-        parse_config(f'[providers.p]\nbase_url = "http://p.test/v1"\n{models}'), clock=clock
+        parse_config(f'[providers.p]\nbase_url = "http://p.test/v1"\n{models}{PRESET}'), clock=clock
     )
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from service.settings import Settings
+import pytest
+
+from service.settings import Settings, SettingsError, switch
 
 
 def test_defaults_run_everything_with_keys_on() -> None:
@@ -26,3 +28,29 @@ def test_operators_turn_projections_and_auth_off_and_name_the_database() -> None
     assert not settings.run_projections and not settings.auth_required
     assert settings.database_url == "postgresql://db/x" and settings.pool_max_size == 4
     assert Settings.from_env({"FUSION_LEDGER_PROJECTIONS": "on"}).run_projections
+
+
+@pytest.mark.parametrize("name", ["FUSION_LEDGER_AUTH", "FUSION_LEDGER_PROJECTIONS"])
+@pytest.mark.parametrize("value", ["yes", "enabled", "no", "of"])
+def test_a_switch_is_on_or_off_never_a_guess(name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({name: value})
+    assert str(raised.value) == f"{name}: must be on or off (or 1/0, true/false) ({value!r})"
+
+
+def test_switches_take_on_off_1_0_true_false_in_any_case_and_empty_is_the_default() -> None:
+    for value, expected in [("ON", True), ("1", True), ("True", True), ("Off", False)]:
+        assert Settings.from_env({"FUSION_LEDGER_AUTH": value}).auth_required is expected
+    assert Settings.from_env({"FUSION_LEDGER_PROJECTIONS": "0"}).run_projections is False
+    assert Settings.from_env({"FUSION_LEDGER_AUTH": " "}).auth_required is True
+    assert switch({}, "FUSION_LEDGER_AUTH", default=False) is False  # `up`'s default
+
+
+def test_the_log_format_is_json_console_or_auto() -> None:
+    assert Settings.from_env({}).log_format == "auto"
+    assert Settings.from_env({"FUSION_LEDGER_LOG_FORMAT": "JSON"}).log_format == "json"
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({"FUSION_LEDGER_LOG_FORMAT": "consol"})
+    assert str(raised.value) == (
+        "FUSION_LEDGER_LOG_FORMAT: must be one of auto, json, console ('consol')"
+    )
