@@ -354,57 +354,17 @@ def test_the_limits_are_the_planners() -> None:
     assert parse_config(replace_once("timeout_s = 60.0", f"timeout_s = {planning.MAX_TIMEOUT_S}"))
 
 
-# The example in README.md's "Configuration" section: keep the two in step.
-README_EXAMPLE = r"""
-default_preset = "default"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
-[providers.openrouter]
-base_url = "https://openrouter.ai/api/v1"
-api_key_env = "OPENROUTER_API_KEY"   # the NAME of the variable; keys never sit in files, events or logs
-timeout_s = 30.0
-max_concurrency = 64
-max_attempts = 3                     # retries 429, 5xx and connection errors, jittered, Retry-After honoured
 
-[models."gpt-4o-mini"]
-provider = "openrouter"
-upstream = "openai/gpt-4o-mini"
-input_price = 0.15                   # USD per million tokens
-output_price = 0.60
-
-[models."llama-3.1-70b"]
-provider = "openrouter"
-upstream = "meta-llama/llama-3.1-70b-instruct"
-input_price = 0.12
-output_price = 0.30
-
-[models."qwen-2.5-72b"]
-provider = "openrouter"
-upstream = "qwen/qwen-2.5-72b-instruct"
-input_price = 0.12
-output_price = 0.39
-
-[models."claude-3.5-haiku"]
-provider = "openrouter"
-upstream = "anthropic/claude-3.5-haiku"
-input_price = 0.80
-output_price = 4.00
-
-[presets.default]
-panel = ["gpt-4o-mini", "llama-3.1-70b", { model = "qwen-2.5-72b", samples = 2 }]
-judge = { kind = "synthesize", model = "claude-3.5-haiku", fallback = "vote" }
-min_successes = 2
-timeout_s = 60.0
-member_timeout_s = 30.0
-allow_panel_judge = false            # a generator does not grade its own homework
-
-[categories]
-default = "general"
-rules = [{ category = "arithmetic", pattern = "\\d+\\s*[-+*/]\\s*\\d+" }]
-"""  # noqa: E501 (README's lines, as they are)
+def readme_example() -> str:
+    """The TOML example in README.md's "Configuration" section, as the README shows it."""
+    section = README.read_text().split("## Configuration", 1)[1]
+    return section.split("```toml\n", 1)[1].split("```", 1)[0]
 
 
 def test_the_readme_example_loads() -> None:
-    config = parse_config(README_EXAMPLE)
+    config = parse_config(readme_example())
     assert [e.model for e in config.preset("default").panel_entries()] == [
         "gpt-4o-mini",
         "llama-3.1-70b",
