@@ -393,7 +393,10 @@ profile AS (
 pairs AS (
     INSERT INTO co_failure AS c (tenant, category, model_a, model_b, both_wrong, one_wrong,
                                  both_right)
-    SELECT a.tenant, a.category, least(a.model, b.model), greatest(a.model, b.model),
+    -- the pair in code-point order, as ProfileFold's pair_key, whatever the database's
+    -- collation (en_US puts 'sim/model-b' before 'sim/Model-c'; code points do not)
+    SELECT a.tenant, a.category, least(a.model COLLATE "C", b.model COLLATE "C"),
+           greatest(a.model COLLATE "C", b.model COLLATE "C"),
            count(*) FILTER (WHERE NOT a.ok AND NOT b.ok),
            count(*) FILTER (WHERE a.ok <> b.ok),
            count(*) FILTER (WHERE a.ok AND b.ok)
