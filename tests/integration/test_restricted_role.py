@@ -25,7 +25,7 @@ async def test_up_to_date_database_needs_no_ddl(database: TestDatabase) -> None:
         await admin.execute(f'GRANT USAGE ON SCHEMA "{database.schema}" TO "{role}"')
         await admin.execute(f'GRANT SELECT ON "{database.schema}".schema_migrations TO "{role}"')
         parts = urlsplit(database.url)
-        netloc = f"{role}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        netloc = f"{role}@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
         conn = await connect(urlunsplit(parts._replace(netloc=netloc)))
         try:
             assert await migrate(conn) == []
