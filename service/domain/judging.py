@@ -12,6 +12,7 @@ import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 import msgspec
 
@@ -39,7 +40,7 @@ class JudgeTask(msgspec.Struct, frozen=True, kw_only=True):
 class JudgeVerdict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     label: str
     agrees: bool
-    score: float | None = None
+    score: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None  # as the prompt asks
 
 
 class JudgeOutput(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -177,6 +178,9 @@ def parse_judge_output(raw: str, ballot: Ballot) -> Decision:
     if ballot.task.task == "select":
         if output.chosen not in known:
             raise JudgeOutputError(f"judge chose {output.chosen!r}, not a candidate label")
+        if any(v.label == output.chosen and not v.agrees for v in output.verdicts):
+            # Recorded as it is, it would count against the model the judge picked.
+            raise JudgeOutputError(f"judge chose {output.chosen} and judged it wrong")
         final = ballot.texts[output.chosen]
     if not final.strip():
         raise JudgeOutputError("judge gave an empty final answer")
