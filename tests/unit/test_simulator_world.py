@@ -224,6 +224,13 @@ def test_arithmetic_outside_the_bank_is_answered_at_the_category_accuracy(world:
         ("What is 2 + (3?", None),
         ("What is __import__('os').getcwd()?", None),
         ("How many legs do 3 spiders and 2 cats have?", None),
+        ("What's 12 - 3 = ?", "9"),
+        ("Compute 10 / 4. Reply with just the number.", None),  # "4." is no number
+        ("Compute 10 / 4 Reply with just the number.", "2.5"),
+        # Long runs of spaces: a single pattern with a lazy expression hung on these
+        # (200 spaces: 47 s, the event loop of a service with the simulator inside).
+        ("1" + " " * 400 + "x", None),
+        ("1" + " " * 250 + "+ 2", "3"),
     ],
 )
 def test_arithmetic_prompts_are_computed_without_eval(prompt: str, expected: str | None) -> None:

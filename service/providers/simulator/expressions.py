@@ -17,12 +17,30 @@ from fractions import Fraction
 # Longer expressions are not "simple" and are left to the unknown-prompt reply; the
 # bound also caps the parser's recursion depth and the size of the numbers.
 MAX_EXPRESSION_CHARS = 200
-_PROMPT = re.compile(
-    r"(?is)^\s*(?:what\s+is|what's|compute|calculate|evaluate)?\s*"
-    r"(?P<expression>[\d\s+\-*/()]+?)\s*=?\s*\??\s*"
-    r"(?:(?:reply|answer|respond)\s+with\s+(?:just\s+|only\s+)?(?:the|a)\s+number\.?)?\s*$"
+# The question's words around the expression, each matched on its own (anchored, no
+# nested repetition): one pattern with a lazy expression followed by optional spaces
+# backtracked exponentially on long runs of spaces (a 200-space prompt took 47 s).
+_ASKING = re.compile(r"(?i)\s*(?:what\s+is|what's|compute|calculate|evaluate)\b")
+_REPLY_WITH = re.compile(
+    r"(?i)(?:reply|answer|respond)\s+with\s+(?:just\s+|only\s+)?(?:the|a)\s+number\.?\s*$"
 )
+_EXPRESSION = re.compile(r"[\d\s+\-*/()]+")
+_MAX_PROMPT_CHARS = MAX_EXPRESSION_CHARS + 100  # room for the question's own words
 _TOKEN = re.compile(r"\s*(?:(\d{1,12})|([-+*/()]))")
+
+
+def _expression_text(prompt: str) -> str | None:
+    """The prompt without "What is" before and "= ?" or "Reply with the number." after,
+    when what is left holds only digits, operators, parentheses and spaces."""
+    if len(prompt) > _MAX_PROMPT_CHARS:
+        return None
+    text = prompt.strip()
+    if (reply := _REPLY_WITH.search(text)) is not None:
+        text = text[: reply.start()].rstrip()
+    if (asking := _ASKING.match(text)) is not None:
+        text = text[asking.end() :]
+    text = text.strip().removesuffix("?").rstrip().removesuffix("=").strip()
+    return text if text and _EXPRESSION.fullmatch(text) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +54,10 @@ class Arithmetic:
 
 def parse_arithmetic(prompt: str) -> Arithmetic | None:
     """The computed answer when the prompt is a simple arithmetic expression, else None."""
-    match = _PROMPT.match(prompt)
-    if match is None:
+    text = _expression_text(prompt)
+    if text is None:
         return None
-    expression = " ".join(match.group("expression").split())
+    expression = " ".join(text.split())
     if len(expression) > MAX_EXPRESSION_CHARS:
         return None
     tokens = _tokens(expression)
