@@ -41,7 +41,9 @@ class Settings:
         """Settings from environment variables (``FUSION_LEDGER_*``, ``DATABASE_URL``)."""
         env = dict(os.environ if environ is None else environ)
         config = env.get("FUSION_LEDGER_CONFIG")
-        pool_max_size = _integer(env, "FUSION_LEDGER_POOL_SIZE", 10, minimum=1)
+        # The projection worker and the router each hold one connection for good, and
+        # batch replays take up to half the pool: below four they can starve each other.
+        pool_max_size = _integer(env, "FUSION_LEDGER_POOL_SIZE", 10, minimum=4)
         return cls(
             database_url=env.get("FUSION_LEDGER_DATABASE_URL") or env.get("DATABASE_URL") or None,
             config_path=Path(config) if config else None,

@@ -190,7 +190,7 @@ def test_an_unreachable_database_is_one_line_and_exit_2(command: list[str]) -> N
         ("FUSION_LEDGER_PORT", "80OO", "FUSION_LEDGER_PORT: not an integer ('80OO')"),
         ("FUSION_LEDGER_PORT", "70000", "FUSION_LEDGER_PORT: must be from 1 to 65535 ('70000')"),
         ("FUSION_LEDGER_POOL_SIZE", "ten", "FUSION_LEDGER_POOL_SIZE: not an integer ('ten')"),
-        ("FUSION_LEDGER_POOL_SIZE", "0", "FUSION_LEDGER_POOL_SIZE: must be at least 1 ('0')"),
+        ("FUSION_LEDGER_POOL_SIZE", "3", "FUSION_LEDGER_POOL_SIZE: must be at least 4 ('3')"),
         (
             "FUSION_LEDGER_MAX_OPEN_RUNS",
             "-1",
@@ -216,8 +216,8 @@ def test_settings_that_are_fine_stay_fine() -> None:
     )
     assert settings.log_level == "warning" and settings.port == 9000
     assert Settings.from_env({"FUSION_LEDGER_PORT": ""}).port == 8000  # empty: the default
-    small = Settings.from_env({"FUSION_LEDGER_POOL_SIZE": "1"})
-    assert small.pool_min_size == small.pool_max_size == 1  # asyncpg refuses min > max
+    small = Settings.from_env({"FUSION_LEDGER_POOL_SIZE": "4"})
+    assert (small.pool_min_size, small.pool_max_size) == (2, 4)
 
 
 @pytest.mark.parametrize(
