@@ -150,3 +150,33 @@ async def test_cli_migrate_twice(fresh_url: str) -> None:
     assert sorted(applied) == ALL
     _, third = await run()
     assert json.loads(third)["applied"] == []
+
+
+async def test_co_failure_pairs_move_to_code_point_order_and_merge(fresh_url: str) -> None:
+    # Rows a non-C collation ordered the other way (0036): moved, and merged with the
+    # row the code-point ordering has written since.
+    conn = await connect(fresh_url)
+    try:
+        await migrate(conn)
+        await conn.executemany(
+            "INSERT INTO co_failure VALUES ('t', 'math', $1, $2, $3, $4, $5)",
+            [
+                ("sim/model-b", "sim/Model-c", 1, 2, 3),  # the old order (en_US)
+                ("sim/Model-c", "sim/model-b", 10, 20, 30),  # the code-point order
+                ("sim/model-x", "sim/Model-y", 4, 5, 6),  # old order, no twin
+                ("a", "b", 7, 8, 9),  # already in order
+            ],
+        )
+        fix = next(m for m in load_migrations() if m.version == 36)
+        await conn.execute(fix.sql)
+        rows = await conn.fetch(
+            "SELECT model_a, model_b, both_wrong, one_wrong, both_right FROM co_failure"
+            ' ORDER BY model_a COLLATE "C"'
+        )
+    finally:
+        await conn.close()
+    assert [tuple(r) for r in rows] == [
+        ("a", "b", 7, 8, 9),
+        ("sim/Model-c", "sim/model-b", 11, 22, 33),
+        ("sim/Model-y", "sim/model-x", 4, 5, 6),
+    ]
