@@ -50,8 +50,8 @@ class Settings:
             data_dir=Path(env.get("FUSION_LEDGER_DATA_DIR", ".fusion-ledger")),
             host=env.get("FUSION_LEDGER_HOST", "127.0.0.1"),
             port=_integer(env, "FUSION_LEDGER_PORT", 8000, minimum=1, maximum=65535),
-            log_format=_log_format(env),
-            log_level=_log_level(env),
+            log_format=_choice(env, "FUSION_LEDGER_LOG_FORMAT", LOG_FORMATS, "auto"),
+            log_level=_choice(env, "FUSION_LEDGER_LOG_LEVEL", LOG_LEVELS, "info"),
             pool_min_size=min(_POOL_MIN_SIZE, pool_max_size),  # asyncpg wants min <= max
             pool_max_size=pool_max_size,
             auth_required=switch(env, "FUSION_LEDGER_AUTH", default=True),
@@ -97,21 +97,9 @@ def switch(env: Mapping[str, str], name: str, *, default: bool) -> bool:
     return SWITCH_VALUES[text]
 
 
-def _log_format(env: Mapping[str, str]) -> str:
-    fmt = env.get("FUSION_LEDGER_LOG_FORMAT", "").strip().lower() or "auto"
-    if fmt not in LOG_FORMATS:
-        raise SettingsError(
-            f"FUSION_LEDGER_LOG_FORMAT: must be one of {', '.join(LOG_FORMATS)} "
-            f"({env['FUSION_LEDGER_LOG_FORMAT']!r})"
-        )
-    return fmt
-
-
-def _log_level(env: Mapping[str, str]) -> str:
-    level = env.get("FUSION_LEDGER_LOG_LEVEL", "").strip().lower() or "info"
-    if level not in LOG_LEVELS:
-        raise SettingsError(
-            f"FUSION_LEDGER_LOG_LEVEL: must be one of {', '.join(LOG_LEVELS)} "
-            f"({env['FUSION_LEDGER_LOG_LEVEL']!r})"
-        )
-    return level
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    """One of ``choices`` (any case; empty: the default), else SettingsError."""
+    value = env.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise SettingsError(f"{name}: must be one of {', '.join(choices)} ({env[name]!r})")
+    return value

@@ -3,17 +3,21 @@ talk to it over HTTP."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 
+import asyncpg
 import httpx
 import pytest
 import uvicorn
 
 from service.app import create_app
+from service.config import Config
 from service.settings import Settings
-from tests.conftest import RunningSimulator, TestDatabase
+from tests.conftest import RunningSimulator, TestDatabase, with_search_path
 
 
 def _free_port() -> int:
@@ -23,29 +27,47 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture
-def service_url(database: TestDatabase, simulator: RunningSimulator) -> Iterator[str]:
-    """The service (against the simulator) served by uvicorn in a thread; its base URL."""
-    settings = Settings(database_url=database.url, pool_min_size=1, pool_max_size=5)
-    app = create_app(settings, simulator.config(), sweeper=False, run_migrations=False)
+@contextlib.contextmanager
+def served(settings: Settings, config: Config) -> Iterator[str]:
+    """The app for these settings served by uvicorn in a thread; its base URL."""
+    app = create_app(settings, config, sweeper=False, run_migrations=False)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, name="service-for-cli", daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        threading.Event().wait(0.05)
-    else:
-        server.should_exit = True
-        thread.join(timeout=20)
-        raise RuntimeError(f"the service at {url} did not become healthy")
     try:
+        for _ in range(200):
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            threading.Event().wait(0.05)
+        else:
+            raise RuntimeError(f"the service at {url} did not become healthy")
         yield url
     finally:
         server.should_exit = True
         thread.join(timeout=20)
+
+
+@pytest.fixture
+def service_url(database: TestDatabase, simulator: RunningSimulator) -> Iterator[str]:
+    """The service (against the simulator) on a real port; its base URL."""
+    settings = Settings(database_url=database.url, pool_min_size=1, pool_max_size=5)
+    with served(settings, simulator.config()) as url:
+        yield url
+
+
+@pytest.fixture
+async def empty_schema_url(postgres_url: str) -> AsyncIterator[str]:
+    """The URL of an empty schema (nothing migrated), dropped afterwards."""
+    schema = f"m_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres_url)
+    await admin.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield with_search_path(postgres_url, schema)
+    finally:
+        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await admin.close()

@@ -7,37 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import asyncpg
-import httpx
 import pytest
-import uvicorn
 
-from service.app import create_app
 from service.domain.events import RunFailed
 from service.settings import Settings
 from service.store import NO_STREAM, EventStore, NewEvent
-from tests.conftest import RunningSimulator, TestDatabase, with_search_path
+from tests.conftest import RunningSimulator, TestDatabase
+from tests.integration.conftest import served
 from tests.unit.test_cli_errors import one_error_line, run_cli
 
 NOT_MIGRATED = "the database is not migrated: run `fusion-ledger migrate`"
-
-
-@pytest.fixture
-async def unmigrated(postgres_url: str) -> AsyncIterator[str]:
-    """The URL of an empty schema: a database nobody migrated."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(postgres_url)
-    await admin.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield with_search_path(postgres_url, schema)
-    finally:
-        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await admin.close()
 
 
 @pytest.mark.parametrize(
@@ -57,13 +40,13 @@ async def unmigrated(postgres_url: str) -> AsyncIterator[str]:
     ids=" ".join,
 )
 async def test_an_unmigrated_database_is_one_line_and_exit_2(
-    unmigrated: str, command: list[str]
+    empty_schema_url: str, command: list[str]
 ) -> None:
-    done = await asyncio.to_thread(run_cli, "--database-url", unmigrated, *command)
+    done = await asyncio.to_thread(run_cli, "--database-url", empty_schema_url, *command)
     assert done.returncode == 2, done.stderr
     assert one_error_line(done.stderr) == NOT_MIGRATED
     # and nothing was made meanwhile: no table, no rebuild's shadow schema
-    admin = await asyncpg.connect(unmigrated)
+    admin = await asyncpg.connect(empty_schema_url)
     try:
         made = await admin.fetch(
             "SELECT nspname AS name FROM pg_namespace WHERE starts_with(nspname, $1 || '__') "
@@ -106,39 +89,14 @@ async def test_verify_still_exits_1_for_tampering_only(
 # --- a service that wants keys ------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def secured_url(database: TestDatabase, simulator: RunningSimulator) -> Iterator[str]:
     """The service with API keys required (as `serve` runs it), on a real port."""
     settings = Settings(
         database_url=database.url, pool_min_size=1, pool_max_size=5, auth_required=True
     )
-    app = create_app(settings, simulator.config(), sweeper=False, run_migrations=False)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, name="secured-service", daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            threading.Event().wait(0.05)
-        else:
-            raise RuntimeError(f"the service at {url} did not become healthy")
+    with served(settings, simulator.config()) as url:
         yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
 
 
 async def test_fuse_and_replay_get_through_with_an_api_key(

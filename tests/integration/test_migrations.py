@@ -7,8 +7,6 @@ import dataclasses
 import json
 import os
 import sys
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -16,23 +14,9 @@ import pytest
 
 from service.store.database import connect
 from service.store.migrations import Migration, MigrationError, load_migrations, migrate
-from tests.conftest import with_search_path
 
 CLI = Path(sys.executable).with_name("fusion-ledger")
 ALL = [f"{m.version:04d}_{m.name}" for m in load_migrations()]
-
-
-@pytest.fixture
-async def fresh_url(postgres_url: str) -> AsyncIterator[str]:
-    """The URL of an empty schema (nothing migrated), dropped afterwards."""
-    schema = f"m_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(postgres_url)
-    await admin.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield with_search_path(postgres_url, schema)
-    finally:
-        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await admin.close()
 
 
 async def recorded(conn: asyncpg.Connection) -> list[tuple[int, str]]:
@@ -48,8 +32,8 @@ def extra(version: int, sql: str) -> Migration:
     return Migration(version, f"extra_{version}", sql)
 
 
-async def test_migrate_twice_applies_once(fresh_url: str) -> None:
-    conn = await connect(fresh_url)
+async def test_migrate_twice_applies_once(empty_schema_url: str) -> None:
+    conn = await connect(empty_schema_url)
     try:
         assert ALL, "there are migration files"
         assert await migrate(conn) == ALL
@@ -62,8 +46,8 @@ async def test_migrate_twice_applies_once(fresh_url: str) -> None:
         await conn.close()
 
 
-async def test_concurrent_migrators_both_succeed_and_apply_once(fresh_url: str) -> None:
-    first, second = await connect(fresh_url), await connect(fresh_url)
+async def test_concurrent_migrators_both_succeed_and_apply_once(empty_schema_url: str) -> None:
+    first, second = await connect(empty_schema_url), await connect(empty_schema_url)
     try:
         results = await asyncio.gather(migrate(first), migrate(second))
         assert sorted(results[0] + results[1]) == ALL, "each migration applied exactly once"
@@ -73,8 +57,10 @@ async def test_concurrent_migrators_both_succeed_and_apply_once(fresh_url: str) 
         await second.close()
 
 
-async def test_changed_applied_migration_is_refused_and_nothing_applied(fresh_url: str) -> None:
-    conn = await connect(fresh_url)
+async def test_changed_applied_migration_is_refused_and_nothing_applied(
+    empty_schema_url: str,
+) -> None:
+    conn = await connect(empty_schema_url)
     try:
         await migrate(conn)
         before = await recorded(conn)
@@ -98,10 +84,10 @@ async def test_changed_applied_migration_is_refused_and_nothing_applied(fresh_ur
         await conn.close()
 
 
-async def test_unknown_applied_version_is_refused(fresh_url: str) -> None:
+async def test_unknown_applied_version_is_refused(empty_schema_url: str) -> None:
     known = load_migrations()
     future = extra(9001, "CREATE TABLE from_the_future (id int)")
-    conn = await connect(fresh_url)
+    conn = await connect(empty_schema_url)
     try:
         # Applied by newer code than ours, and one of ours is still pending.
         await migrate(conn, [*known[:-1], future])
@@ -114,9 +100,9 @@ async def test_unknown_applied_version_is_refused(fresh_url: str) -> None:
         await conn.close()
 
 
-async def test_failing_migration_leaves_nothing_behind(fresh_url: str) -> None:
+async def test_failing_migration_leaves_nothing_behind(empty_schema_url: str) -> None:
     broken = extra(9002, "CREATE TABLE half_done (id int);\nSELECT * FROM no_such_table;")
-    conn = await connect(fresh_url)
+    conn = await connect(empty_schema_url)
     try:
         with pytest.raises(asyncpg.PostgresError):
             await migrate(conn, [*load_migrations(), broken])
@@ -128,13 +114,13 @@ async def test_failing_migration_leaves_nothing_behind(fresh_url: str) -> None:
         await conn.close()
 
 
-async def test_cli_migrate_twice(fresh_url: str) -> None:
+async def test_cli_migrate_twice(empty_schema_url: str) -> None:
     async def run() -> tuple[int, str]:
         command = [str(CLI)] if CLI.exists() else [sys.executable, "-m", "service"]
         process = await asyncio.create_subprocess_exec(
             *command,
             "--database-url",
-            fresh_url,
+            empty_schema_url,
             "migrate",
             "--json",
             stdout=asyncio.subprocess.PIPE,
@@ -152,10 +138,10 @@ async def test_cli_migrate_twice(fresh_url: str) -> None:
     assert json.loads(third)["applied"] == []
 
 
-async def test_co_failure_pairs_move_to_code_point_order_and_merge(fresh_url: str) -> None:
+async def test_co_failure_pairs_move_to_code_point_order_and_merge(empty_schema_url: str) -> None:
     # Rows a non-C collation ordered the other way (0036): moved, and merged with the
     # row the code-point ordering has written since.
-    conn = await connect(fresh_url)
+    conn = await connect(empty_schema_url)
     try:
         await migrate(conn)
         await conn.executemany(

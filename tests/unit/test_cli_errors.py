@@ -9,10 +9,9 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from email.message import Message
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from click.testing import CliRunner, Result
 
 from service.cli import main
 from service.settings import Settings
+from tests.unit.http_double import local_http
 
 CLI = Path(sys.executable).parent / "fusion-ledger"
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/x"
@@ -66,32 +66,13 @@ class FakeService:
 def fake_service(status: int, content_type: str, body: str) -> Iterator[FakeService]:
     service = FakeService("")
 
-    class Handler(BaseHTTPRequestHandler):
-        def answer(self) -> None:
-            self.rfile.read(int(self.headers.get("content-length") or 0))
-            service.requests.append((self.command, self.path, self.headers.get("authorization")))
-            data = body.encode()
-            self.send_response(status)
-            self.send_header("content-type", content_type)
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def answer(method: str, path: str, headers: Message, _: bytes) -> tuple[int, str, bytes]:
+        service.requests.append((method, path, headers.get("authorization")))
+        return status, content_type, body.encode()
 
-        do_GET = do_POST = answer
-
-        def log_message(self, *_: object) -> None:
-            return None
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    service.url = f"http://127.0.0.1:{server.server_port}"
-    thread = threading.Thread(target=server.serve_forever, name="fake-service", daemon=True)
-    thread.start()
-    try:
+    with local_http(answer) as url:
+        service.url = url
         yield service
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 def invoke(*args: str, env: dict[str, str | None] | None = None) -> Result:

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from email.message import Message
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,6 +19,7 @@ from click.testing import CliRunner, Result
 from service import cli_replay
 from service.cli import main
 from service.cli_replay import parse_moment
+from tests.unit.http_double import local_http
 
 BATCH_ID = "0b7c1f3e-2d4a-4c5b-9e6f-7a8b9c0d1e2f"
 RUNNING = {"batch_id": BATCH_ID, "status": "running", "runs": 3, "done": 1}
@@ -38,41 +38,20 @@ class BatchService:
 def batch_service() -> Iterator[BatchService]:
     service = BatchService()
 
-    class Handler(BaseHTTPRequestHandler):
-        def answer(self) -> None:
-            sent = self.rfile.read(int(self.headers.get("content-length") or 0))
-            key = self.headers.get("idempotency-key")
-            service.requests.append(
-                (self.command, self.path, key, json.loads(sent) if sent else None)
-            )
-            status, body = (200, RUNNING)
-            if self.command == "POST":
-                url = f"/v1/replays/{BATCH_ID}"
-                status = 202
-                body = {"batch_id": BATCH_ID, "status": "accepted", "runs": 3}
-                body |= {"existing": len(service.requests) > 1, "status_url": url}
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def answer(method: str, path: str, headers: Message, sent: bytes) -> tuple[int, str, bytes]:
+        key = headers.get("idempotency-key")
+        service.requests.append((method, path, key, json.loads(sent) if sent else None))
+        status, body = (200, RUNNING)
+        if method == "POST":
+            url = f"/v1/replays/{BATCH_ID}"
+            status = 202
+            body = {"batch_id": BATCH_ID, "status": "accepted", "runs": 3}
+            body |= {"existing": len(service.requests) > 1, "status_url": url}
+        return status, "application/json", json.dumps(body).encode()
 
-        do_GET = do_POST = answer
-
-        def log_message(self, *_: object) -> None:
-            return None
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    service.url = f"http://127.0.0.1:{server.server_port}"
-    thread = threading.Thread(target=server.serve_forever, name="batch-service", daemon=True)
-    thread.start()
-    try:
+    with local_http(answer, "batch-service") as url:
+        service.url = url
         yield service
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 def invoke(*args: str) -> Result:
