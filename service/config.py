@@ -99,15 +99,26 @@ class ModelConfig(_Strict, frozen=True, kw_only=True):
         return Price(self.input_price, self.output_price)
 
 
-class PanelParams(_Strict, frozen=True, kw_only=True):
-    """What a preset's panel entry may set in ``params``: the fields of
-    ``GenerationParams`` (which accepts unknown ones, as events must), within the bounds
-    providers accept. Only checked: the entry keeps its ``GenerationParams``."""
+Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
+TopP = Annotated[float, msgspec.Meta(ge=0, le=1)]
 
-    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+
+class BoundedParams(_Strict, frozen=True, kw_only=True):
+    """Generation parameters as a client or a preset may set them: the fields of
+    ``GenerationParams`` (which accepts unknown ones, as events must), within the bounds
+    providers accept. The HTTP API decodes them; the config only checks them."""
+
+    temperature: Temperature | None = None
     max_tokens: AtLeastOne | None = None
-    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    top_p: TopP | None = None
     seed: int | None = None
+
+    def generation(self) -> GenerationParams:
+        """As the event catalog records them."""
+        return GenerationParams(
+            temperature=self.temperature, max_tokens=self.max_tokens, top_p=self.top_p,
+            seed=self.seed,
+        )  # fmt: skip
 
 
 class PanelEntry(_Strict, frozen=True, kw_only=True):
@@ -292,7 +303,7 @@ def _check_panel_params(panel: object, where: str) -> None:
         return
     for index, entry in enumerate(panel):
         if isinstance(entry, dict) and "params" in entry:
-            _check_entry(entry["params"], PanelParams, f"{where}.panel[{index}].params")
+            _check_entry(entry["params"], BoundedParams, f"{where}.panel[{index}].params")
 
 
 def _fill_upstream_names(config: Config) -> Config:

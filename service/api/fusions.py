@@ -13,30 +13,14 @@ from litestar.params import HeaderParameter, JSONBody
 from service.api.deps import Services, provide_services
 from service.api.errors import Problem
 from service.api.views import FusionResponse, fusion_view
-from service.config import PanelEntry
-from service.domain.events import ClientIdentity, GenerationParams, JudgeSpec, Message
+from service.config import BoundedParams, PanelEntry
+from service.domain.events import ClientIdentity, JudgeSpec, Message
 from service.orchestration.fusion import Fused, IdempotencyConflict, Overloaded
 from service.orchestration.planning import FusionAsk, InvalidRequest, plan_fusion
 from service.store import UnstorableEvent
 
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 Positive = Annotated[float, msgspec.Meta(gt=0)]
-
-
-class ParamsBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Generation parameters, with the bounds providers accept (as /v1/chat/completions)."""
-
-    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
-    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
-    seed: int | None = None
-
-    def params(self) -> GenerationParams:
-        """As the event catalog records them."""
-        return GenerationParams(
-            temperature=self.temperature, max_tokens=self.max_tokens, top_p=self.top_p,
-            seed=self.seed,
-        )  # fmt: skip
 
 
 class MessageBody(msgspec.Struct, frozen=True, kw_only=True):
@@ -47,7 +31,7 @@ class MessageBody(msgspec.Struct, frozen=True, kw_only=True):
 class PanelEntryBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     model: str
     samples: Annotated[int, msgspec.Meta(ge=1, le=16)] = 1
-    params: ParamsBody = ParamsBody()
+    params: BoundedParams = BoundedParams()
 
 
 class JudgeBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -78,7 +62,7 @@ class FusionBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     preset: str | None = None
     panel: Literal["auto"] | list[str | PanelEntryBody] | None = None
     judge: JudgeBody | None = None
-    params: ParamsBody = ParamsBody()
+    params: BoundedParams = BoundedParams()
     max_cost_usd: NonNegative | None = None
     timeout_s: Positive | None = None
     min_successes: Annotated[int, msgspec.Meta(ge=1)] | None = None
@@ -97,14 +81,15 @@ def ask_from_body(body: FusionBody, client: ClientIdentity, key: str | None) -> 
         panel = [
             p
             if isinstance(p, str)
-            else PanelEntry(model=p.model, samples=p.samples, params=p.params.params())
+            else PanelEntry(model=p.model, samples=p.samples, params=p.params.generation())
             for p in body.panel
         ]
     return FusionAsk(
         messages=messages, category=body.category, tags=list(body.tags), preset=body.preset,
-        panel=panel, judge=body.judge.spec() if body.judge else None, params=body.params.params(),
-        client=client, idempotency_key=key, max_cost_usd=body.max_cost_usd,
-        timeout_s=body.timeout_s, min_successes=body.min_successes,
+        panel=panel, judge=body.judge.spec() if body.judge else None,
+        params=body.params.generation(), client=client, idempotency_key=key,
+        max_cost_usd=body.max_cost_usd, timeout_s=body.timeout_s,
+        min_successes=body.min_successes,
     )  # fmt: skip
 
 

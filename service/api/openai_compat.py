@@ -21,6 +21,7 @@ from service.api.deps import Services, provide_services
 from service.api.errors import Problem
 from service.api.fusions import client_identity, observe_overhead, received_at, run_ask
 from service.api.views import fusion_view
+from service.config import AtLeastOne, Temperature, TopP
 from service.domain.events import GenerationParams, Message
 from service.domain.runs import RunState
 from service.orchestration.planning import FusionAsk
@@ -42,10 +43,10 @@ class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
     model: str
     messages: Annotated[list[ChatMessage], msgspec.Meta(min_length=1)]
     stream: bool = False
-    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
-    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    temperature: Temperature | None = None
+    max_tokens: AtLeastOne | None = None
+    max_completion_tokens: AtLeastOne | None = None
+    top_p: TopP | None = None
     seed: int | None = None
     user: str | None = None
 
