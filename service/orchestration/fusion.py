@@ -67,7 +67,7 @@ class RunHandle:
 
     run_id: uuid.UUID
     task: asyncio.Task[RunState]
-    fingerprint: RunRequested  # what its Idempotency-Key stands for (_fingerprint)
+    plan: FusionPlan  # what its Idempotency-Key stands for (compared by _fingerprint)
     cancel_reason: list[str] = field(default_factory=list)
     earlier: bool = False  # the stream existed: the Idempotency-Key's earlier run
 
@@ -116,18 +116,18 @@ class FusionRunner:
     async def fuse_here(self, plan: FusionPlan, run_id: uuid.UUID | None = None) -> Fused:
         """As ``fuse``, and say whether this call ran the fusion or found it made."""
         run_id = run_id or plan.run_id()
-        fingerprint = _fingerprint(_requested(run_id, plan))
         handle = self._open.get(run_id)
         joined = handle is not None
-        if handle is not None and handle.fingerprint != fingerprint:
-            # The key's first run is still open here: the request it runs is known.
+        if handle is not None and not _same_request(
+            _requested(run_id, handle.plan), _requested(run_id, plan)
+        ):  # the key's first run is still open here: compared only when joined
             raise IdempotencyConflict(_KEY_REUSED)
         if handle is None:
             if self.max_open_runs and len(self._open) >= self.max_open_runs:
                 self.metrics.shed.inc()
                 raise Overloaded(f"{len(self._open)} runs open, the bound of this process")
             task = asyncio.create_task(self._run(run_id, plan))
-            handle = RunHandle(run_id, task, fingerprint)
+            handle = RunHandle(run_id, task, plan)
             self._open[run_id] = handle
             self.metrics.open_runs.set(len(self._open))
             handle.task.add_done_callback(lambda _: self._forget(run_id))
@@ -447,7 +447,7 @@ class FusionRunner:
         deadline = time.monotonic() + plan.timeout_s + 30
         while True:
             state = fold(e.decode() for e in await self.store.read_stream(stream_id))
-            if state.request is not None and _fingerprint(state.request) != _fingerprint(mine):
+            if state.request is not None and not _same_request(state.request, mine):
                 raise IdempotencyConflict(_KEY_REUSED)
             if state.closed or time.monotonic() > deadline:
                 return state
@@ -475,6 +475,11 @@ def _requested(run_id: uuid.UUID, plan: FusionPlan) -> RunRequested:
 
 
 _KEY_REUSED = "this Idempotency-Key was already used for a different request"
+
+
+def _same_request(a: RunRequested, b: RunRequested) -> bool:
+    """Whether two requests of one Idempotency-Key ask for the same run."""
+    return _fingerprint(a) == _fingerprint(b)
 
 
 def _fingerprint(event: RunRequested) -> RunRequested:
