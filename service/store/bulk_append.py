@@ -60,9 +60,13 @@ def events_document(streams: Sequence[tuple[str, Sequence[NewEvent]]]) -> str:
     """The function's argument: [[stream_id, event_id, type, schema_version, data,
     metadata], ...] in order, encoded at once; UnstorableEvent names the event at fault."""
     rows: list[tuple[object, ...]] = []
+    seen: set[str] = set()
     for stream_id, stream_events in streams:
         if not stream_events:
             raise ValueError(f"no events for {stream_id}")
+        if stream_id in seen:  # the function chains a stream's events only when adjacent
+            raise ValueError(f"{stream_id} is given twice")
+        seen.add(stream_id)
         rows.extend(
             (stream_id, e.event_id, e.event.type, e.event.schema_version, e.event, dict(e.metadata))
             for e in stream_events

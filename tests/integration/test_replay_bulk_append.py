@@ -201,3 +201,29 @@ async def test_the_service_role_may_bulk_append_and_still_not_rewrite(
         await admin.execute(f'DROP OWNED BY "{role}"')
         await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
         await admin.close()
+
+
+async def test_a_stream_given_twice_is_refused_and_nothing_is_written(
+    store: EventStore, pool: asyncpg.Pool
+) -> None:
+    first, second = f"replay-{uuid.uuid4()}", f"replay-{uuid.uuid4()}"
+    before = await pool.fetchval("SELECT count(*) FROM events")
+    with pytest.raises(ValueError, match="given twice"):
+        await append_new_streams(
+            store, [(first, events(1)), (second, events(1)), (first, events(1))]
+        )
+    # The function refuses it too (a caller that bypasses the document check).
+    interleaved = [first, second, first]
+    with pytest.raises(asyncpg.PostgresError, match="adjacent") as raised:
+        await pool.fetchval(
+            "SELECT append_new_streams($1::text[], $2::uuid[], $3::text[], $4::smallint[],"
+            " $5::jsonb[], $6::jsonb[])",
+            interleaved,
+            [uuid.uuid4() for _ in interleaved],
+            ["run.failed"] * 3,
+            [1] * 3,
+            ['{"reason": "abandoned", "message": "x"}'] * 3,
+            ["{}"] * 3,
+        )
+    assert getattr(raised.value, "sqlstate", None) == "FL400"
+    assert await pool.fetchval("SELECT count(*) FROM events") == before
