@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 import struct
 import uuid
@@ -32,6 +33,25 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
+# Version 4 (random) UUIDs, built the way uuid.uuid4 builds them minus its argument
+# checks: every event written gets one (30,000 for a batch of 10,000 replays), and
+# uuid.uuid4 took 7.5-8.8 us of that path's time where this takes 2.8 us. UUID keeps
+# its value in the slots ``int`` and ``is_safe`` (CPython 3.11-3.14); the test of this
+# function compares its results with uuid.UUID's own parsing.
+_V4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_V4_SET = (0x4000 << 64) | (0x8000 << 48)
+_new_uuid = object.__new__
+_set_slot = object.__setattr__
+
+
+def new_event_id() -> uuid.UUID:
+    """A fresh random (version 4) UUID."""
+    made = _new_uuid(uuid.UUID)
+    _set_slot(made, "int", (int.from_bytes(os.urandom(16)) & _V4_CLEAR) | _V4_SET)
+    _set_slot(made, "is_safe", uuid.SafeUUID.unknown)
+    return made
+
+
 class UnstorableEvent(ValueError):
     """The event holds a value Postgres jsonb cannot store (NUL, NaN, infinity)."""
 
@@ -42,7 +62,7 @@ class NewEvent:
 
     event: Event
     metadata: Mapping[str, Any] = field(default_factory=dict)
-    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    event_id: uuid.UUID = field(default_factory=new_event_id)
 
 
 @dataclass(frozen=True, slots=True)
