@@ -27,6 +27,7 @@ import contextlib
 import uuid
 from collections.abc import Sequence
 
+import asyncpg
 import structlog
 
 from service.domain.events import (
@@ -42,12 +43,16 @@ from service.orchestration.replay import Replayer, batch_replay_id, stamp
 from service.orchestration.replay_sources import existing_streams, read_sources, terminal_counts
 from service.store import NO_STREAM, EventStore, NewEvent, WrongExpectedVersion
 from service.store.bulk_append import append_new_streams
-from service.store.database import DATABASE_ERRORS, stateful
+from service.store.database import stateful
 
 log = structlog.get_logger("replay.batch")
 
 VOTE_CHUNK = 64  # the vote needs no I/O: read and write 64 runs per round trip
 BATCHES_AT_ONCE = 2  # per process; the others queue (see the pool, above)
+# Errors of a lost connection end the batch, which resumes later; any other error
+# while judging (TimeoutError included, though it is an OSError like the database's
+# connection errors) would come back on every resume, so it is recorded as the run's.
+RESUMABLE = (ConnectionError, asyncpg.PostgresError, asyncpg.InterfaceError)
 TRY_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtextextended($1, 42))"
 UNLOCK_SQL = "SELECT pg_advisory_unlock(hashtextextended($1, 42))"
 
@@ -174,7 +179,7 @@ class BatchWorker:
             return await self.replayer.rejudge(
                 replay_id, run.run_id, source, requested.judge, batch_id=requested.batch_id
             )
-        except DATABASE_ERRORS:
+        except RESUMABLE:
             raise  # not the run's fault: the batch resumes later
         except Exception as exc:  # it would fail again on every resume: record it
             log.exception("replay.failed", batch_id=requested.batch_id, run_id=run.run_id)

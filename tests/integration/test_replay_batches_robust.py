@@ -212,6 +212,25 @@ async def test_a_judge_that_raises_for_one_run_fails_that_replay_and_the_batch_c
     assert "unknown model 'sim/judge-strong'" in failed.message
 
 
+async def test_a_judge_that_times_out_past_its_own_deadline_fails_that_replay_only(
+    store: EventStore,
+) -> None:
+    # TimeoutError is an OSError, as a lost connection's errors are; it is not one.
+    run_ids = await record_runs(store, 3)
+    judge = BrokenFor(run_ids[2], TimeoutError())
+    batches = BatchReplayer(store, Replayer(store, judge, offline_config()))
+    accepted = await batches.submit(
+        ReplayFilter(), SELECT, concurrency=1, tenant="default", actor="test"
+    )
+    await asyncio.wait_for(batches.wait(accepted.batch_id), 60)
+
+    progress = await batches.progress(accepted.batch_id, "default")
+    assert progress.completed is not None
+    assert (progress.completed.finalized, progress.completed.failed) == (2, 1)
+    failed = (await replay_events(store, accepted.batch_id, run_ids[2]))[-1]
+    assert isinstance(failed, RunFailed) and failed.message.startswith("TimeoutError")
+
+
 async def test_a_database_error_while_judging_leaves_the_run_for_the_next_resume(
     store: EventStore,
 ) -> None:
