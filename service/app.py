@@ -1,6 +1,6 @@
 """The composition root: create_app(settings, config, ...) -> Litestar.
 
-The lifespan owns the process's one asyncpg pool and one httpx client; tests and
+The lifespan owns the process's one asyncpg pool and one httpx transport; tests and
 callers may pass their own (then they close them). Nothing is created at import time.
 """
 
@@ -33,7 +33,7 @@ from service.orchestration.fusion import FusionRunner
 from service.orchestration.router import Router, follow_log
 from service.orchestration.sweeper import sweep_forever
 from service.projections.runner import ProjectionWorker
-from service.providers.http import create_http_client
+from service.providers.http import create_http_transport
 from service.providers.registry import ProviderRegistry
 from service.settings import Settings
 from service.store import EventStore
@@ -50,7 +50,7 @@ def create_app(
     config: Config,
     *,
     pool: asyncpg.Pool | None = None,
-    http_client: httpx.AsyncClient | None = None,
+    http_transport: httpx.AsyncBaseTransport | None = None,
     caller: ModelCaller | None = None,
     run_migrations: bool = True,
     sweeper: bool = True,
@@ -86,12 +86,12 @@ def create_app(
                     applied = await migrate(conn)
                 if applied:
                     log.info("migrations.applied", names=applied)
-            client = http_client
-            if client is None:
-                client = create_http_client()
-                stack.push_async_callback(client.aclose)
+            transport = http_transport
+            if transport is None:
+                transport = create_http_transport()
+                stack.push_async_callback(transport.aclose)
             store = EventStore(db)
-            registry = caller or ProviderRegistry(config, client, settings.secret)
+            registry = caller or ProviderRegistry(config, transport, settings.secret)
             router_ = router or Router(config)  # issue 5: profiles followed in memory
             runner = FusionRunner(
                 store, registry, metrics, router=router_, max_open_runs=settings.max_open_runs

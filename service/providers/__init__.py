@@ -2,11 +2,11 @@
 
 ``ProviderRegistry.complete(model_id, ...)`` is what orchestration calls; it returns a
 ``CallSucceeded`` or a ``CallFailed`` (error kinds from DESIGN.md's closed list) and
-never raises for a provider's problem. ``create_http_client`` builds the one shared
-``httpx.AsyncClient`` (aiohttp transport) that the app's lifespan owns.
+never raises for a provider's problem. ``create_http_transport`` builds the one shared
+httpx transport (over aiohttp) that the app's lifespan owns.
 """
 
-from service.providers.http import create_http_client
+from service.providers.http import create_http_transport
 from service.providers.openai_compatible import complete
 from service.providers.outcomes import CallFailed, CallOutcome, CallSucceeded
 from service.providers.registry import ProviderRegistry
@@ -17,5 +17,5 @@ __all__ = [
     "CallSucceeded",
     "ProviderRegistry",
     "complete",
-    "create_http_client",
+    "create_http_transport",
 ]

@@ -11,6 +11,7 @@ anything that looks like a bearer token before it is returned or logged.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import random
 from collections.abc import Sequence
@@ -65,6 +66,7 @@ class _Completion(msgspec.Struct, frozen=True):
 
 _DECODER = msgspec.json.Decoder(_Completion)
 _ENCODER = msgspec.json.Encoder()
+_USER_AGENT = "fusion-ledger"
 
 
 class _Reply(NamedTuple):
@@ -83,7 +85,7 @@ class _Failure(NamedTuple):
 
 
 async def complete(
-    client: httpx.AsyncClient,
+    transport: httpx.AsyncBaseTransport,
     provider: ProviderConfig,
     model: ModelConfig,
     messages: list[Message],
@@ -94,8 +96,12 @@ async def complete(
     seed: int | None = None,
 ) -> CallOutcome:
     """Ask ``model`` at ``provider`` for one chat completion within ``timeout_s`` seconds."""
-    url = provider.base_url.rstrip("/") + "/chat/completions"
-    headers = {"content-type": "application/json"}
+    url = _endpoint(provider.base_url)
+    headers = {
+        "accept": "application/json",
+        "content-type": "application/json",
+        "user-agent": _USER_AGENT,
+    }
     if api_key:
         headers["authorization"] = f"Bearer {api_key}"
     body = _ENCODER.encode(_request_body(model, messages, params, seed))
@@ -105,7 +111,7 @@ async def complete(
     attempts: list[Attempt] = []
     for number in range(1, max(1, provider.max_attempts) + 1):
         began = loop.time()
-        result = await _attempt(client, url, headers, body, deadline - began)
+        result = await _attempt(transport, url, headers, body, deadline - began)
         outcome = "ok" if isinstance(result, _Reply) else result.kind
         attempts.append(
             Attempt(
@@ -159,15 +165,33 @@ def _request_body(
     return body
 
 
+@functools.lru_cache(maxsize=64)
+def _endpoint(base_url: str) -> httpx.URL:
+    """The chat-completions URL of a provider, parsed once."""
+    return httpx.URL(base_url.rstrip("/") + "/chat/completions")
+
+
 async def _attempt(
-    client: httpx.AsyncClient, url: str, headers: dict[str, str], body: bytes, budget_s: float
+    transport: httpx.AsyncBaseTransport,
+    url: httpx.URL,
+    headers: dict[str, str],
+    body: bytes,
+    budget_s: float,
 ) -> _Reply | _Failure:
     if budget_s <= 0:
         return _Failure("timeout", None, "no time left for another attempt")
+    request = httpx.Request(
+        "POST", url, headers=headers, content=body,
+        extensions={"timeout": httpx.Timeout(budget_s).as_dict()},
+    )  # fmt: skip
     try:
         # asyncio.timeout is the hard bound: transports apply httpx's timeouts per read.
         async with asyncio.timeout(budget_s):
-            response = await client.post(url, content=body, headers=headers, timeout=budget_s)
+            response = await transport.handle_async_request(request)
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
     except (TimeoutError, httpx.TimeoutException):
         return _Failure("timeout", None, f"no complete response within {budget_s:.3g}s")
     except httpx.HTTPError as exc:

@@ -26,11 +26,11 @@ class ProviderRegistry:
     def __init__(
         self,
         config: Config,
-        client: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
         secrets: Callable[[str], str | None],
     ) -> None:
         self._config = config
-        self._client = client
+        self._transport = transport
         self._secrets = secrets
         self._slots = {
             name: asyncio.Semaphore(provider.max_concurrency)
@@ -90,7 +90,7 @@ class ProviderRegistry:
             )
         try:
             return await openai_compatible.complete(
-                self._client, provider, model, messages, params,
+                self._transport, provider, model, messages, params,
                 api_key=api_key, timeout_s=budget - (loop.time() - queued), seed=seed,
             )  # fmt: skip
         finally:

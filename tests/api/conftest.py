@@ -160,9 +160,9 @@ async def client(
 ) -> AsyncIterator[AsyncTestClient[Any]]:
     # The test client runs the app on its own event loop (a portal thread), so the app
     # opens its own pool there; tests read the database through the `pool` fixture.
-    http = httpx.AsyncClient(transport=httpx.MockTransport(providers.handle))
+    http = httpx.MockTransport(providers.handle)
     settings = Settings(database_url=database.url, pool_min_size=1, pool_max_size=10)
-    app = create_app(settings, config, http_client=http, sweeper=False, run_migrations=False)
+    app = create_app(settings, config, http_transport=http, sweeper=False, run_migrations=False)
     async with AsyncTestClient(app=app) as test_client:
         yield test_client
     await http.aclose()

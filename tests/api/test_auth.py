@@ -24,11 +24,11 @@ from tests.conftest import TestDatabase
 async def secured(
     database: TestDatabase, config: Config, providers: MockProviders
 ) -> AsyncIterator[AsyncTestClient[Any]]:
-    http = httpx.AsyncClient(transport=httpx.MockTransport(providers.handle))
+    http = httpx.MockTransport(providers.handle)
     settings = Settings(
         database_url=database.url, pool_min_size=1, pool_max_size=5, auth_required=True
     )
-    app = create_app(settings, config, http_client=http, sweeper=False, run_migrations=False)
+    app = create_app(settings, config, http_transport=http, sweeper=False, run_migrations=False)
     async with AsyncTestClient(app=app) as client:
         yield client
     await http.aclose()

@@ -214,9 +214,9 @@ async def test_a_reused_key_is_checked_while_its_first_run_is_open(
     database: TestDatabase, config: Config, providers: MockProviders, pool: asyncpg.Pool
 ) -> None:
     # The app on this test's own loop (the test client runs one request at a time).
-    http = httpx.AsyncClient(transport=httpx.MockTransport(providers.handle))
+    http = httpx.MockTransport(providers.handle)
     settings = Settings(database_url=database.url, pool_min_size=1)
-    app = create_app(settings, config, http_client=http, sweeper=False, run_migrations=False)
+    app = create_app(settings, config, http_transport=http, sweeper=False, run_migrations=False)
     headers = {"Idempotency-Key": "order-42"}
     body = {"prompt": "3+4?", "panel": ["mock/slow", "mock/a", "mock/b"]}  # ~0.5 s
     asgi = httpx.ASGITransport(app=app)
@@ -389,9 +389,9 @@ async def test_past_the_open_runs_bound_a_fusion_gets_503_and_writes_nothing(
     database: TestDatabase, config: Config, providers: MockProviders, pool: asyncpg.Pool
 ) -> None:
     # The app on this test's own loop (the test client runs one request at a time).
-    http = httpx.AsyncClient(transport=httpx.MockTransport(providers.handle))
+    http = httpx.MockTransport(providers.handle)
     settings = Settings(database_url=database.url, pool_min_size=1, max_open_runs=1)
-    app = create_app(settings, config, http_client=http, sweeper=False, run_migrations=False)
+    app = create_app(settings, config, http_transport=http, sweeper=False, run_migrations=False)
     slow = {"prompt": "2+2?", "panel": ["mock/slow", "mock/a", "mock/b"]}  # ~0.5 s
     asgi = httpx.ASGITransport(app=app)
     try:
@@ -423,11 +423,11 @@ async def test_the_server_app_freezes_what_it_built_at_startup(
 ) -> None:
     # serve() builds its app with freeze_heap: the full collections of a running
     # server then skip everything that lives as long as the process.
-    http = httpx.AsyncClient(transport=httpx.MockTransport(providers.handle))
+    http = httpx.MockTransport(providers.handle)
     settings = Settings(database_url=database.url, pool_min_size=1)
-    plain = create_app(settings, config, http_client=http, sweeper=False, run_migrations=False)
+    plain = create_app(settings, config, http_transport=http, sweeper=False, run_migrations=False)
     frozen = create_app(
-        settings, config, http_client=http, sweeper=False, run_migrations=False, freeze_heap=True
+        settings, config, http_transport=http, sweeper=False, run_migrations=False, freeze_heap=True
     )
     try:
         gc.unfreeze()
@@ -479,7 +479,7 @@ async def test_judge_model_calls_count_in_the_provider_metrics(
 async def test_a_run_cancelled_on_shutdown_is_counted_with_its_reason(
     store: EventStore, config: Config, providers: MockProviders
 ) -> None:
-    async with httpx.AsyncClient(transport=httpx.MockTransport(providers.handle)) as http:
+    async with httpx.MockTransport(providers.handle) as http:
         runner = FusionRunner(store, ProviderRegistry(config, http, lambda _: None))
         ask = FusionAsk(messages=[Message(role="user", content="2+2?")], panel=["mock/slow"])
         plan = plan_fusion(config, ask)

@@ -15,6 +15,7 @@ from service.domain.breaker import BreakerSettings
 from service.domain.profiles import ProfileBuilder
 from service.orchestration.fusion import FusionRunner
 from service.orchestration.router import Router
+from service.providers.http import create_http_transport
 from service.providers.registry import ProviderRegistry
 from service.store import EventStore
 from tests.conftest import RunningSimulator
@@ -45,9 +46,9 @@ async def world(
         builder.record_outcome("multiple_choice", [(FAILING, True), (HEALTHY, i % 2 == 0)])
     clock = Clock()
     router = Router(config, breaker=BREAKER, clock=clock, snapshot=builder.snapshot("1:1"))
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient() as client, create_http_transport() as transport:
         runner = FusionRunner(
-            store, ProviderRegistry(config, client, lambda _: None), router=router
+            store, ProviderRegistry(config, transport, lambda _: None), router=router
         )
         try:
             yield runner, router, config, clock, client

@@ -10,7 +10,6 @@ import time
 from collections.abc import AsyncIterator
 
 import asyncpg
-import httpx
 import pytest
 from structlog.testing import capture_logs
 
@@ -29,6 +28,7 @@ from service.orchestration.router import (
     router_seed,
 )
 from service.projections import runner as projections
+from service.providers.http import create_http_transport
 from service.providers.registry import ProviderRegistry
 from service.store import Checkpoint, EventStore, NewEvent
 from service.store.postgres import START, checkpoint_of
@@ -68,7 +68,7 @@ async def routed(
 ) -> AsyncIterator[tuple[FusionRunner, Router, Config]]:
     config = routed_config(simulator)
     router = Router(config)
-    async with httpx.AsyncClient() as client:
+    async with create_http_transport() as client:
         runner = FusionRunner(
             store, ProviderRegistry(config, client, lambda _: None), router=router
         )
@@ -167,7 +167,7 @@ async def test_a_budget_the_profiles_say_is_too_small_fails_the_run_on_the_recor
             model, "arithmetic", failed=False, cost_usd=1.0, latency_ms=1, output_tokens=100_000
         )
     router = Router(config, snapshot=builder.snapshot("1:1"))
-    async with httpx.AsyncClient() as client:
+    async with create_http_transport() as client:
         runner = FusionRunner(
             store, ProviderRegistry(config, client, lambda _: None), router=router
         )

@@ -104,7 +104,7 @@ async def wait_for(store: EventStore, stream_id: str, count: int) -> None:
 
 async def test_shutdown_fails_open_runs(store: EventStore, config: Config) -> None:
     remote = Remote()
-    async with httpx.AsyncClient(transport=httpx.MockTransport(remote.handle)) as http:
+    async with httpx.MockTransport(remote.handle) as http:
         runner = FusionRunner(store, ProviderRegistry(config, http, lambda _: None))
         run_id = uuid.uuid4()
         task = asyncio.create_task(runner.fuse(plan(["fast", "hang"]), run_id))
@@ -120,7 +120,7 @@ async def test_shutdown_fails_open_runs(store: EventStore, config: Config) -> No
 
 async def test_client_disconnect_does_not_stop_the_run(store: EventStore, config: Config) -> None:
     remote = Remote()
-    async with httpx.AsyncClient(transport=httpx.MockTransport(remote.handle)) as http:
+    async with httpx.MockTransport(remote.handle) as http:
         runner = FusionRunner(store, ProviderRegistry(config, http, lambda _: None))
         run_id = uuid.uuid4()
         request = asyncio.create_task(runner.fuse(plan(["fast", "hang"]), run_id))
@@ -135,7 +135,7 @@ async def test_client_disconnect_does_not_stop_the_run(store: EventStore, config
 
 async def test_run_deadline_fails_or_finalizes_in_time(store: EventStore, config: Config) -> None:
     remote = Remote()
-    async with httpx.AsyncClient(transport=httpx.MockTransport(remote.handle)) as http:
+    async with httpx.MockTransport(remote.handle) as http:
         runner = FusionRunner(store, ProviderRegistry(config, http, lambda _: None))
         state = await runner.fuse(plan(["hang"], timeout_s=0.3))
     # the deadline stopped the member, it did not fail on its own: the run timed out
@@ -233,7 +233,7 @@ async def test_a_run_closed_elsewhere_while_members_answer_ends_as_the_log_says(
     # the members still calling, no judge is called, nothing is written after the
     # close, and the runner returns the run as the log has it.
     remote = Remote()
-    async with httpx.AsyncClient(transport=httpx.MockTransport(remote.handle)) as http:
+    async with httpx.MockTransport(remote.handle) as http:
         runner = FusionRunner(store, ProviderRegistry(config, http, lambda _: None))
         run_id = uuid.uuid4()
         stream = f"run-{run_id}"

@@ -76,7 +76,7 @@ async def call(
     params: GenerationParams = DEFAULT_PARAMS,
     seed: int | None = None,
 ) -> CallOutcome:
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+    async with httpx.MockTransport(handler) as client:
         return await complete(
             client,
             provider,
@@ -105,6 +105,10 @@ async def test_a_success_sends_the_request_the_provider_expects_and_costs_its_us
         assert str(request.url) == "http://provider.test/v1/chat/completions"
         assert request.headers["authorization"] == f"Bearer {KEY}"
         assert request.headers["content-type"] == "application/json"
+        assert request.headers["content-length"] == str(len(request.content))
+        assert request.headers["host"] == "provider.test"
+        assert request.headers["user-agent"] == "fusion-ledger"
+        assert "timeout" in request.extensions  # the transport's per-request bounds
         body = json.loads(request.content)
         assert body == {
             "model": "upstream-model",

@@ -23,7 +23,7 @@ from service.providers import (
     CallOutcome,
     CallSucceeded,
     complete,
-    create_http_client,
+    create_http_transport,
 )
 
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -32,8 +32,8 @@ MESSAGES = [Message(role="user", content="hi")]
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    http = create_http_client(max_connections=4)
+async def client() -> AsyncIterator[httpx.AsyncBaseTransport]:
+    http = create_http_transport(max_connections=4)
     yield http
     await http.aclose()
 
@@ -58,7 +58,7 @@ async def serving(serve: Serve) -> tuple[asyncio.Server, ProviderConfig]:
 
 
 async def call(
-    client: httpx.AsyncClient, provider: ProviderConfig, timeout_s: float = 5.0
+    client: httpx.AsyncBaseTransport, provider: ProviderConfig, timeout_s: float = 5.0
 ) -> CallOutcome:
     """``complete``, with a hang turned into a failure (asyncio.TimeoutError) after 10 s."""
     return await asyncio.wait_for(
@@ -69,7 +69,7 @@ async def call(
 
 
 async def test_a_completion_round_trips_through_the_aiohttp_transport(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncBaseTransport,
 ) -> None:
     requests: list[dict[str, object]] = []
 
@@ -119,7 +119,7 @@ async def test_a_server_that_hangs_up_is_connection(client: httpx.AsyncClient) -
 
 
 async def test_a_garbled_status_line_is_connection_and_does_not_raise(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncBaseTransport,
 ) -> None:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)

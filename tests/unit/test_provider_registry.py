@@ -46,8 +46,7 @@ def registry(
     config: Config | None = None,
 ) -> ProviderRegistry:
     transport = handler or httpx.MockTransport(lambda request: httpx.Response(200, json=OK))
-    client = httpx.AsyncClient(transport=transport)
-    return ProviderRegistry(config or parse_config(CONFIG), client, (secrets or {}).get)
+    return ProviderRegistry(config or parse_config(CONFIG), transport, (secrets or {}).get)
 
 
 def test_it_lists_models_providers_and_prices() -> None:
