@@ -95,11 +95,42 @@ def check_error_kind(kind: str | None) -> str | None:
     return kind
 
 
+# as_of a time: the log is read in (transaction_id, global_position) order, and an
+# event's recorded_at is its transaction's start, but its transaction id is taken at
+# the first write. So an append that began after t can come before one that began at
+# or before t; "up to the last event recorded by t" would count the later one. The
+# answer is the stretch of the log before the first event recorded after t: nothing
+# recorded after t, and everything a reader (so the live read models) could see at t,
+# because an event visible at t lies before every transaction that began after t (it
+# may add appends begun by t and committed after it: without commit times, the most
+# exact prefix there is). Both statements are bounded by the head found first, below
+# which no commit can add anything.
+FIRST_RECORDED_AFTER_SQL = """
+SELECT transaction_id::text::bigint AS xid, global_position AS pos FROM events
+WHERE (transaction_id, global_position) <= ($2::text::xid8, $3::bigint) AND recorded_at > $1
+ORDER BY transaction_id, global_position LIMIT 1
+"""
+LAST_BEFORE_SQL = """
+SELECT transaction_id::text::bigint AS xid, global_position AS pos FROM events
+WHERE (transaction_id, global_position) < ($1::text::xid8, $2::bigint)
+ORDER BY transaction_id DESC, global_position DESC LIMIT 1
+"""
+EVENT_AT_SQL = "SELECT transaction_id::text::bigint AS xid FROM events WHERE global_position = $1"
+# Whether the log up to the head holds a position above $1 (a position with no event
+# below one that has is refused: "the head" would count the higher one).
+HIGHER_POSITION_SQL = """
+SELECT EXISTS (SELECT 1 FROM events WHERE global_position > $1
+               AND (transaction_id, global_position) <= ($2::text::xid8, $3::bigint))
+"""
+
+
 async def resolve_as_of(conn: Connection, text: str) -> Checkpoint:
     """'txid:position' (a checkpoint as answers print it), a global position, or a time.
 
-    A time means every event recorded at or before it; a position, every event up to
-    and including it in commit order. Beyond the log's head means the head.
+    A position means every event up to and including it in log order (transaction id,
+    then position: what the read models had applied when it was the last). A time
+    means the log before its first event recorded after that time. Beyond the log's
+    gap-safe head means the head.
     """
     text = text.strip()
     found = _CHECKPOINT.match(text)
@@ -108,24 +139,21 @@ async def resolve_as_of(conn: Connection, text: str) -> Checkpoint:
     if position and int(text) > MAX_POSITION:
         raise BadQuery(f"as_of: {text} is beyond any position (at most {MAX_POSITION})")
     last = await head(conn)
+    bound = (str(last.transaction_id), last.global_position)
     if found:
         return min(Checkpoint(int(found.group(1)), int(found.group(2))), last)
     if moment is None:  # a global position
-        row = await conn.fetchrow(
-            "SELECT transaction_id::text::bigint AS xid FROM events WHERE global_position = $1",
-            int(text),
-        )
+        row = await conn.fetchrow(EVENT_AT_SQL, int(text))
         if row is not None:
             return min(Checkpoint(row["xid"], int(text)), last)
-        if int(text) >= last.global_position:
+        if not await conn.fetchval(HIGHER_POSITION_SQL, int(text), *bound):
             return last
         raise BadQuery(f"as_of: no event at position {text}")
-    row = await conn.fetchrow(
-        "SELECT transaction_id::text::bigint AS xid, global_position AS pos FROM events "
-        "WHERE recorded_at <= $1 ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
-        moment,
-    )
-    return Checkpoint() if row is None else min(Checkpoint(row["xid"], row["pos"]), last)
+    late = await conn.fetchrow(FIRST_RECORDED_AFTER_SQL, moment, *bound)
+    if late is None:
+        return last
+    row = await conn.fetchrow(LAST_BEFORE_SQL, str(late["xid"]), late["pos"])
+    return Checkpoint() if row is None else Checkpoint(row["xid"], row["pos"])
 
 
 # --- profiles -------------------------------------------------------------------------
