@@ -23,9 +23,10 @@ from service.domain.grading import (
     RunStillOpen,
     grade_against,
     record_labels,
+    run_normalizer,
 )
 from service.domain.runs import TERMINAL_TYPES, RunState, fold
-from service.domain.scoring import normalize_answer
+from service.domain.scoring import UnknownNormalizer, normalize_answer
 from service.store import EventIdConflict, NewEvent, RecordedEvent, UnstorableEvent
 from service.store.errors import WrongExpectedVersion
 
@@ -84,7 +85,8 @@ def decide(state: RunState, body: OutcomeBody, actor: str) -> OutcomeRecorded:
             field="members",
         )
     if body.expected is not None:
-        if not normalize_answer(body.expected):  # it would mark every answer wrong
+        # Blank by the run's own rule: it would mark every answer wrong.
+        if not normalize_answer(body.expected, run_normalizer(state)):
             raise Problem(
                 422, "Invalid outcome", "expected is blank once normalised", field="expected"
             )
@@ -208,6 +210,10 @@ async def record_outcome(
         )
     except RunStillOpen as exc:
         raise Problem(409, "Run still open", str(exc)) from exc
+    except UnknownNormalizer as exc:  # a newer release recorded the run: it can grade it
+        raise Problem(
+            503, "Run needs a newer service", f"{exc}; retry on an upgraded replica"
+        ) from exc
     except OutcomeRejected as exc:
         raise Problem(422, "Invalid outcome", str(exc), field=exc.field) from exc
     view = _view(parsed, state, event, record, new)

@@ -196,7 +196,8 @@ def replay_view(outcome: ReplayOutcome) -> ReplayView:
     answer = state.finalized.answer if state.finalized else None
     agrees = None
     if original is not None:
-        agrees = answer is not None and answers_match(answer, original)
+        normalizer = source.request.normalizer if source.request else 1
+        agrees = answer is not None and answers_match(answer, original, normalizer)
     end = state.finalized or state.failed
     return ReplayView(
         replay_id=str(outcome.replay_id),

@@ -154,6 +154,11 @@ class RunRequested(Event, frozen=True, kw_only=True):
     max_cost_usd: float | None = None
     timeout_s: float | None = None
     min_successes: int = 1
+    # The scoring.normalize_answer version every answer of this run (and of its replays
+    # and outcomes) is normalised and graded with. Runs recorded before versions existed
+    # have no such field and decode as 1, the rule they were made by; new runs record
+    # scoring.CURRENT_NORMALIZER.
+    normalizer: int = 1
 
 
 class PanelSelected(Event, frozen=True, kw_only=True):
@@ -225,7 +230,8 @@ class AnswerFinalized(Event, frozen=True, kw_only=True):
     cost_usd: float
     panel_cost_usd: float = 0.0
     judge_cost_usd: float = 0.0
-    # scoring.normalize_answer(answer): lets projections grade answers in SQL
+    # scoring.normalize_answer(answer) with the run's run.requested normalizer (a
+    # replay's, its source run's): lets projections grade answers in SQL
     answer_normalized: str | None = None
 
 
@@ -242,7 +248,8 @@ class OutcomeRecorded(Event, frozen=True, kw_only=True):
     source: OutcomeSource
     recorded_by: str = "anonymous"
     expected: str | None = None
-    expected_normalized: str | None = None  # scoring.normalize_answer(expected)
+    # scoring.normalize_answer(expected) with the run's run.requested normalizer
+    expected_normalized: str | None = None
     label: str | None = None
     final_correct: bool | None
     members: list[MemberOutcome] = []

@@ -1,7 +1,9 @@
 """Grading a closed run (pure): ground truth or explicit labels -> outcome.recorded.
 
 Two ways in, one event out. With the expected answer, the final answer and every
-member that answered are scored by ``scoring.answers_match``; a member whose call
+member that answered are scored by ``scoring.answers_match`` with the run's normaliser
+version (its run.requested's, so an old run keeps the rule its answers were stored
+with and ``expected_normalized`` compares with them in SQL); a member whose call
 failed (or never returned) has no answer, so its correctness is unknown (None), and
 so is the final answer's on a run that failed. With explicit labels, the caller says
 what was right; a member it does not mention stays unknown.
@@ -50,11 +52,12 @@ def grade_against(
 ) -> OutcomeRecorded:
     """Score the final answer and each member's answer against the expected answer."""
     _require_closed(state)
+    version = run_normalizer(state)
     final = state.finalized.answer if state.finalized is not None else None
     members = [
         MemberOutcome(
             member_id=m.member_id,
-            correct=answers_match(m.text, expected)
+            correct=answers_match(m.text, expected, version)
             if m.status == "succeeded" and m.text is not None
             else None,
         )
@@ -64,11 +67,18 @@ def grade_against(
         source=source,
         recorded_by=recorded_by,
         expected=expected,
-        expected_normalized=normalize_answer(expected),
+        expected_normalized=normalize_answer(expected, version),
         label=label,
-        final_correct=None if final is None else answers_match(final, expected),
+        final_correct=None if final is None else answers_match(final, expected, version),
         members=members,
     )
+
+
+def run_normalizer(state: RunState) -> int:
+    """The normaliser version this run's answers are graded with: its request's."""
+    if state.request is None:  # a replay stream: its source run's version applies
+        raise ValueError("only a run stream names its normaliser version")
+    return state.request.normalizer
 
 
 def record_labels(

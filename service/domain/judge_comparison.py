@@ -31,6 +31,7 @@ class JudgedRun:
     replay_judge_cost_usd: float
     replay_judge_latency_ms: float
     replay_fell_back: bool
+    normalizer: int = 1  # the source run's answer normaliser (scoring), for every match
 
 
 class Proportion(msgspec.Struct, frozen=True, kw_only=True):
@@ -109,7 +110,8 @@ def compare_judges(runs: Iterable[JudgedRun]) -> Comparison:
     """How the replayed judge did against the original on the same runs."""
     done = list(runs)
     agreed = sum(
-        r.replay_answer is not None and answers_match(r.replay_answer, r.original_answer)
+        r.replay_answer is not None
+        and answers_match(r.replay_answer, r.original_answer, r.normalizer)
         for r in done
     )
     truth = [r for r in done if r.expected is not None]
@@ -132,19 +134,18 @@ def compare_judges(runs: Iterable[JudgedRun]) -> Comparison:
     )
 
 
-def is_correct(answer: str | None, expected: str) -> bool:
+def is_correct(answer: str | None, expected: str, normalizer: int) -> bool:
     """An answer scored against ground truth; no answer is wrong."""
-    return answer is not None and answers_match(answer, expected)
+    return answer is not None and answers_match(answer, expected, normalizer)
 
 
 def _accuracy(category: str, runs: Sequence[JudgedRun]) -> AccuracyRow:
+    graded = [(r, r.expected) for r in runs if r.expected is not None]
     original = proportion(
-        sum(is_correct(r.original_answer, r.expected) for r in runs if r.expected is not None),
-        len(runs),
+        sum(is_correct(r.original_answer, truth, r.normalizer) for r, truth in graded), len(runs)
     )
     replay = proportion(
-        sum(is_correct(r.replay_answer, r.expected) for r in runs if r.expected is not None),
-        len(runs),
+        sum(is_correct(r.replay_answer, truth, r.normalizer) for r, truth in graded), len(runs)
     )
     difference = None
     if original.rate is not None and replay.rate is not None:

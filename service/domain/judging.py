@@ -17,7 +17,7 @@ from typing import Annotated
 import msgspec
 
 from service.domain.events import Message, Verdict
-from service.domain.scoring import extract_answer, normalize_extracted
+from service.domain.scoring import CURRENT_NORMALIZER, extract_answer, normalize_extracted
 
 PROMPT_VERSION = "judge-v1"
 _TASK_BLOCK = re.compile(r"<fusion-judge-task>\s*(\{.*\})\s*</fusion-judge-task>", re.DOTALL)
@@ -190,10 +190,17 @@ def parse_judge_output(raw: str, ballot: Ballot) -> Decision:
     return Decision(final_answer=final, verdicts=verdicts, rationale=output.rationale)
 
 
-def vote(candidates: Sequence[Candidate], weights: Mapping[str, float] | None = None) -> Decision:
+def vote(
+    candidates: Sequence[Candidate],
+    weights: Mapping[str, float] | None = None,
+    *,
+    normalizer: int = CURRENT_NORMALIZER,
+) -> Decision:
     """Majority over normalised short answers, optionally weighted; deterministic.
 
-    Ties go to the answer whose first supporter comes first in panel order.
+    Ties go to the answer whose first supporter comes first in panel order. Answers are
+    read and normalised with the run's ``normalizer`` version, so a replay of an old
+    run counts its votes as the original did.
     """
     if not candidates:
         raise ValueError("vote needs at least one candidate")
@@ -202,8 +209,8 @@ def vote(candidates: Sequence[Candidate], weights: Mapping[str, float] | None = 
     normal: dict[str, str] = {}
     stated: dict[str, str] = {}
     for index, candidate in enumerate(candidates):
-        stated[candidate.member_id] = extract_answer(candidate.text)
-        key = normalize_extracted(stated[candidate.member_id])
+        stated[candidate.member_id] = extract_answer(candidate.text, normalizer)
+        key = normalize_extracted(stated[candidate.member_id], normalizer)
         normal[candidate.member_id] = key
         weight = 1.0 if weights is None else weights.get(candidate.member_id, 0.5)
         tally[key] = tally.get(key, 0.0) + weight

@@ -35,7 +35,7 @@ from service.domain.events import (
 from service.domain.judging import Candidate, question_text
 from service.domain.routing import RouteInfeasible
 from service.domain.runs import RunState, fold
-from service.domain.scoring import normalize_answer
+from service.domain.scoring import CURRENT_NORMALIZER, normalize_answer
 from service.metrics import Metrics
 from service.orchestration.caller import ModelCaller
 from service.orchestration.judge import run_judge
@@ -300,6 +300,7 @@ class FusionRunner:
             weights=weights,
             self_judging=self_judging,
             metrics=self.metrics,
+            normalizer=CURRENT_NORMALIZER,  # the version _requested recorded
         )
         # The verdict and the run's end are one append: one transaction, one round trip.
         judged = writer.new(result.event, caused_by=selected_id)
@@ -317,7 +318,7 @@ class FusionRunner:
             end = AnswerFinalized(
                 answer=answer,
                 answer_sha256=hashlib.sha256(answer.encode()).hexdigest(),
-                answer_normalized=normalize_answer(answer),
+                answer_normalized=normalize_answer(answer, CURRENT_NORMALIZER),
                 decided_by=result.decided_by,
                 latency_ms=(time.perf_counter() - started) * 1000,
                 cost_usd=panel_cost + result.cost_usd,
@@ -471,6 +472,7 @@ def _requested(run_id: uuid.UUID, plan: FusionPlan) -> RunRequested:
         max_cost_usd=plan.max_cost_usd,
         timeout_s=plan.timeout_s,
         min_successes=plan.min_successes,
+        normalizer=CURRENT_NORMALIZER,
     )
 
 
@@ -487,7 +489,9 @@ def _fingerprint(event: RunRequested) -> RunRequested:
     the recorded request without who sent it (a retry may come with another user agent)
     and without what the service inferred (a category the client did not give, and the
     rule that gave it). An automatic panel is recorded as "auto", before the router picks
-    (the panel it picked is in panel.selected), so a retry of a routed request matches."""
+    (the panel it picked is in panel.selected), so a retry of a routed request matches.
+    The normaliser version is the service's choice too: a retry after an upgrade finds
+    the run its first request made."""
     given = event.category_source == "given"
     return msgspec.structs.replace(
         event,
@@ -495,6 +499,7 @@ def _fingerprint(event: RunRequested) -> RunRequested:
         category=event.category if given else "",
         category_source="given" if given else "default",
         category_rule=None,
+        normalizer=CURRENT_NORMALIZER,
     )
 
 

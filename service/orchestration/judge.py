@@ -27,6 +27,7 @@ from service.domain.judging import (
     parse_judge_output,
     vote,
 )
+from service.domain.scoring import CURRENT_NORMALIZER
 from service.metrics import Metrics
 from service.orchestration.caller import ModelCaller
 from service.providers.outcomes import CallFailed
@@ -68,13 +69,15 @@ async def run_judge(
     weights: Mapping[str, float] | None = None,
     self_judging: bool = False,
     metrics: Metrics | None = None,
+    normalizer: int = CURRENT_NORMALIZER,
 ) -> JudgeResult:
     """Judge the candidates; on judge failure take the spec's fallback and say so.
     With ``metrics``, the judge's model call counts in the provider metrics, as a
-    member's does (replays may pass none)."""
+    member's does (replays may pass none). ``normalizer`` is the run's answer
+    normaliser version (run.requested's), which a vote, also as a fallback, counts with."""
     who = identity(spec)
     if spec.kind == "vote":
-        decision = vote(candidates, weights if spec.weighted else None)
+        decision = vote(candidates, weights if spec.weighted else None, normalizer=normalizer)
         event = JudgeDecided(
             judge=who,
             final_answer=decision.final_answer,
@@ -88,7 +91,7 @@ async def run_judge(
     started = time.perf_counter()
     if timeout_s <= 0:
         return _fallback(
-            spec, who, candidates, "timeout", "no time left for the judge", "", 0.0, 0.0
+            spec, who, candidates, normalizer, "timeout", "no time left for the judge", "", 0.0, 0.0
         )
     with model_call_span(caller.provider_of(spec.model), spec.model, "judge") as span:
         outcome = await caller.complete(
@@ -100,7 +103,7 @@ async def run_judge(
     latency = (time.perf_counter() - started) * 1000
     if isinstance(outcome, CallFailed):
         return _fallback(
-            spec, who, candidates, outcome.error_kind, outcome.message, "", 0.0, latency
+            spec, who, candidates, normalizer, outcome.error_kind, outcome.message, "", 0.0, latency
         )
     try:
         decision = parse_judge_output(outcome.text, ballot)
@@ -109,6 +112,7 @@ async def run_judge(
             spec,
             who,
             candidates,
+            normalizer,
             "malformed_output",
             str(exc),
             outcome.text,
@@ -135,6 +139,7 @@ def _fallback(
     spec: JudgeSpec,
     who: JudgeIdentity,
     candidates: Sequence[Candidate],
+    normalizer: int,
     error_kind: str,
     message: str,
     raw: str,
@@ -143,10 +148,10 @@ def _fallback(
 ) -> JudgeResult:
     decision: Decision | None
     if spec.fallback == "vote":
-        decision = vote(candidates)
+        decision = vote(candidates, normalizer=normalizer)
     elif spec.fallback == "first_success":
         first = candidates[0]
-        decision = vote([first])
+        decision = vote([first], normalizer=normalizer)
         decision = Decision(first.text, decision.verdicts, "first successful member")
     else:
         decision = None

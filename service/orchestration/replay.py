@@ -242,6 +242,7 @@ class Replayer:
             weights=self._judge_weights(spec, source),
             self_judging=spec.model is not None
             and spec.model in {m.model for m in source.members.values()},
+            normalizer=source.request.normalizer,  # the source run's rule, never a newer one
         )
         latency = (time.perf_counter() - started) * 1000
         if result.decision is None:
@@ -256,7 +257,7 @@ class Replayer:
         finalized = AnswerFinalized(
             answer=answer,
             answer_sha256=hashlib.sha256(answer.encode()).hexdigest(),
-            answer_normalized=normalize_answer(answer),
+            answer_normalized=normalize_answer(answer, source.request.normalizer),
             decided_by=result.decided_by,
             latency_ms=latency,
             cost_usd=result.cost_usd,  # a replay pays for its judge only

@@ -61,7 +61,9 @@ SELECT stream_id FROM streams WHERE category = 'batch' AND version = 1 ORDER BY 
 COMPARISON_SQL = """
 SELECT e.stream_id, e.event_type,
        CASE WHEN e.event_type = 'run.requested'
-            THEN jsonb_build_object('category', e.data->'category') ELSE e.data END AS data
+            THEN jsonb_build_object('category', e.data->'category',
+                                    'normalizer', coalesce(e.data->'normalizer', '1'))
+            ELSE e.data END AS data
 FROM unnest($1::text[]) AS s(stream_id)
 JOIN events e ON e.stream_id = s.stream_id
 WHERE e.event_type IN ('run.requested', 'judge.decided', 'judge.failed',
@@ -145,8 +147,9 @@ async def unfinished_batches(store: EventStore) -> list[str]:
     return [r["stream_id"] for r in await store.pool.fetch(UNFINISHED_BATCHES_SQL)]
 
 
-class _Category(msgspec.Struct):
+class _Request(msgspec.Struct):
     category: str
+    normalizer: int = 1
 
 
 class _Judged(msgspec.Struct):
@@ -165,6 +168,7 @@ class _Outcome(msgspec.Struct):
 @dataclass(slots=True)
 class _Facts:
     category: str = ""
+    normalizer: int = 1
     judge_cost: float = 0.0
     judge_latency: float = 0.0
     fell_back: bool = False
@@ -199,6 +203,7 @@ async def judged_runs(store: EventStore, pairs: Sequence[tuple[str, str]]) -> li
                 replay_judge_cost_usd=new.judge_cost,
                 replay_judge_latency_ms=new.judge_latency,
                 replay_fell_back=new.fell_back,
+                normalizer=original.normalizer,
             )
         )
     return judged
@@ -207,7 +212,8 @@ async def judged_runs(store: EventStore, pairs: Sequence[tuple[str, str]]) -> li
 def _absorb(facts: _Facts, event_type: str, data: str) -> None:
     match event_type:
         case "run.requested":
-            facts.category = msgspec.json.decode(data, type=_Category).category
+            request = msgspec.json.decode(data, type=_Request)
+            facts.category, facts.normalizer = request.category, request.normalizer
         case "judge.decided" | "judge.failed":
             judged = msgspec.json.decode(data, type=_Judged)
             facts.judge_cost, facts.judge_latency = judged.cost_usd, judged.latency_ms

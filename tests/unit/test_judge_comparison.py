@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from service.domain.judge_comparison import (
@@ -68,3 +70,13 @@ def test_nearest_rank_percentiles() -> None:
     assert percentile(values, 50) == 50.0
     assert percentile(values, 95) == 95.0
     assert percentile([], 50) is None
+
+
+def test_answers_are_compared_with_the_source_runs_normaliser() -> None:
+    # Version 1 reads ".5" as "5" (a known gap it keeps); version 2 does not.
+    runs_v1 = [dataclasses.replace(run(".5", "5", "5"), normalizer=1)]
+    runs_v2 = [dataclasses.replace(run(".5", "5", "5"), normalizer=2)]
+    v1, v2 = compare_judges(runs_v1), compare_judges(runs_v2)
+    assert (v1.agreement.successes, v1.ground_truth.original.successes) == (1, 1)
+    assert (v2.agreement.successes, v2.ground_truth.original.successes) == (0, 0)
+    assert v2.ground_truth.replay.successes == 1

@@ -4,6 +4,10 @@ Part of the provider test double; pure functions of (world, model, prompt, sampl
 The ``sample`` number (a request's ``seed``, or a draw from the server's RNG when the
 request has none) selects one of the model's possible replies, so a reply is
 reproducible given the world seed, the model, the question and the sample.
+
+Simulated models and judges read answers by the newest normaliser (scoring's default,
+``CURRENT_NORMALIZER``) whatever version the asking run records: they play models,
+and the service grades what they say by the run's own version.
 """
 
 from __future__ import annotations
