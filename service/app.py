@@ -94,7 +94,12 @@ def create_app(
             registry = caller or ProviderRegistry(config, transport, settings.secret)
             router_ = router or Router(config)  # issue 5: profiles followed in memory
             runner = FusionRunner(
-                store, registry, metrics, router=router_, max_open_runs=settings.max_open_runs
+                store,
+                registry,
+                metrics,
+                router=router_,
+                max_open_runs=settings.max_open_runs,
+                normalizer=settings.answer_normalizer,
             )
             stack.push_async_callback(runner.close, "shutdown")
             tasks: list[asyncio.Task[Any]] = []

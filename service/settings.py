@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from service.domain.scoring import CURRENT_NORMALIZER, NORMALIZERS
+
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("auto", "json", "console")
 SWITCH_VALUES = {"on": True, "1": True, "true": True, "off": False, "0": False, "false": False}
@@ -34,6 +36,10 @@ class Settings:
     auth_required: bool = False  # from_env turns it on unless FUSION_LEDGER_AUTH=off
     run_projections: bool = True  # FUSION_LEDGER_PROJECTIONS=off: leave them to `worker`
     max_open_runs: int = 256  # FUSION_LEDGER_MAX_OPEN_RUNS; past it fusions get 503 (0: none)
+    # FUSION_LEDGER_ANSWER_NORMALIZER: the answer normaliser new runs record. 1 during a
+    # rolling upgrade from a release without versions, whose replicas ignore the field
+    # and grade every run by version 1 (ops/runbook.md).
+    answer_normalizer: int = CURRENT_NORMALIZER
     environ: Mapping[str, str] | None = None
 
     @classmethod
@@ -57,6 +63,13 @@ class Settings:
             auth_required=switch(env, "FUSION_LEDGER_AUTH", default=True),
             run_projections=switch(env, "FUSION_LEDGER_PROJECTIONS", default=True),
             max_open_runs=_integer(env, "FUSION_LEDGER_MAX_OPEN_RUNS", 256, minimum=0),
+            answer_normalizer=_integer(
+                env,
+                "FUSION_LEDGER_ANSWER_NORMALIZER",
+                CURRENT_NORMALIZER,
+                minimum=min(NORMALIZERS),
+                maximum=max(NORMALIZERS),
+            ),
             environ=env,
         )
 

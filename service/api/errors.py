@@ -9,6 +9,8 @@ import structlog
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
+from service.domain.scoring import UnknownNormalizer
+
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger("api")
 
@@ -66,6 +68,14 @@ def handle_unstorable_text(
     )
 
 
+def handle_unknown_normalizer(_: Request[Any, Any, Any], exc: UnknownNormalizer) -> Response[Any]:
+    # A newer release recorded the run (its answers are normalised by a rule this
+    # replica lacks): an upgraded replica can answer; this one must not guess.
+    return problem_response(
+        503, "Run needs a newer service", f"{exc}; retry on an upgraded replica"
+    )
+
+
 def handle_internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.exception("api.internal_error", path=request.url.path)
     return problem_response(500, "Internal error", "the service failed; see its logs")
@@ -85,6 +95,7 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     ValidationException: handle_validation,
     HTTPException: handle_http,
     asyncpg.CharacterNotInRepertoireError: handle_unstorable_text,
+    UnknownNormalizer: handle_unknown_normalizer,
     Exception: handle_internal,
 }
 

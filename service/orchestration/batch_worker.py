@@ -39,7 +39,8 @@ from service.domain.events import (
     SourceRun,
 )
 from service.domain.runs import fold
-from service.orchestration.replay import Replayer, batch_replay_id, stamp
+from service.domain.scoring import UnknownNormalizer
+from service.orchestration.replay import Replayer, batch_replay_id, check_normalizer, stamp
 from service.orchestration.replay_sources import existing_streams, read_sources, terminal_counts
 from service.store import NO_STREAM, EventStore, NewEvent, WrongExpectedVersion
 from service.store.bulk_append import append_new_streams
@@ -49,10 +50,11 @@ log = structlog.get_logger("replay.batch")
 
 VOTE_CHUNK = 64  # the vote needs no I/O: read and write 64 runs per round trip
 BATCHES_AT_ONCE = 2  # per process; the others queue (see the pool, above)
-# Errors of a lost connection end the batch, which resumes later; any other error
-# while judging (TimeoutError included, though it is an OSError like the database's
+# Errors of a lost connection end the batch, which resumes later, and so does a run a
+# newer release recorded (an upgraded replica can replay it); any other error while
+# judging (TimeoutError included, though it is an OSError like the database's
 # connection errors) would come back on every resume, so it is recorded as the run's.
-RESUMABLE = (ConnectionError, asyncpg.PostgresError, asyncpg.InterfaceError)
+RESUMABLE = (ConnectionError, asyncpg.PostgresError, asyncpg.InterfaceError, UnknownNormalizer)
 TRY_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtextextended($1, 42))"
 UNLOCK_SQL = "SELECT pg_advisory_unlock(hashtextextended($1, 42))"
 
@@ -176,6 +178,7 @@ class BatchWorker:
                 requested, run, source.version, replay_id, "source run has no final answer"
             )
         try:
+            check_normalizer(source)  # before the judge is paid
             return await self.replayer.rejudge(
                 replay_id, run.run_id, source, requested.judge, batch_id=requested.batch_id
             )

@@ -90,6 +90,7 @@ class FusionRunner:
         metrics: Metrics | None = None,
         router: Router | None = None,
         max_open_runs: int = 0,
+        normalizer: int = CURRENT_NORMALIZER,
     ) -> None:
         self.store = store
         self.caller = caller
@@ -98,6 +99,7 @@ class FusionRunner:
         # Past this many open runs a new one is refused (0: no bound). Beyond what the
         # machine can serve, more accepted work only makes every answer later.
         self.max_open_runs = max_open_runs
+        self.normalizer = normalizer  # the answer normaliser new runs record (scoring)
         self._open: dict[uuid.UUID, RunHandle] = {}
 
     @property
@@ -119,7 +121,8 @@ class FusionRunner:
         handle = self._open.get(run_id)
         joined = handle is not None
         if handle is not None and not _same_request(
-            _requested(run_id, handle.plan), _requested(run_id, plan)
+            _requested(run_id, handle.plan, self.normalizer),
+            _requested(run_id, plan, self.normalizer),
         ):  # the key's first run is still open here: compared only when joined
             raise IdempotencyConflict(_KEY_REUSED)
         if handle is None:
@@ -173,7 +176,7 @@ class FusionRunner:
     ) -> RunState:
         stream_id = writer.stream_id
         bound = log
-        requested = _requested(run_id, plan)
+        requested = _requested(run_id, plan, self.normalizer)
         try:
             plan = self._routed(plan, run_id)
         except RouteInfeasible as exc:
@@ -283,6 +286,8 @@ class FusionRunner:
             await _settled(appends)
             await self._fail(writer, reason, message, started, panel_cost)
             return fold(writer.recorded)
+        assert state.request is not None  # the run's first append carried it
+        normalizer = state.request.normalizer
         judge_spec = plan.judge
         if plan.max_cost_usd is not None and panel_cost >= plan.max_cost_usd:
             judge_spec = JudgeSpec(kind="vote", fallback=judge_spec.fallback)
@@ -300,7 +305,7 @@ class FusionRunner:
             weights=weights,
             self_judging=self_judging,
             metrics=self.metrics,
-            normalizer=CURRENT_NORMALIZER,  # the version _requested recorded
+            normalizer=normalizer,  # the version run.requested recorded
         )
         # The verdict and the run's end are one append: one transaction, one round trip.
         judged = writer.new(result.event, caused_by=selected_id)
@@ -318,7 +323,7 @@ class FusionRunner:
             end = AnswerFinalized(
                 answer=answer,
                 answer_sha256=hashlib.sha256(answer.encode()).hexdigest(),
-                answer_normalized=normalize_answer(answer, CURRENT_NORMALIZER),
+                answer_normalized=normalize_answer(answer, normalizer),
                 decided_by=result.decided_by,
                 latency_ms=(time.perf_counter() - started) * 1000,
                 cost_usd=panel_cost + result.cost_usd,
@@ -455,7 +460,7 @@ class FusionRunner:
             await asyncio.sleep(0.05)
 
 
-def _requested(run_id: uuid.UUID, plan: FusionPlan) -> RunRequested:
+def _requested(run_id: uuid.UUID, plan: FusionPlan, normalizer: int) -> RunRequested:
     return RunRequested(
         run_id=str(run_id),
         messages=plan.messages,
@@ -472,7 +477,7 @@ def _requested(run_id: uuid.UUID, plan: FusionPlan) -> RunRequested:
         max_cost_usd=plan.max_cost_usd,
         timeout_s=plan.timeout_s,
         min_successes=plan.min_successes,
-        normalizer=CURRENT_NORMALIZER,
+        normalizer=normalizer,
     )
 
 

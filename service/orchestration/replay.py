@@ -39,7 +39,7 @@ from service.domain.events import (
 )
 from service.domain.judging import Candidate, question_text
 from service.domain.runs import RunState, fold
-from service.domain.scoring import normalize_answer
+from service.domain.scoring import NORMALIZERS, UnknownNormalizer, normalize_answer
 from service.orchestration.caller import ModelCaller
 from service.orchestration.judge import run_judge
 from service.orchestration.plan import stable_seed
@@ -118,7 +118,15 @@ def source_of(records: Sequence[Any], tenant: str) -> RunState:
         raise RunNotFound("no such run")
     if state.finalized is None:
         raise RunNotReplayable(f"the run is {state.status}: it never reached answer.finalized")
+    check_normalizer(state)
     return state
+
+
+def check_normalizer(source: RunState) -> None:
+    """UnknownNormalizer when a newer release recorded the run: its replay would vote
+    and normalise by a rule this code lacks (checked before any judge is paid)."""
+    if source.request is not None and source.request.normalizer not in NORMALIZERS:
+        raise UnknownNormalizer(source.request.normalizer)
 
 
 def stamp(

@@ -4,14 +4,18 @@ across the upgrade finds its run, and a run of a newer release is not graded her
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from typing import Any
 
 import asyncpg
+import httpx
 import msgspec
 from litestar.testing import AsyncTestClient
 
+from service.app import create_app
+from service.config import Config
 from service.domain.events import (
     AnswerFinalized,
     Event,
@@ -27,8 +31,10 @@ from service.domain.events import (
 )
 from service.orchestration.judge import identity
 from service.orchestration.plan import IDEMPOTENCY_NAMESPACE
+from service.settings import Settings
 from service.store import NO_STREAM, EventStore, NewEvent
 from tests.api.conftest import MockProviders
+from tests.conftest import TestDatabase
 
 Client = AsyncTestClient[Any]
 # ".5", "5", "0.5": version 1 reads two fives (".5" loses its point), version 2 two halves.
@@ -186,3 +192,43 @@ async def test_a_run_of_a_newer_normaliser_is_not_graded_here(
     assert response.status_code == 503, response.text
     assert "version 3" in response.json()["detail"]
     assert await pool.fetchval("SELECT count(*) FROM events") == before
+
+
+async def test_a_run_of_a_newer_normaliser_is_not_replayed_here(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    run_id = await _record_old_run(pool, normalizer=3)
+    before = await pool.fetchval("SELECT count(*) FROM events")
+    response = await client.post(f"/v1/runs/{run_id}/replays", json={"judge": {"kind": "vote"}})
+    assert response.status_code == 503, response.text
+    assert "version 3" in response.json()["detail"]
+    assert await pool.fetchval("SELECT count(*) FROM events") == before
+
+
+async def test_new_runs_record_the_configured_normaliser_during_an_upgrade(
+    database: TestDatabase, config: Config, providers: MockProviders, pool: asyncpg.Pool
+) -> None:
+    # FUSION_LEDGER_ANSWER_NORMALIZER=1 while replicas of a release without versions
+    # still run: they grade every run by version 1, so new runs must mean that too.
+    providers.answers.update(HALVES)
+    settings = Settings.from_env(
+        {"DATABASE_URL": database.url, "FUSION_LEDGER_ANSWER_NORMALIZER": "1"}
+    )
+    settings = dataclasses.replace(settings, auth_required=False, pool_min_size=1)
+    app = create_app(
+        settings,
+        config,
+        http_transport=httpx.MockTransport(providers.handle),
+        sweeper=False,
+        run_migrations=False,
+    )
+    async with AsyncTestClient(app=app) as upgrading:
+        fused = await upgrading.post(
+            "/v1/fusions",
+            json={"prompt": "Half of one?", "panel": list(HALVES), "judge": {"kind": "vote"}},
+        )
+    assert fused.status_code == 200, fused.text
+    run_id = fused.json()["run_id"]
+    assert (await _data(pool, f"run-{run_id}", "run.requested"))["normalizer"] == 1
+    finalized = await _data(pool, f"run-{run_id}", "answer.finalized")
+    assert finalized["answer_normalized"] == "5"  # version 1: ".5" and "5" vote together

@@ -19,6 +19,7 @@ from service.domain.events import (
     ReplayBatchRequested,
     ReplayFilter,
     RunFailed,
+    RunRequested,
     SourceRun,
 )
 from service.domain.judging import Candidate, vote
@@ -250,3 +251,24 @@ async def test_a_database_error_while_judging_leaves_the_run_for_the_next_resume
     progress = await second.progress(accepted.batch_id, "default")
     assert progress.completed is not None
     assert (progress.completed.finalized, progress.completed.failed) == (3, 0)
+
+
+async def test_a_run_of_a_newer_normaliser_leaves_the_batch_to_an_upgraded_replica(
+    store: EventStore,
+) -> None:
+    run_ids = await record_runs(store, 2)
+    newer_id = uuid.uuid4()
+    newer = recorded_run(newer_id, ("A", "A", "B"))
+    assert isinstance(newer[0], RunRequested)
+    newer[0] = msgspec.structs.replace(newer[0], normalizer=99)  # a later release's rule
+    await record_run(store, newer, newer_id)
+    judge = ScriptedJudge()
+    batches = BatchReplayer(store, Replayer(store, judge, offline_config()))
+    accepted = await batches.submit(
+        ReplayFilter(), SELECT, concurrency=1, tenant="default", actor="test"
+    )
+    await asyncio.wait_for(batches.wait(accepted.batch_id), 60)
+
+    assert (await batches.progress(accepted.batch_id, "default")).completed is None
+    assert await replay_events(store, accepted.batch_id, str(newer_id)) == []  # not failed
+    assert [len(await replay_events(store, accepted.batch_id, r)) for r in run_ids] == [3, 3]

@@ -54,3 +54,11 @@ def test_the_log_format_is_json_console_or_auto() -> None:
     assert str(raised.value) == (
         "FUSION_LEDGER_LOG_FORMAT: must be one of auto, json, console ('consol')"
     )
+
+
+def test_the_answer_normaliser_of_new_runs_is_a_known_version() -> None:
+    assert Settings.from_env({}).answer_normalizer == 2
+    assert Settings.from_env({"FUSION_LEDGER_ANSWER_NORMALIZER": "1"}).answer_normalizer == 1
+    for value in ("0", "3", "two"):
+        with pytest.raises(SettingsError, match="FUSION_LEDGER_ANSWER_NORMALIZER"):
+            Settings.from_env({"FUSION_LEDGER_ANSWER_NORMALIZER": value})
