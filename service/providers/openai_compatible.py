@@ -99,6 +99,8 @@ async def complete(
     url = _endpoint(provider.base_url)
     headers = {
         "accept": "application/json",
+        # What httpx decodes without extra packages (aiohttp's default may add zstd).
+        "accept-encoding": "gzip, deflate",
         "content-type": "application/json",
         "user-agent": _USER_AGENT,
     }
