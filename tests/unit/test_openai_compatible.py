@@ -108,6 +108,7 @@ async def test_a_success_sends_the_request_the_provider_expects_and_costs_its_us
         assert request.headers["content-length"] == str(len(request.content))
         assert request.headers["host"] == "provider.test"
         assert request.headers["user-agent"] == "fusion-ledger"
+        assert request.headers["accept-encoding"] == "gzip, deflate"  # what httpx decodes
         assert "timeout" in request.extensions  # the transport's per-request bounds
         body = json.loads(request.content)
         assert body == {
