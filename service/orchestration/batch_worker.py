@@ -54,12 +54,17 @@ log = structlog.get_logger("replay.batch")
 # replays of 10,000 runs, alternating: 2,390-2,540 runs/s against 2,230-2,370, the
 # process's CPU 2.97-3.11 s against 3.26-3.44 s (ops/bench/README.md).
 VOTE_CHUNK = 256
+# Runs a batch holds in memory at once (decoded sources and new events, waiting for
+# their append): chunk x concurrency stays within this. About 100 MB with three 4 KB
+# answers per run; the old fixed chunk of 64 held 4,096 runs at concurrency 64.
+MAX_RUNS_IN_FLIGHT = 2048
 BATCHES_AT_ONCE = 2  # per process; the others queue (see the pool, above)
-# Errors of a lost connection end the batch, which resumes later, and so does a run a
-# newer release recorded (an upgraded replica can replay it); any other error while
+# Errors of a lost connection end the batch, which resumes later; any other error while
 # judging (TimeoutError included, though it is an OSError like the database's
 # connection errors) would come back on every resume, so it is recorded as the run's.
-RESUMABLE = (ConnectionError, asyncpg.PostgresError, asyncpg.InterfaceError, UnknownNormalizer)
+# A run a newer release recorded (UnknownNormalizer) is neither: it is left out, the
+# rest of the batch is replayed, and the batch stays open for an upgraded replica.
+RESUMABLE = (ConnectionError, asyncpg.PostgresError, asyncpg.InterfaceError)
 TRY_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtextextended($1, 42))"
 UNLOCK_SQL = "SELECT pg_advisory_unlock(hashtextextended($1, 42))"
 
@@ -119,14 +124,27 @@ class BatchWorker:
         for start in range(0, len(todo), size):
             chunks.put_nowait(todo[start : start + size])
 
+        waiting: list[str] = []  # runs of a newer release: left for an upgraded replica
+
         async def worker() -> None:
             while not chunks.empty():
                 chunk = chunks.get_nowait()
-                await self._replay_chunk(requested, chunk, replay_ids, tenant, actor, cause)
+                waiting.extend(
+                    await self._replay_chunk(requested, chunk, replay_ids, tenant, actor, cause)
+                )
 
         async with asyncio.TaskGroup() as group:
             for _ in range(min(requested.concurrency, chunks.qsize())):
                 group.create_task(worker())
+        if waiting:
+            log.warning(
+                "batch.waiting_for_upgrade",
+                batch_id=str(batch_id),
+                runs=sorted(waiting)[:20],
+                count=len(waiting),
+                why="a newer release recorded these runs (answer normaliser version)",
+            )
+            return  # not completed: a replica that knows their version finishes it
         async with self._queries:
             finalized, failed = await terminal_counts(self.store, list(ids.values()))
         completed = ReplayBatchCompleted(
@@ -154,19 +172,25 @@ class BatchWorker:
         tenant: str,
         actor: str,
         cause: str,
-    ) -> None:
+    ) -> list[str]:
+        """Replay the chunk; returns the runs left out (recorded by a newer release)."""
         async with self._queries:
             sources = await read_sources(self.store, chunk)
-
-        async def one(run: SourceRun) -> tuple[str, list[NewEvent]]:
-            replay_id = replay_ids[run.run_id]
-            events = await self._rejudge(requested, run, sources.get(run.run_id, []), replay_id)
-            return f"replay-{replay_id}", stamp(events, replay_id, tenant, actor, cause)
-
+        writes: list[tuple[str, list[NewEvent]]] = []
+        left: list[str] = []
         # In turn: a chunk of more than one run is a vote's, which waits on nothing.
-        writes = [await one(run) for run in chunk]
-        async with self._queries:
-            await self._append_all(writes)
+        for run in chunk:
+            replay_id = replay_ids[run.run_id]
+            try:
+                events = await self._rejudge(requested, run, sources.get(run.run_id, []), replay_id)
+            except UnknownNormalizer:
+                left.append(run.run_id)
+                continue
+            writes.append((f"replay-{replay_id}", stamp(events, replay_id, tenant, actor, cause)))
+        if writes:
+            async with self._queries:
+                await self._append_all(writes)
+        return left
 
     async def _rejudge(
         self,
@@ -187,8 +211,8 @@ class BatchWorker:
             return await self.replayer.rejudge(
                 replay_id, run.run_id, source, requested.judge, batch_id=requested.batch_id
             )
-        except RESUMABLE:
-            raise  # not the run's fault: the batch resumes later
+        except (*RESUMABLE, UnknownNormalizer):
+            raise  # not the run's fault: the batch resumes later, or waits for an upgrade
         except Exception as exc:  # it would fail again on every resume: record it
             log.exception("replay.failed", batch_id=requested.batch_id, run_id=run.run_id)
             message = f"{type(exc).__name__}: {exc}"[:500]
@@ -207,10 +231,12 @@ class BatchWorker:
 
 def chunk_size(judge_kind: str, runs: int, concurrency: int) -> int:
     """Runs per round trip: one for a judge that calls a model (each waits on its own
-    call); for the vote up to VOTE_CHUNK, fewer when that would leave workers idle."""
+    call); for the vote up to VOTE_CHUNK, fewer when that would leave workers idle or
+    hold more than MAX_RUNS_IN_FLIGHT runs at once."""
     if judge_kind != "vote":
         return 1
-    return min(VOTE_CHUNK, max(1, math.ceil(runs / max(1, concurrency))))
+    workers = max(1, concurrency)
+    return max(1, min(VOTE_CHUNK, MAX_RUNS_IN_FLIGHT // workers, math.ceil(runs / workers)))
 
 
 def failed_replay(
