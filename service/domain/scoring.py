@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
+from typing import NamedTuple
 
-NORMALIZERS = (1, 2)
 CURRENT_NORMALIZER = 2  # what new runs record; never change what an existing version does
 
 _ANSWER_MARKER = re.compile(r"(?:final answer|answer)\s*(?:is|:)\s*(.+)", re.IGNORECASE | re.DOTALL)
@@ -54,11 +55,7 @@ def extract_answer(text: str, version: int = CURRENT_NORMALIZER) -> str:
     if marker:
         stripped = marker.group(1).strip()
     first_line = stripped.splitlines()[0] if stripped else ""
-    if version == 1:
-        return first_line.strip().strip(_TRAILING).strip()
-    if version == 2:
-        return _trim_v2(first_line)
-    raise UnknownNormalizer(version)
+    return _rule(version).trim(first_line)
 
 
 def normalize_answer(text: str, version: int = CURRENT_NORMALIZER) -> str:
@@ -68,11 +65,7 @@ def normalize_answer(text: str, version: int = CURRENT_NORMALIZER) -> str:
 
 def normalize_extracted(core: str, version: int = CURRENT_NORMALIZER) -> str:
     """normalize_answer of a reply whose answer ``extract_answer`` already took out."""
-    if version == 1:
-        return _normalize_v1(core)
-    if version == 2:
-        return _normalize_v2(core)
-    raise UnknownNormalizer(version)
+    return _rule(version).normalize(core)
 
 
 def answers_match(answer: str, expected: str, version: int = CURRENT_NORMALIZER) -> bool:
@@ -85,6 +78,10 @@ def answers_match(answer: str, expected: str, version: int = CURRENT_NORMALIZER)
     if _NUMBER.match(a) and _NUMBER.match(b):
         return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
     return False
+
+
+def _trim_v1(line: str) -> str:
+    return line.strip().strip(_TRAILING).strip()
 
 
 def _normalize_v1(core: str) -> str:
@@ -123,6 +120,23 @@ def _normalize_v2(core: str) -> str:
     if _NUMBER.match(number):
         return _number_text(number) + unit
     return _SPACES.sub(" ", core).lower()
+
+
+class _Rule(NamedTuple):
+    trim: Callable[[str], str]  # the answer line without what surrounds the answer
+    normalize: Callable[[str], str]  # that answer's canonical short form
+
+
+# Every version there is, in one place; an existing entry never changes.
+_RULES = {1: _Rule(_trim_v1, _normalize_v1), 2: _Rule(_trim_v2, _normalize_v2)}
+NORMALIZERS = tuple(_RULES)
+
+
+def _rule(version: int) -> _Rule:
+    rule = _RULES.get(version)
+    if rule is None:
+        raise UnknownNormalizer(version)
+    return rule
 
 
 def _number_text(number: str) -> str:

@@ -66,7 +66,13 @@ class _Completion(msgspec.Struct, frozen=True):
 
 _DECODER = msgspec.json.Decoder(_Completion)
 _ENCODER = msgspec.json.Encoder()
-_USER_AGENT = "fusion-ledger"
+_HEADERS = {
+    "accept": "application/json",
+    # What httpx decodes without extra packages (aiohttp's default may add zstd).
+    "accept-encoding": "gzip, deflate",
+    "content-type": "application/json",
+    "user-agent": "fusion-ledger",
+}
 
 
 class _Reply(NamedTuple):
@@ -97,15 +103,7 @@ async def complete(
 ) -> CallOutcome:
     """Ask ``model`` at ``provider`` for one chat completion within ``timeout_s`` seconds."""
     url = _endpoint(provider.base_url)
-    headers = {
-        "accept": "application/json",
-        # What httpx decodes without extra packages (aiohttp's default may add zstd).
-        "accept-encoding": "gzip, deflate",
-        "content-type": "application/json",
-        "user-agent": _USER_AGENT,
-    }
-    if api_key:
-        headers["authorization"] = f"Bearer {api_key}"
+    headers = (_HEADERS | {"authorization": f"Bearer {api_key}"}) if api_key else _HEADERS
     body = _ENCODER.encode(_request_body(model, messages, params, seed))
     loop = asyncio.get_running_loop()
     start = loop.time()

@@ -108,6 +108,17 @@ async def _data(pool: asyncpg.Pool, stream_id: str, event_type: str) -> dict[str
     return data
 
 
+async def _fuse_halves(client: Client) -> str:
+    """A vote fusion of HALVES' panel through ``client``; its run id."""
+    fused = await client.post(
+        "/v1/fusions",
+        json={"prompt": "Half of one?", "panel": list(HALVES), "judge": {"kind": "vote"}},
+    )
+    assert fused.status_code == 200, fused.text
+    run_id: str = fused.json()["run_id"]
+    return run_id
+
+
 def _correct(body: dict[str, Any]) -> list[bool | None]:
     return [m["correct"] for m in sorted(body["members"], key=lambda m: m["member_id"])]
 
@@ -138,12 +149,7 @@ async def test_a_new_run_records_version_2_and_is_graded_with_it(
     client: Client, providers: MockProviders, pool: asyncpg.Pool
 ) -> None:
     providers.answers.update(HALVES)
-    fused = await client.post(
-        "/v1/fusions",
-        json={"prompt": "Half of one?", "panel": list(HALVES), "judge": {"kind": "vote"}},
-    )
-    assert fused.status_code == 200, fused.text
-    run_id = fused.json()["run_id"]
+    run_id = await _fuse_halves(client)
     assert (await _data(pool, f"run-{run_id}", "run.requested"))["normalizer"] == 2
     finalized = await _data(pool, f"run-{run_id}", "answer.finalized")
     assert (finalized["answer"], finalized["answer_normalized"]) == (".5", "0.5")
@@ -223,12 +229,7 @@ async def test_new_runs_record_the_configured_normaliser_during_an_upgrade(
         run_migrations=False,
     )
     async with AsyncTestClient(app=app) as upgrading:
-        fused = await upgrading.post(
-            "/v1/fusions",
-            json={"prompt": "Half of one?", "panel": list(HALVES), "judge": {"kind": "vote"}},
-        )
-    assert fused.status_code == 200, fused.text
-    run_id = fused.json()["run_id"]
+        run_id = await _fuse_halves(upgrading)
     assert (await _data(pool, f"run-{run_id}", "run.requested"))["normalizer"] == 1
     finalized = await _data(pool, f"run-{run_id}", "answer.finalized")
     assert finalized["answer_normalized"] == "5"  # version 1: ".5" and "5" vote together

@@ -25,7 +25,7 @@ from service.domain.events import (
 )
 from service.domain.judging import Candidate, vote
 from service.domain.profiles import CellStats, ProfileSnapshot
-from service.orchestration.batch import BatchReplayer
+from service.orchestration.batch import BatchProgress, BatchReplayer
 from service.orchestration.replay import Replayer, batch_replay_id
 from service.orchestration.replay_sources import resolve_runs
 from service.orchestration.router import Router
@@ -192,22 +192,30 @@ async def test_weights_the_original_judge_recorded_are_replayed_as_they_were(
     assert outcome.state.finalized is not None and outcome.state.finalized.answer == "B"
 
 
+async def batch_with_a_broken_judge(
+    store: EventStore, runs: int, victim: int, error: Exception, concurrency: int
+) -> tuple[list[str], uuid.UUID, BatchProgress]:
+    """A select-judge batch over ``runs`` new runs whose judge raises ``error`` for the
+    one at index ``victim``: the run ids, the batch id and its progress once it stops."""
+    run_ids = await record_runs(store, runs)
+    judge = BrokenFor(run_ids[victim], error)
+    batches = BatchReplayer(store, Replayer(store, judge, offline_config()))
+    accepted = await batches.submit(
+        ReplayFilter(), SELECT, concurrency=concurrency, tenant="default", actor="test"
+    )
+    await asyncio.wait_for(batches.wait(accepted.batch_id), 60)
+    return run_ids, accepted.batch_id, await batches.progress(accepted.batch_id, "default")
+
+
 async def test_a_judge_that_raises_for_one_run_fails_that_replay_and_the_batch_completes(
     store: EventStore,
 ) -> None:
-    run_ids = await record_runs(store, 4)
-    judge = BrokenFor(run_ids[1], UnknownModel("sim/judge-strong"))
-    batches = BatchReplayer(store, Replayer(store, judge, offline_config()))
-    accepted = await batches.submit(
-        ReplayFilter(), SELECT, concurrency=2, tenant="default", actor="test"
-    )
-    await asyncio.wait_for(batches.wait(accepted.batch_id), 60)
-
-    progress = await batches.progress(accepted.batch_id, "default")
+    error = UnknownModel("sim/judge-strong")
+    run_ids, batch_id, progress = await batch_with_a_broken_judge(store, 4, 1, error, 2)
     assert progress.completed is not None
     assert (progress.completed.finalized, progress.completed.failed) == (3, 1)
     assert progress.comparison is not None and progress.comparison.replayed == 4
-    events = await replay_events(store, accepted.batch_id, run_ids[1])
+    events = await replay_events(store, batch_id, run_ids[1])
     assert [e.type for e in events] == ["replay.requested", "run.failed"]
     failed = events[1]
     assert isinstance(failed, RunFailed) and failed.reason == "internal_error"
@@ -218,18 +226,10 @@ async def test_a_judge_that_times_out_past_its_own_deadline_fails_that_replay_on
     store: EventStore,
 ) -> None:
     # TimeoutError is an OSError, as a lost connection's errors are; it is not one.
-    run_ids = await record_runs(store, 3)
-    judge = BrokenFor(run_ids[2], TimeoutError())
-    batches = BatchReplayer(store, Replayer(store, judge, offline_config()))
-    accepted = await batches.submit(
-        ReplayFilter(), SELECT, concurrency=1, tenant="default", actor="test"
-    )
-    await asyncio.wait_for(batches.wait(accepted.batch_id), 60)
-
-    progress = await batches.progress(accepted.batch_id, "default")
+    run_ids, batch_id, progress = await batch_with_a_broken_judge(store, 3, 2, TimeoutError(), 1)
     assert progress.completed is not None
     assert (progress.completed.finalized, progress.completed.failed) == (2, 1)
-    failed = (await replay_events(store, accepted.batch_id, run_ids[2]))[-1]
+    failed = (await replay_events(store, batch_id, run_ids[2]))[-1]
     assert isinstance(failed, RunFailed) and failed.message.startswith("TimeoutError")
 
 
