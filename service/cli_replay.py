@@ -240,6 +240,7 @@ def _follow(client: httpx.Client, batch_id: str, poll_s: float, *, quiet: bool) 
     try:
         with progress:
             bar = progress.add_task("replay", total=None)
+            told = False
             while True:
                 response = client.get(f"/v1/replays/{batch_id}")
                 if response.status_code != 200:
@@ -248,6 +249,10 @@ def _follow(client: httpx.Client, batch_id: str, poll_s: float, *, quiet: bool) 
                 progress.update(bar, total=body["runs"], completed=body["done"])
                 if body["status"] == "completed":
                     return body
+                why = None if told else upgrade_note(body)
+                if why:
+                    told = True  # once: the batch may wait for a long time
+                    note(why)
                 time.sleep(poll_s)
     except KeyboardInterrupt:
         fail(
@@ -255,6 +260,21 @@ def _follow(client: httpx.Client, batch_id: str, poll_s: float, *, quiet: bool) 
             f"fusion-ledger replay --batch {batch_id} follows it",
             130,
         )
+
+
+def upgrade_note(batch: dict[str, Any]) -> str | None:
+    """What to tell a user whose batch has nothing left but runs that only a newer
+    release can replay (the batch then waits; ops/runbook.md), else None."""
+    waiting = batch.get("waiting_for_upgrade", 0)
+    if not waiting or batch["done"] + waiting < batch["runs"]:
+        return None
+    batch_id = batch["batch_id"]
+    return (
+        f"batch {batch_id} waits: {waiting} of its runs were recorded by a newer release "
+        "(an answer normaliser version this service lacks), and only a replica that knows "
+        "it can replay them; the batch completes once one drives it. Ctrl-C stops "
+        f"following, and fusion-ledger replay --batch {batch_id} follows it again"
+    )
 
 
 def _rate(p: dict[str, Any]) -> str:

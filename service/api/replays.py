@@ -147,6 +147,9 @@ class BatchView(msgspec.Struct, frozen=True, kw_only=True):
     runs: int
     done: int
     progress: float
+    # Runs left that a newer release recorded: only a replica that knows their answer
+    # normaliser version can finish the batch (ops/runbook.md).
+    waiting_for_upgrade: int
     replayed: int | None
     finalized: int | None
     failed: int | None
@@ -297,6 +300,7 @@ def batch_view(progress: BatchProgress) -> BatchView:
         runs=total,
         done=progress.done,
         progress=progress.done / total if total else 1.0,
+        waiting_for_upgrade=progress.waiting_for_upgrade,
         replayed=completed.replayed if completed else None,
         finalized=completed.finalized if completed else None,
         failed=completed.failed if completed else None,

@@ -27,6 +27,7 @@ from service.domain.events import (
     SourceRun,
 )
 from service.domain.judge_comparison import Comparison, compare_judges
+from service.domain.scoring import NORMALIZERS
 from service.orchestration.batch_worker import BatchWorker
 from service.orchestration.caller import ModelCaller
 from service.orchestration.planning import InvalidRequest
@@ -37,7 +38,7 @@ from service.orchestration.replay import (
     check_judge,
 )
 from service.orchestration.replay_sources import (
-    existing_streams,
+    batch_state,
     judged_runs,
     resolve_runs,
     unfinished_batches,
@@ -74,6 +75,9 @@ class BatchProgress:
     done: int
     completed: ReplayBatchCompleted | None
     comparison: Comparison | None
+    # Runs not replayed yet that a newer release recorded (an answer normaliser version
+    # this one lacks): the batch waits for a replica that knows it.
+    waiting_for_upgrade: int = 0
 
     @property
     def status(self) -> str:
@@ -210,12 +214,13 @@ class BatchReplayer:
         completed = records[-1].decode() if len(records) > 1 else None
         assert completed is None or isinstance(completed, ReplayBatchCompleted)
         ids = [batch_replay_id(batch_id, r.run_id) for r in requested.runs]
-        done = len(await existing_streams(self.store, [f"replay-{i}" for i in ids]))
+        pairs = [(r.run_id, i) for r, i in zip(requested.runs, ids, strict=True)]
+        done, waiting = await batch_state(self.store, pairs, NORMALIZERS)
         comparison = None
         if completed is not None and report:
-            pairs = [(r.run_id, str(i)) for r, i in zip(requested.runs, ids, strict=True)]
-            comparison = compare_judges(await judged_runs(self.store, pairs))
-        return BatchProgress(batch_id, requested, done, completed, comparison)
+            judged = await judged_runs(self.store, [(run, str(i)) for run, i in pairs])
+            comparison = compare_judges(judged)
+        return BatchProgress(batch_id, requested, done, completed, comparison, waiting)
 
 
 @dataclass(frozen=True, slots=True)

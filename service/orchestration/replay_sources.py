@@ -8,6 +8,7 @@ service/api/runs.py does); every per-run lookup goes through the unique
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -118,6 +119,35 @@ async def read_sources(store: EventStore, runs: Sequence[SourceRun]) -> dict[str
         decoded = decode_event(row["event_type"], row["schema_version"], row["data"])
         events.setdefault(row["stream_id"].removeprefix("run-"), []).append(decoded)
     return events
+
+
+# Per run of a batch: is its replay stream there; if not, did a newer release record
+# the run (a normaliser version not in $3), so that only an upgraded replica can
+# replay it. The run's request is looked up only for runs still to do.
+BATCH_STATE_SQL = """
+SELECT count(s.stream_id) AS done,
+       count(r.stream_id) FILTER (
+           WHERE coalesce((r.data->>'normalizer')::int, 1) <> ALL($3::int[])) AS waiting
+FROM unnest($1::text[], $2::text[]) AS b(run, replay)
+LEFT JOIN streams s ON s.stream_id = b.replay
+LEFT JOIN events r ON s.stream_id IS NULL AND r.stream_id = b.run AND r.stream_version = 1
+                  AND r.event_type = 'run.requested'
+"""
+
+
+async def batch_state(
+    store: EventStore, pairs: Sequence[tuple[str, uuid.UUID]], known: Sequence[int]
+) -> tuple[int, int]:
+    """(runs replayed, runs left that only a release knowing another answer normaliser
+    version than ``known`` can replay) of a batch's (run id, replay id) pairs."""
+    row = await store.pool.fetchrow(
+        BATCH_STATE_SQL,
+        [f"run-{run}" for run, _ in pairs],
+        [f"replay-{replay}" for _, replay in pairs],
+        list(known),
+    )
+    assert row is not None
+    return int(row["done"]), int(row["waiting"])
 
 
 async def existing_streams(store: EventStore, stream_ids: Sequence[str]) -> set[str]:

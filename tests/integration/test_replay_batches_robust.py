@@ -276,6 +276,9 @@ async def test_a_run_of_a_newer_normaliser_leaves_the_batch_to_an_upgraded_repli
     assert await replay_events(store, accepted.batch_id, str(newer_id)) == []
     lengths = [len(await replay_events(store, accepted.batch_id, r)) for r in before + after]
     assert lengths == [3, 3, 3, 3]
-    assert (await batches.progress(accepted.batch_id, "default")).completed is None
+    progress = await batches.progress(accepted.batch_id, "default")
+    assert progress.completed is None
+    # Progress says why the batch stays open: one run waits for an upgraded replica.
+    assert (progress.done, progress.waiting_for_upgrade) == (4, 1)
     events = [entry["event"] for entry in logs]
     assert "batch.waiting_for_upgrade" in events and "batch.failed" not in events

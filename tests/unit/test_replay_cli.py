@@ -35,13 +35,13 @@ class BatchService:
 
 
 @contextlib.contextmanager
-def batch_service() -> Iterator[BatchService]:
+def batch_service(running: dict[str, Any] = RUNNING) -> Iterator[BatchService]:
     service = BatchService()
 
     def answer(method: str, path: str, headers: Message, sent: bytes) -> tuple[int, str, bytes]:
         key = headers.get("idempotency-key")
         service.requests.append((method, path, key, json.loads(sent) if sent else None))
-        status, body = (200, RUNNING)
+        status, body = (200, running)
         if method == "POST":
             url = f"/v1/replays/{BATCH_ID}"
             status = 202
@@ -82,6 +82,20 @@ def test_an_interrupted_batch_was_named_on_stderr_when_accepted(
         ("POST", "/v1/replays"),
         ("GET", f"/v1/replays/{BATCH_ID}"),
     ]
+
+
+@pytest.mark.parametrize(("done", "says"), [(2, True), (1, False)], ids=["stuck", "working"])
+def test_a_batch_left_to_an_upgraded_replica_says_so_while_followed(
+    monkeypatch: pytest.MonkeyPatch, done: int, says: bool
+) -> None:
+    monkeypatch.setattr(cli_replay, "time", SimpleNamespace(sleep=interrupt))
+    waiting = RUNNING | {"done": done, "waiting_for_upgrade": 1}
+    with batch_service(waiting) as service:
+        followed = invoke("--batch", BATCH_ID, "--url", service.url)
+    assert followed.exit_code == 130, followed.output  # it keeps following until Ctrl-C
+    # Only once nothing else is left: until then the batch is still replaying.
+    assert ("1 of its runs were recorded by a newer release" in followed.stderr) is says
+    assert followed.stderr.count("waits:") == int(says)
 
 
 def test_the_idempotency_key_is_the_filter_and_judge_sent(monkeypatch: pytest.MonkeyPatch) -> None:
