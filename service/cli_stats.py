@@ -231,8 +231,8 @@ def stats_group() -> None:
 @click.option("--model", default=None)
 @click.option("--category", default=None)
 @click.option("--error-kind", default=None)
-@click.option("--since", default=None, help="ISO date or time (UTC unless it says).")
-@click.option("--until", default=None)
+@click.option("--since", default=None, help="First UTC day counted (ISO date, e.g. 2026-11-01).")
+@click.option("--until", default=None, help="First UTC day not counted (ISO date).")
 @_tenant
 @_as_of
 @_json

@@ -32,6 +32,10 @@ from service.domain.events import GenerationParams, JudgeKind, JudgeSpec
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
+# What providers take (OpenAI: a 32-bit token count, a 64-bit seed); a larger integer
+# would also be more than an event can store (JSON numbers in the log are 64-bit).
+TokenLimit = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
+Seed = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 CategorySource = Literal["inferred", "default"]
 
 
@@ -109,9 +113,9 @@ class BoundedParams(_Strict, frozen=True, kw_only=True):
     providers accept. The HTTP API decodes them; the config only checks them."""
 
     temperature: Temperature | None = None
-    max_tokens: AtLeastOne | None = None
+    max_tokens: TokenLimit | None = None
     top_p: TopP | None = None
-    seed: int | None = None
+    seed: Seed | None = None
 
     def generation(self) -> GenerationParams:
         """As the event catalog records them."""

@@ -17,6 +17,7 @@ import msgspec
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPResponseStartEvent, Receive, Scope, Send
 
+from service.api.errors import problem_body
 from service.auth import Principal, verify_key
 
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/schema")
@@ -104,15 +105,14 @@ def _presented_key(scope: Scope) -> str | None:
 
 
 async def _problem(
+    scope: Scope,
     send: Send,
     status: int,
     title: str,
     detail: str,
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    body = msgspec.json.encode(
-        {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    )
+    body = msgspec.json.encode(problem_body(status, title, detail, scope["path"]))
     start: HTTPResponseStartEvent = {
         "type": "http.response.start",
         "status": status,
@@ -143,6 +143,7 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
         presented = _presented_key(scope)
         if presented is None:
             await _problem(
+                scope,
                 send,
                 401,
                 "Unauthorized",
@@ -158,6 +159,7 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
                 keys.put(presented, principal)
         if principal is None:
             await _problem(
+                scope,
                 send,
                 401,
                 "Unauthorized",
@@ -167,12 +169,17 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
             return
         if needed not in principal.scopes and "admin" not in principal.scopes:
             await _problem(
-                send, 403, "Forbidden", f"this key lacks the '{needed}' scope for this request"
+                scope,
+                send,
+                403,
+                "Forbidden",
+                f"this key lacks the '{needed}' scope for this request",
             )
             return
         wait = limiter.retry_after(principal)
         if wait > 0:
             await _problem(
+                scope,
                 send,
                 429,
                 "Too many requests",

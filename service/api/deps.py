@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from litestar.datastructures import State
+from litestar.params import HeaderParameter
 
 from service.config import Config
 from service.orchestration.fusion import FusionRunner
@@ -26,3 +27,11 @@ def provide_services(state: State) -> Services:
     """Litestar dependency: the Services the lifespan put in app state."""
     services: Services = state.services
     return services
+
+
+# The Idempotency-Key header of every route that takes one: an empty value is refused
+# (it would make all of a tenant's keyless-looking requests one), as is a long one.
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(name="Idempotency-Key", required=False, min_length=1, max_length=200),
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -32,53 +33,94 @@ class Problem(HTTPException):
         self.fields = extra
 
 
-def problem_response(
-    status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
-) -> Response[Any]:
-    """A problem-details response."""
+# The OpenAI-compatible routes: the official clients show an error's `error.message`
+# (and read its type, code and param), not problem details' `detail`.
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/models")
+
+
+def problem_body(status: int, title: str, detail: str, path: str, **extra: Any) -> dict[str, Any]:
+    """Problem details; on the OpenAI-compatible routes with OpenAI's `error` object too."""
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    if path.startswith(OPENAI_PATHS):
+        kind = "invalid_request_error"
+        if status == 429 or status >= 500:
+            kind = "rate_limit_error" if status == 429 else "server_error"
+        body["error"] = {
+            "message": detail,
+            "type": kind,
+            "code": extra.get("code"),
+            "param": extra.get("field"),
+        }
+    return body
+
+
+def problem_response(
+    request: Request[Any, Any, Any],
+    status: int,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response[Any]:
+    """A problem-details response to the request."""
+    body = problem_body(status, title, detail, request.url.path, **extra)
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-def handle_problem(_: Request[Any, Any, Any], exc: Problem) -> Response[Any]:
+def handle_problem(request: Request[Any, Any, Any], exc: Problem) -> Response[Any]:
     return problem_response(
-        exc.status_code, exc.title, exc.detail, headers=exc.headers, **exc.fields
+        request, exc.status_code, exc.title, exc.detail, headers=exc.headers, **exc.fields
     )
 
 
-def handle_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+def handle_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
     errors = exc.extra if isinstance(exc.extra, list) else []
     detail = "; ".join(
         f"{e.get('key') or 'body'}: {e.get('message')}" for e in errors if isinstance(e, dict)
     ) or str(exc.detail)
-    return problem_response(400, "Bad request", detail, errors=errors)
+    return problem_response(request, 400, "Bad request", detail, errors=errors)
 
 
-def handle_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
-    return problem_response(exc.status_code, _title(exc.status_code), str(exc.detail))
+def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    return problem_response(request, exc.status_code, _title(exc.status_code), str(exc.detail))
 
 
 def handle_unstorable_text(
-    _: Request[Any, Any, Any], exc: asyncpg.CharacterNotInRepertoireError
+    request: Request[Any, Any, Any], exc: asyncpg.CharacterNotInRepertoireError
 ) -> Response[Any]:
     # Postgres text cannot hold NUL, so a filter or field carrying one can match or
     # store nothing: the request is at fault, and the statement failed before writing.
+    named = sorted({k for k, v in request.query_params.items() if "\x00" in k + v})
+    where = f"{', '.join(named)}: " if named else "a text value in the request "
     return problem_response(
-        400, "Bad request", "a text value holds the NUL character, which is not allowed"
+        request, 400, "Bad request", f"{where}holds the NUL character, which is not allowed"
     )
 
 
-def handle_unknown_normalizer(_: Request[Any, Any, Any], exc: UnknownNormalizer) -> Response[Any]:
+def aware_moment(moment: datetime) -> datetime | None:
+    """The moment (a naive one taken as UTC); None when it lies beyond what UTC can
+    hold (year 1 or 9999 with an offset), which no query could use."""
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    try:
+        aware.astimezone(UTC)
+    except OverflowError:
+        return None
+    return aware
+
+
+def handle_unknown_normalizer(
+    request: Request[Any, Any, Any], exc: UnknownNormalizer
+) -> Response[Any]:
     # A newer release recorded the run (its answers are normalised by a rule this
     # replica lacks): an upgraded replica can answer; this one must not guess.
     return problem_response(
-        503, "Run needs a newer service", f"{exc}; retry on an upgraded replica"
+        request, 503, "Run needs a newer service", f"{exc}; retry on an upgraded replica"
     )
 
 
 def handle_internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.exception("api.internal_error", path=request.url.path)
-    return problem_response(500, "Internal error", "the service failed; see its logs")
+    return problem_response(request, 500, "Internal error", "the service failed; see its logs")
 
 
 def _title(status: int) -> str:
@@ -99,4 +141,11 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     Exception: handle_internal,
 }
 
-__all__ = ["EXCEPTION_HANDLERS", "PROBLEM_JSON", "MediaType", "Problem", "problem_response"]
+__all__ = [
+    "EXCEPTION_HANDLERS",
+    "PROBLEM_JSON",
+    "MediaType",
+    "Problem",
+    "problem_body",
+    "problem_response",
+]

@@ -8,9 +8,9 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Request, Response, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import HeaderParameter, JSONBody
+from litestar.params import JSONBody
 
-from service.api.deps import Services, provide_services
+from service.api.deps import IdempotencyKey, Services, provide_services
 from service.api.errors import Problem
 from service.api.views import FusionResponse, fusion_view
 from service.config import BoundedParams, PanelEntry
@@ -168,9 +168,7 @@ async def create_fusion(
     request: Request[Any, Any, Any],
     data: JSONBody[FusionBody],
     services: NamedDependency[Services],
-    idempotency_key: Annotated[
-        str | None, HeaderParameter(name="Idempotency-Key", required=False, max_length=200)
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response[FusionResponse]:
     """Fan the prompt out to the panel, judge, and answer with the final answer."""
     try:

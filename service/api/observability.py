@@ -29,7 +29,9 @@ async def metrics_endpoint(state: State) -> Response[bytes]:
                 for s in await projection_status(conn):
                     metrics.projection_lag_events.labels(s.name).set(s.lag.events)
                     metrics.projection_lag_seconds.labels(s.name).set(s.lag.seconds)
-    return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    # Litestar adds "; charset=utf-8" to text types itself: named here too, it came
+    # twice, which strict parsers (Go's, so Prometheus 3) refuse.
+    return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
 
 def timing_middleware(app: ASGIApp) -> ASGIApp:

@@ -17,11 +17,11 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import JSONBody
 from litestar.response import ServerSentEvent
 
-from service.api.deps import Services, provide_services
+from service.api.deps import IdempotencyKey, Services, provide_services
 from service.api.errors import Problem
 from service.api.fusions import client_identity, observe_overhead, received_at, run_ask
 from service.api.views import fusion_view
-from service.config import AtLeastOne, Temperature, TopP
+from service.config import Seed, Temperature, TokenLimit, TopP
 from service.domain.events import GenerationParams, Message
 from service.domain.runs import RunState
 from service.orchestration.planning import FusionAsk
@@ -44,10 +44,10 @@ class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
     messages: Annotated[list[ChatMessage], msgspec.Meta(min_length=1)]
     stream: bool = False
     temperature: Temperature | None = None
-    max_tokens: AtLeastOne | None = None
-    max_completion_tokens: AtLeastOne | None = None
+    max_tokens: TokenLimit | None = None
+    max_completion_tokens: TokenLimit | None = None
     top_p: TopP | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     user: str | None = None
 
 
@@ -130,6 +130,7 @@ async def chat_completions(
     request: Request[Any, Any, Any],
     data: JSONBody[ChatRequest],
     services: NamedDependency[Services],
+    idempotency_key: IdempotencyKey = None,
 ) -> Response[Any]:
     """Run a fusion for the last user message and answer as a chat completion."""
     preset = _preset(data.model, services.config.presets)
@@ -146,7 +147,7 @@ async def chat_completions(
         preset=preset,
         params=params,
         client=client_identity(request),
-        idempotency_key=request.headers.get("idempotency-key"),
+        idempotency_key=idempotency_key,
     )
     run_id, fused = await run_ask(services, ask)
     state = fused.state

@@ -13,9 +13,9 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, Response, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, HeaderParameter, JSONBody
+from litestar.params import FromPath, JSONBody
 
-from service.api.deps import Services, provide_services
+from service.api.deps import IdempotencyKey, Services, provide_services
 from service.api.errors import Problem
 from service.domain.events import OutcomeRecorded, OutcomeSource
 from service.domain.grading import (
@@ -194,9 +194,7 @@ async def record_outcome(
     data: JSONBody[OutcomeBody],
     services: NamedDependency[Services],
     run_id: FromPath[str],
-    idempotency_key: Annotated[
-        str | None, HeaderParameter(name="Idempotency-Key", required=False, max_length=200)
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response[OutcomeView]:
     """Append one outcome.recorded to the run, scoring the final answer and each member."""
     parsed, stream_id = _run_stream(run_id)

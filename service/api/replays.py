@@ -8,16 +8,16 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, cast
 
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, HeaderParameter, JSONBody
+from litestar.params import FromPath, JSONBody
 
-from service.api.deps import Services, provide_services
-from service.api.errors import Problem
+from service.api.deps import IdempotencyKey, Services, provide_services
+from service.api.errors import Problem, aware_moment
 from service.api.fusions import client_identity
 from service.api.views import JudgeView
 from service.domain.events import JudgeKind, JudgeSpec, ReplayFilter
@@ -75,11 +75,13 @@ class FilterBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
     def selection(self) -> ReplayFilter:
         """As the batch event records it (times in ISO 8601, UTC when none was given)."""
-        if self.since and self.until and _utc(self.since) >= _utc(self.until):
+        since = _moment("filter.since", self.since)
+        until = _moment("filter.until", self.until)
+        if since and until and since >= until:
             raise InvalidRequest("filter.until", "must be later than since")
         return ReplayFilter(
-            since=_utc(self.since).isoformat() if self.since else None,
-            until=_utc(self.until).isoformat() if self.until else None,
+            since=since.isoformat() if since else None,
+            until=until.isoformat() if until else None,
             category=self.category,
             preset=self.preset,
             model=self.model,
@@ -87,8 +89,11 @@ class FilterBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         )
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+def _moment(field: str, moment: datetime | None) -> datetime | None:
+    aware = aware_moment(moment) if moment is not None else None
+    if moment is not None and aware is None:
+        raise InvalidRequest(field, "out of range")
+    return aware
 
 
 class BatchBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -238,9 +243,7 @@ async def create_batch(
     request: Request[Any, Any, Any],
     services: NamedDependency[Services],
     data: JSONBody[BatchBody],
-    idempotency_key: Annotated[
-        str | None, HeaderParameter(name="Idempotency-Key", required=False, max_length=200)
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> BatchAccepted:
     """Resolve the filter now, replay its runs in the background; poll the status URL."""
     who = client_identity(request)

@@ -12,7 +12,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from service.api.deps import Services, provide_services
-from service.api.errors import Problem
+from service.api.errors import Problem, aware_moment
 from service.api.views import FusionResponse, fusion_view
 from service.domain.runs import fold
 
@@ -84,12 +84,14 @@ async def list_runs(
     category: FromQuery[str | None] = None,
     status: FromQuery[Literal["finalized", "failed", "running"] | None] = None,
     since: FromQuery[datetime | None] = None,
-    before: Annotated[int | None, QueryParameter(ge=1)] = None,
+    before: Annotated[int | None, QueryParameter(ge=1, le=2**63 - 1)] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
 ) -> RunList:
     """Newest first; page with ``before`` (the ``next_before`` of the previous page)."""
     tenant = getattr(request.state, "tenant", "default")
     terminal = _TERMINAL[status] if status is not None else None
+    if since is not None and (since := aware_moment(since)) is None:
+        raise Problem(400, "Bad request", "since: out of range")
     rows = await services.store.pool.fetch(
         LIST_RUNS_SQL, tenant, category, before, since, limit, terminal
     )

@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
 import asyncpg
@@ -286,15 +286,6 @@ def histogram_quantile(q: float, buckets: Mapping[int, int]) -> float | None:
     return LATENCY_BOUNDS_MS[-1]
 
 
-def _day_after(until: datetime) -> date:
-    """The first day not in a window ending at ``until`` (days are whole, UTC)."""
-    moment = until.astimezone(UTC)
-    day = moment.date()
-    if moment.time() == datetime.min.time() or day == date.max:  # no day after date.max
-        return day
-    return day + timedelta(days=1)
-
-
 def _day_text(value: Any) -> Any:
     return value.isoformat() if isinstance(value, date) else value
 
@@ -463,9 +454,19 @@ def failures_query(
         category=category,
         error_kind=error_kind,
         group_by=parse_group_by(group_by),
-        window=Window(parse_time("since", since), parse_time("until", until)),
+        window=Window(_day("since", since), _day("until", until)),
         as_of=as_of,
     )
+
+
+def _day(name: str, text: str | None) -> datetime | None:
+    """A window edge for the call statistics, which count by UTC day: a date, or a time
+    that is midnight UTC (any other time would silently stand for its whole day)."""
+    moment = parse_time(name, text)
+    if moment is not None and moment.astimezone(UTC).time() != datetime.min.time():
+        raise BadQuery(f"{name}: {text!r} is not a whole day; calls are counted per UTC "
+                       f"day, so give a date such as {moment.astimezone(UTC).date()}")  # fmt: skip
+    return moment
 
 
 PROJECTION_OF = {
@@ -486,7 +487,7 @@ async def _rows(conn: Connection, q: Query) -> list[dict[str, Any]]:
         return await _profiles(conn, q.tenant, q.model, q.category)
     if q.kind == "failures":
         since = q.window.since.astimezone(UTC).date() if q.window.since else None
-        until = _day_after(q.window.until) if q.window.until else None
+        until = q.window.until.astimezone(UTC).date() if q.window.until else None
         rows = await conn.fetch(
             _failures_sql(q.group_by), q.tenant, q.model, q.category, since, until, q.error_kind
         )

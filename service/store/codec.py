@@ -96,13 +96,15 @@ def encode_json(value: Any, name: str = "value") -> str:
     """JSON text for a jsonb column, refusing what jsonb cannot hold."""
     try:
         raw = _ENCODER.encode(value)
-    except (TypeError, ValueError) as exc:
+        # msgspec writes NaN and infinity as null, at any depth: the value would be lost
+        # silently (or stored where a float is required and fail to decode later).
+        # msgpack refuses integers beyond 64 bits (OverflowError), as readers would.
+        suspect = b"null" in raw and _MAYBE_NON_FINITE.search(_MSGPACK.encode(value))
+    except (TypeError, ValueError, OverflowError) as exc:
         raise UnstorableEvent(str(exc)) from exc
     if b"\\u0000" in raw:
         raise UnstorableEvent("jsonb cannot store the NUL character (\\u0000)")
-    # msgspec writes NaN and infinity as null, at any depth: the value would be lost
-    # silently (or stored where a float is required and fail to decode later).
-    if b"null" in raw and _MAYBE_NON_FINITE.search(_MSGPACK.encode(value)):
+    if suspect:
         where = _non_finite_float(msgspec.to_builtins(value), name)
         if where is not None:
             raise UnstorableEvent(f"{where} is not a finite number")

@@ -164,6 +164,15 @@ async def test_same_idempotency_key_makes_one_run(
     assert (
         await pool.fetchval("SELECT count(*) FROM events WHERE event_type = 'run.requested'") == 1
     )
+    # An empty or overlong key is refused on every route that takes one, the
+    # OpenAI-compatible one included, and writes nothing.
+    chat = {"model": "fusion", "messages": [{"role": "user", "content": "2+2?"}]}
+    for key in ("", "k" * 201):
+        for path, body in (("/v1/fusions", {"prompt": "2+2?"}), ("/v1/chat/completions", chat)):
+            refused = await client.post(path, json=body, headers={"Idempotency-Key": key})
+            assert refused.status_code == 400, (path, key, refused.text)
+            assert "idempotency" in refused.json()["detail"].lower()
+    assert await pool.fetchval("SELECT count(*) FROM events") == 7
 
 
 @pytest.mark.parametrize(
@@ -322,6 +331,13 @@ async def test_a_judge_out_of_time_fails_the_run_as_timeout(
         ({"prompt": "x", "params": {"max_tokens": 0}}, 400, "max_tokens"),
         ({"prompt": "x", "params": {"temprature": 0.5}}, 400, "temprature"),
         ({"prompt": "x", "panel": [{"model": "mock/a", "params": {"top_p": 2}}]}, 400, "top_p"),
+        # Beyond 64 bits an integer cannot be recorded: refused, not a 500.
+        ({"prompt": "x", "params": {"seed": 10**23}}, 400, "seed"),
+        (
+            {"prompt": "x", "panel": [{"model": "mock/a", "params": {"max_tokens": 10**23}}]},
+            400,
+            "max_tokens",
+        ),
     ],
 )
 async def test_bad_bodies_get_problem_details_and_write_nothing(
@@ -362,7 +378,14 @@ async def test_run_provenance_and_listing(client: AsyncTestClient[Any]) -> None:
     assert missing.status_code == 404
     assert (await client.get("/v1/runs", params={"limit": 0})).status_code == 400
     nul = await client.get("/v1/runs", params={"category": "a\x00b"})
-    assert nul.status_code == 400 and "NUL" in nul.json()["detail"]
+    assert nul.status_code == 400 and "category: holds the NUL" in nul.json()["detail"]
+    for params, needle in (
+        ({"before": 10**20}, "before"),  # beyond any position
+        ({"since": "0001-01-01T00:00:00+14:00"}, "out of range"),  # before year 1 in UTC
+    ):
+        refused = await client.get("/v1/runs", params=params)
+        assert refused.status_code == 400, refused.text
+        assert needle in refused.json()["detail"]
 
 
 async def test_a_status_filter_fills_the_page_before_the_limit(

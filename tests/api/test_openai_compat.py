@@ -103,6 +103,14 @@ async def test_models_and_unknown_model(client: AsyncTestClient[Any]) -> None:
             model="fusion/nope", messages=[{"role": "user", "content": "hi"}]
         )
     assert raised.value.code == "model_not_found"
+    # The client shows the service's reason, as it does for OpenAI's own errors.
+    assert "use 'fusion' or 'fusion/<preset>'" in raised.value.message
+    assert raised.value.type == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError) as bad:
+        await sdk(client).chat.completions.create(
+            model="fusion", messages=[{"role": "user", "content": "hi"}], temperature=5
+        )
+    assert "temperature" in bad.value.message
 
 
 async def test_health_and_schema(client: AsyncTestClient[Any]) -> None:

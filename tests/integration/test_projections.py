@@ -418,8 +418,16 @@ async def test_a_window_to_the_last_day_there_is_answers(
     service: tuple[AsyncTestClient[Any], Any],
 ) -> None:
     client, _ = service
-    response = await client.get("/v1/stats/failures?group_by=day&until=9999-12-31T12:00")
+    response = await client.get("/v1/stats/failures?group_by=day&until=9999-12-31")
     assert response.status_code == 200, response.text
+    # Calls are counted per UTC day: a time inside one is refused, not widened to it;
+    # midnight UTC in another offset is a whole day.
+    inside = await client.get("/v1/stats/failures?until=2026-11-29T16:00:00Z")
+    assert inside.status_code == 400
+    assert "not a whole day" in inside.json()["detail"]
+    assert "2026-11-29" in inside.json()["detail"]
+    midnight = await client.get("/v1/stats/failures?since=2026-11-29T02:00:00%2B02:00")
+    assert midnight.status_code == 200, midnight.text
 
 
 @pytest.mark.parametrize(
@@ -435,7 +443,8 @@ async def test_a_window_to_the_last_day_there_is_answers(
         ("/v1/stats/failures?as_of=99999999999999999999", "beyond any position"),
         ("/v1/profiles?as_of=%C2%B2", "ISO 8601"),  # a digit to str.isdigit, not to int
         ("/v1/stats/failures?until=9999-12-31T23:00-05:00", "out of range"),
-        ("/v1/stats/failures?model=a%00b", "NUL"),
+        ("/v1/stats/failures?model=a%00b", "model: holds the NUL"),
+        ("/v1/stats/failures?since=2026-02-01T12:00:00Z", "not a whole day"),
     ],
 )
 async def test_bad_filters_are_4xx(

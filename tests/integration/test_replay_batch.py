@@ -235,6 +235,15 @@ async def test_batch_requests_that_cannot_run_are_refused(
             ({"filter": {"category": "poetry"}, "judge": {"kind": "vote"}}, "filter"),
             ({"judge": {"kind": "select"}}, "judge.model"),
             ({"judge": {"kind": "vote"}, "concurrency": 0}, "concurrency"),
+            # beyond what UTC holds: no query could use them
+            (
+                {"filter": {"since": "0001-01-01T00:00:00+14:00"}, "judge": {"kind": "vote"}},
+                "filter.since",
+            ),
+            (
+                {"filter": {"until": "9999-12-31T23:59:59-12:00"}, "judge": {"kind": "vote"}},
+                "filter.until",
+            ),
             (
                 {"judge": {"kind": "synthesize", "model": "sim/model-b"}},  # on the panel
                 "judge.model",

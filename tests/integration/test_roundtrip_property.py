@@ -160,6 +160,23 @@ async def test_unstorable_values_are_refused_and_nothing_is_written(
     assert await store.read_stream(stream) == []
 
 
+async def test_integers_beyond_64_bits_are_refused(store: EventStore) -> None:
+    # Neither msgspec's readers nor the NaN check's encoder take them: an OverflowError
+    # here was a 500 for a fusion asking for seed 10**23.
+    event = RunRequested(
+        run_id="r",
+        messages=[],
+        category="c",
+        panel="auto",
+        judge=JudgeSpec(kind="vote"),
+        params=GenerationParams(seed=10**23),
+    )
+    stream = f"run-{uuid.uuid4()}"
+    with pytest.raises(UnstorableEvent):
+        await store.append_to_stream(stream, [NewEvent(event)], NO_STREAM)
+    assert await store.read_stream(stream) == []
+
+
 async def test_non_finite_floats_nested_deep_are_refused(store: EventStore) -> None:
     # msgspec would write NaN as null: stored silently as "no temperature".
     event = RunRequested(
