@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -32,15 +33,24 @@ NOT_MIGRATED = "the database is not migrated: run `fusion-ledger migrate`"
 
 
 def _run(coro: Awaitable[T], *, needs_schema: bool = True) -> T:
-    """Run a command's database work. A database without the schema it reads (never
-    migrated, or migrated by an older release) is one line and exit 2, for every
-    command; connection failures are caught where connections open (`_connected`)."""
+    """Run a command's database work. What the database refuses is one line and exit 2,
+    for every command (never exit 1, which `verify` and `digest` keep for tampering):
+    a database without the schema it reads (never migrated, or by an older release),
+    a role without the grants the command needs, a connection lost midway. Connection
+    failures are caught where connections open (`_connected`)."""
     try:
         return asyncio.run(coro)  # type: ignore[arg-type]
-    except asyncpg.UndefinedTableError:
+    except asyncpg.PostgresError as exc:
         if not needs_schema:
-            raise
-        fail(NOT_MIGRATED)
+            raise  # the caller says what it means (migrate)
+        if isinstance(exc, asyncpg.UndefinedTableError):
+            fail(NOT_MIGRATED)
+        if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+            fail(f"the database refused: {exc} (this role lacks the grants the command "
+                 "needs; see ops/runbook.md, database roles)")  # fmt: skip
+        fail(f"the database refused: {exc}")
+    except (asyncpg.InterfaceError, ConnectionError) as exc:
+        fail(f"lost the database: {exc}")
 
 
 def _emit_json(value: Any) -> None:
@@ -242,9 +252,12 @@ def _banner(running: Any, url: str, *, as_json: bool = False) -> None:
     )
 
 
+PORT = click.IntRange(1, 65535)
+
+
 @main.command("serve")
 @click.option("--host", default=None, help="Interface to listen on (default 127.0.0.1).")
-@click.option("--port", type=int, default=None, help="Port (default 8000).")
+@click.option("--port", type=PORT, default=None, help="Port (default 8000).")
 @click.option(
     "--config",
     "config_path",
@@ -254,7 +267,7 @@ def _banner(running: Any, url: str, *, as_json: bool = False) -> None:
 )
 @click.option(
     "--simulator-port",
-    type=int,
+    type=PORT,
     default=8001,
     show_default=True,
     help="Port of the built-in simulator, when no provider is configured.",
@@ -281,7 +294,7 @@ def _serve(
 ) -> None:
     from service.config import ConfigError
     from service.logging import configure_logging
-    from service.serving import read_config, run_server, serve
+    from service.serving import SIMULATOR_HOST, read_config, run_server, serve
 
     configure_logging(settings.log_format, settings.log_level)
     if not settings.database_url:
@@ -294,16 +307,50 @@ def _serve(
     except ConfigError as exc:
         fail(str(exc))
     _check_provider_keys(settings, config)
+    host = host or settings.host
+    port = port if port is not None else settings.port
+    # What would otherwise surface as a traceback once the server is starting (and
+    # after its banner): a port taken, a database out of reach or not migrated.
+    _check_port(host, port, "the API")
+    if not config.providers:
+        _check_port(SIMULATOR_HOST, simulator_port, "the simulator (--simulator-port)")
+    _run(_with_connection(settings.database_url, _migrated_or_fail), needs_schema=False)
     with contextlib.suppress(KeyboardInterrupt):
         run_server(
             serve(
                 settings,
                 config,
-                host=host or settings.host,
-                port=port or settings.port,
+                host=host,
+                port=port,
                 simulator_port=simulator_port,
                 announce=_banner,
             )
+        )
+
+
+def _check_port(host: str, port: int, what: str) -> None:
+    """One line and exit 2 unless the server could listen there now."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind(address)
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port} for {what}: {exc.strerror or exc}")
+
+
+async def _migrated_or_fail(conn: Any) -> None:
+    """Migrate when a migration is pending (as the server's start does), or say why not."""
+    try:
+        await migrate(conn)
+    except MigrationError as exc:
+        fail(str(exc))
+    except asyncpg.PostgresError as exc:
+        fail(
+            f"the database is not migrated and this role cannot migrate it ({exc}): "
+            "run `fusion-ledger migrate` as the schema's owner"
         )
 
 
@@ -322,7 +369,7 @@ def _check_provider_keys(settings: Settings, config: Config) -> None:
 
 @main.command("up")
 @click.option("--host", default=None, help="Interface to listen on (default 127.0.0.1).")
-@click.option("--port", type=int, default=None, help="Port (default 8000).")
+@click.option("--port", type=PORT, default=None, help="Port (default 8000).")
 @click.option(
     "--config",
     "config_path",
@@ -330,7 +377,7 @@ def _check_provider_keys(settings: Settings, config: Config) -> None:
     default=None,
     help="TOML configuration (or FUSION_LEDGER_CONFIG).",
 )
-@click.option("--simulator-port", type=int, default=8001, show_default=True)
+@click.option("--simulator-port", type=PORT, default=8001, show_default=True)
 @click.pass_context
 def up_command(
     ctx: click.Context,

@@ -13,7 +13,7 @@ import click
 from rich.table import Table
 
 from service.cli import NOT_MIGRATED, _database_url, _emit_json, _open_pool, _run, _with_connection
-from service.cli_output import console, fail, progress_bar
+from service.cli_output import console, fail, note, progress_bar
 from service.logging import configure_logging
 from service.projections import runner
 from service.projections.definitions import BY_NAME, PROJECTIONS
@@ -50,12 +50,14 @@ def worker_command(ctx: click.Context, once: bool, poll_interval: float, as_json
     settings = ctx.obj["settings"]
     configure_logging(settings.log_format, settings.log_level)
 
+    owned_elsewhere: list[str] = []  # --once: projections a running worker keeps
+
     async def work() -> int:
         pool = await _open_pool(url, 1, 2)
         try:
             await _require_migrated(pool)
             if once:
-                return await runner.run_until_caught_up(pool)
+                return await runner.run_until_caught_up(pool, owned_elsewhere=owned_elsewhere)
             worker = runner.ProjectionWorker(pool, poll_interval=poll_interval)
             await worker.run()
             return worker.applied
@@ -65,9 +67,14 @@ def worker_command(ctx: click.Context, once: bool, poll_interval: float, as_json
     with contextlib.suppress(KeyboardInterrupt):
         applied = _run(work())
         if as_json:
-            _emit_json({"applied": applied})
+            _emit_json({"applied": applied, "owned_elsewhere": owned_elsewhere})
         else:
             console.print(f"applied {applied} event(s) to the read models")
+            if owned_elsewhere:
+                note(
+                    f"left to the worker that owns them (a running service or worker "
+                    f"keeps them current): {', '.join(owned_elsewhere)}"
+                )
 
 
 @click.group("projections")

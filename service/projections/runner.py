@@ -386,27 +386,41 @@ class ProjectionWorker:
 
 
 async def run_until_caught_up(
-    pool: asyncpg.Pool, batch_events: int = BATCH_EVENTS, patience_s: float = 30.0
+    pool: asyncpg.Pool,
+    batch_events: int = BATCH_EVENTS,
+    patience_s: float = 30.0,
+    *,
+    owned_elsewhere: list[str] | None = None,
 ) -> int:
     """Apply every event committed so far to every projection (tests, `worker --once`).
 
-    Takes the projections' locks like a worker (waits while another worker holds one).
-    Waits, up to ``patience_s``, for transactions still open to finish, so that every
-    projection ends at the same checkpoint: the head of the log.
+    Takes the projections' locks like a worker: waits while another worker holds one,
+    or, given ``owned_elsewhere``, leaves that projection to it (a live worker holds
+    its lock for as long as it runs) and adds its name there. Waits, up to
+    ``patience_s``, for transactions still open to finish, so that every projection
+    it applied ends at the same checkpoint: the head of the log.
     """
     total = 0
     deadline = time.monotonic() + patience_s
+    skipped: set[str] = set()
     async with stateful(pool) as conn:  # advisory locks
         while True:
             for projection in PROJECTIONS:
-                while not await conn.fetchval(LOCK_SQL, projection.name):  # noqa: ASYNC110
+                if projection.name in skipped:
+                    continue
+                while not await conn.fetchval(LOCK_SQL, projection.name):
+                    if owned_elsewhere is not None:
+                        skipped.add(projection.name)
+                        owned_elsewhere.append(projection.name)
+                        break
                     await asyncio.sleep(0.05)  # a worker owns it: wait for its turn
-                try:
-                    while applied := await step(conn, projection, batch_events):
-                        total += applied
-                finally:
-                    await conn.fetchval(UNLOCK_SQL, projection.name)
-            behind = [s for s in await status(conn) if s.lag.events]
+                else:
+                    try:
+                        while applied := await step(conn, projection, batch_events):
+                            total += applied
+                    finally:
+                        await conn.fetchval(UNLOCK_SQL, projection.name)
+            behind = [s for s in await status(conn) if s.lag.events and s.name not in skipped]
             if not behind or time.monotonic() > deadline:
                 return total
             await asyncio.sleep(0.02)  # an older transaction is still open

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -160,6 +161,32 @@ def test_an_unreachable_database_is_one_line_and_exit_2(command: list[str]) -> N
     done = run_cli(*command, env={"FUSION_LEDGER_DATABASE_URL": UNREACHABLE})
     assert done.returncode == 2, done.stderr
     assert one_error_line(done.stderr).startswith("cannot connect to the database: ")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_serve_says_what_stops_it_starting_in_one_line() -> None:
+    # Each used to print the banner, then a traceback (exit 1 or 3).
+    ports = ["--port", str(free_port()), "--simulator-port", str(free_port())]
+    unreachable = run_cli("serve", *ports, env={"FUSION_LEDGER_DATABASE_URL": UNREACHABLE})
+    assert unreachable.returncode == 2, unreachable.stderr
+    assert one_error_line(unreachable.stderr).startswith("cannot connect to the database: ")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for busy, what in ((["--port", port, ports[2], ports[3]], "the API"),
+                           ([*ports[:2], "--simulator-port", port], "the simulator")):  # fmt: skip
+            done = run_cli("serve", *busy, env={"FUSION_LEDGER_DATABASE_URL": UNREACHABLE})
+            assert done.returncode == 2, done.stderr
+            line = one_error_line(done.stderr)
+            assert line.startswith(f"cannot listen on 127.0.0.1:{port} for {what}"), line
+    wrapped = run_cli("serve", "--port", "70000")  # it listened on 70000 - 65536 before
+    assert wrapped.returncode == 2 and "70000 is not in the range" in wrapped.stderr
 
 
 # --- bad settings -------------------------------------------------------------------
