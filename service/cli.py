@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -88,9 +90,10 @@ async def _with_connection(url: str, work: Callable[[Any], Awaitable[T]]) -> T:
 @click.group()
 @click.option(
     "--database-url",
-    envvar="DATABASE_URL",
+    # The settings' order: the project's own variable first.
+    envvar=["FUSION_LEDGER_DATABASE_URL", "DATABASE_URL"],
     default=None,
-    help="Postgres URL (default: $DATABASE_URL).",
+    help="Postgres URL (default: $FUSION_LEDGER_DATABASE_URL, else $DATABASE_URL).",
 )
 @click.pass_context
 def main(ctx: click.Context, database_url: str | None) -> None:
@@ -225,7 +228,10 @@ def digest_command(
     digest = _run(_with_connection(url, lambda conn: take_digest(conn, position)))
     encoded = msgspec.json.encode(digest)
     if output is not None:
-        output.write_bytes(encoded + b"\n")
+        try:
+            output.write_bytes(encoded + b"\n")
+        except OSError as exc:
+            fail(f"cannot write the digest to {output}: {exc.strerror or exc}")
     if as_json or (output is None and not sys.stdout.isatty()):
         sys.stdout.write(encoded.decode() + "\n")
     else:
@@ -238,7 +244,7 @@ def digest_command(
             console.print(f"written to {output}")
 
 
-def _banner(running: Any, url: str, *, as_json: bool = False) -> None:
+def _banner(running: Any, url: str, *, keys: bool = False) -> None:
     out = Console(stderr=True, soft_wrap=True)  # no wrapping: lines stay copy-pasteable
     if running.simulator_url:
         out.print(
@@ -246,8 +252,15 @@ def _banner(running: Any, url: str, *, as_json: bool = False) -> None:
             f"(a test double of remote model providers) at {running.simulator_url}"
         )
     out.print(f"Fusion Ledger listening on [bold]{url}[/bold]  (OpenAPI: {url}/schema)")
+    key = ""
+    if keys:  # else the example below gets a 401
+        out.print(
+            "API keys are required: `fusion-ledger keys create --tenant default --scopes "
+            "fuse,read,label` prints one; export FUSION_LEDGER_API_KEY=<that key>"
+        )
+        key = '-H "authorization: Bearer $FUSION_LEDGER_API_KEY" '
     out.print(
-        "try:  curl -s " + url + "/v1/fusions -H 'content-type: application/json' "
+        "try:  curl -s " + url + "/v1/fusions " + key + "-H 'content-type: application/json' "
         '-d \'{"prompt": "What is 17 + 25 * 2? Reply with the number."}\''
     )
 
@@ -323,7 +336,7 @@ def _serve(
                 host=host,
                 port=port,
                 simulator_port=simulator_port,
-                announce=_banner,
+                announce=functools.partial(_banner, keys=settings.auth_required),
             )
         )
 
@@ -399,6 +412,10 @@ def up_command(
         _serve(settings, config_path, host, port, simulator_port)
         return
     err_console.print(f"starting the embedded Postgres in {settings.data_dir / 'postgres'} …")
+    # Stopped by SIGTERM (a service manager, `kill`), the server shuts down and then
+    # re-raises the signal, whose default action ended the process before the embedded
+    # Postgres was stopped: as Ctrl-C does, it now unwinds and stops it.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         with embedded_postgres(settings.data_dir) as url:
             _serve(
@@ -406,6 +423,10 @@ def up_command(
             )
     except RuntimeError as exc:
         fail(str(exc))
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 @main.command("fuse")
@@ -422,7 +443,8 @@ def up_command(
 @click.option("--judge", default=None, help="vote, or KIND:MODEL (synthesize:sim/judge-strong).")
 @click.option("--category", default=None)
 @api_key_option("the fuse scope")
-@click.option("--timeout", type=float, default=120.0, show_default=True)
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=120.0,
+              show_default=True, help="Seconds to wait for the answer.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the full JSON answer.")
 def fuse_command(
     prompt: str,
@@ -462,7 +484,8 @@ def fuse_command(
         fail_response(response)
     if as_json:
         _emit_json(result)
-        raise SystemExit(0 if response.is_success else 1)
+        # As without --json: 1 for a run that failed, 2 for a request refused (no run).
+        raise SystemExit(0 if response.is_success else 1 if "run_id" in result else 2)
     if "run_id" not in result:
         fail_response(response)
     console.print(result.get("answer") or f"[red]run failed: {result.get('failure_reason')}")
@@ -478,9 +501,14 @@ def fuse_command(
         )
     console.print(table)
     judge_view = result.get("judge") or {}
-    console.print(
+    judged = (
         f"judge {judge_view.get('kind')} {judge_view.get('model') or ''} "
-        f"({judge_view.get('decided_by')})  run {result['run_id']}  "
+        f"({judge_view.get('decided_by')})  "
+        if judge_view.get("kind")
+        else "no judge  "  # the run ended before one was asked
+    )
+    console.print(
+        f"{judged}run {result['run_id']}  "
         f"cost ${result['cost_usd']:.6f}  latency {result['latency_ms'] or 0:.0f} ms"
     )
     raise SystemExit(0 if response.is_success else 1)

@@ -186,9 +186,11 @@ def eval_command(
             _evaluate(url, api_key, timeout, spec, chosen, concurrency, quiet=as_json)
         )
     except EvalFailed as exc:
-        fail(f"{exc}\n{_RESUME}", 1)
+        if exc.resumable:  # exit 1: stopped partway, and running again goes on
+            fail(f"{exc}; {_RESUME}", 1)
+        fail(f"{exc}; runs made so far are kept")
     except KeyboardInterrupt:
-        fail(f"interrupted\n{_RESUME}", 130)
+        fail(f"interrupted; {_RESUME}", 130)
     report = _report(spec.name, dataset, results)
     if as_json:
         sys.stdout.write(msgspec.json.encode(report).decode() + "\n")

@@ -68,7 +68,7 @@ def revoke_command(ctx: click.Context, key_id: str, as_json: bool) -> None:
     elif done:
         console.print(f"revoked {key_id}")
     if not done:
-        fail(f"no active key {key_id}", 1)
+        fail(f"no active key {key_id}")
 
 
 @keys_group.command("list")

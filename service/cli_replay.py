@@ -38,7 +38,10 @@ def parse_moment(text: str, now: datetime | None = None) -> datetime:
     relative = _RELATIVE.match(text.strip())
     if relative:
         amount, unit = int(relative.group(1)), relative.group(2)
-        return _whole(now or datetime.now(UTC), unit) - timedelta(**{_UNITS[unit]: amount})
+        try:
+            return _whole(now or datetime.now(UTC), unit) - timedelta(**{_UNITS[unit]: amount})
+        except OverflowError:  # before year 1
+            raise click.BadParameter(f"{text!r}: reaches back beyond any date") from None
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -123,7 +126,10 @@ def _emit_json(value: Any) -> None:
     help="The service's base URL.",
 )
 @api_key_option("the fuse and read scopes")
-@click.option("--poll", "poll_s", type=float, default=0.5, show_default=True)
+@click.option(
+    "--poll", "poll_s", type=click.FloatRange(0.05), default=0.5, show_default=True,
+    help="Seconds between progress checks.",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
 def replay_command(
     judge: str | None,
@@ -149,6 +155,8 @@ def replay_command(
     """Re-judge past runs with another judge (the panel is not called again) and
     compare: agreement, accuracy on ground truth with 95% intervals, cost, latency.
     The same command run again reports the batch it submitted before."""
+    if force and run_id is None:
+        fail("--force makes a new replay of one run: it needs --run")
     if batch_id is not None:
         if run_id is not None:
             fail("--batch follows a batch and --run replays one run: give one of them")

@@ -53,8 +53,8 @@ def explain_command(
 
     try:
         explanation = _run(work())
-    except NotRouted as exc:
-        fail(str(exc), 1)
+    except NotRouted as exc:  # nothing to compare: exit 1 says a decision differed
+        fail(str(exc))
     if as_json:
         _emit_json(_as_json(explanation))
     else:

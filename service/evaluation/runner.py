@@ -40,11 +40,15 @@ _RERUNS = 3  # a line the service cut short runs again this often at most
 
 
 class EvalFailed(Exception):
-    """A line the service could not run or grade; what ran so far is kept."""
+    """A line the service could not run or grade; what ran so far is kept.
+    ``resumable``: running again may get further (the service was out of reach, or cut
+    the line's runs short); else the service refused the request as it is (an unknown
+    preset, a missing scope), and so would again."""
 
-    def __init__(self, item: EvalItem, message: str) -> None:
+    def __init__(self, item: EvalItem, message: str, *, resumable: bool = False) -> None:
         super().__init__(f"{item.name}: {message}")
         self.item = item
+        self.resumable = resumable
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +131,11 @@ async def evaluate_item(client: httpx.AsyncClient, spec: EvalSpec, item: EvalIte
     outcome = {"expected": item.expected, "source": "dataset", "label": spec.label}
     graded = await _post(client, item, f"/v1/runs/{run.run_id}/outcomes", outcome, headers)
     if graded.status_code not in (200, 201):
-        raise EvalFailed(item, f"outcome refused on run {run.run_id}: {_problem(graded)}")
+        raise EvalFailed(
+            item,
+            f"outcome refused on run {run.run_id}: {_problem(graded)}",
+            resumable=graded.status_code >= 500,
+        )
     return ItemResult(item, run, _decode(item, graded, OutcomeReply))
 
 
@@ -141,7 +149,9 @@ async def _fuse(
         body, headers = spec.fusion_body(item), {"Idempotency-Key": key}
         answer = await _post(client, item, "/v1/fusions", body, headers)
         if answer.status_code not in _FUSION_ANSWERED:
-            raise EvalFailed(item, f"fusion refused: {_problem(answer)}")
+            raise EvalFailed(
+                item, f"fusion refused: {_problem(answer)}", resumable=answer.status_code >= 500
+            )
         run = _decode(item, answer, FusionReply)
         if run.failure_reason not in _CUT_SHORT:
             return run, key
@@ -149,6 +159,7 @@ async def _fuse(
         item,
         f"the service cut its run short {_RERUNS + 1} times, last {run.run_id} "
         f"({run.failure_reason}); not scored",
+        resumable=True,
     )
 
 
@@ -163,7 +174,7 @@ async def _post(
         try:
             response = await client.post(path, json=body, headers=headers)
         except httpx.HTTPError as exc:
-            raise EvalFailed(item, f"cannot reach the service: {exc!r}") from exc
+            raise EvalFailed(item, f"cannot reach the service: {exc!r}", resumable=True) from exc
         if response.status_code not in _ASK_AGAIN:
             return response
         await asyncio.sleep(_retry_after(response))

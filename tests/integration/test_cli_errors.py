@@ -9,6 +9,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -98,6 +99,20 @@ async def test_a_role_without_grants_is_one_line_and_exit_2(
     done = await asyncio.to_thread(run_cli, "--database-url", ungranted_url, *command)
     assert done.returncode == 2, done.stderr
     assert "lacks the grants" in one_error_line(done.stderr)
+
+
+async def test_mistakes_against_a_migrated_database_are_one_line_and_exit_2(
+    database: TestDatabase, tmp_path: Path
+) -> None:
+    # exit 1 is route explain's "not reproduced"; a missing key or run is a mistake
+    for command, says in (
+        (["keys", "revoke", "k-none"], "no active key k-none"),
+        (["route", "explain", "00000000-0000-4000-8000-000000000001"], "no run"),
+        (["digest", "-o", str(tmp_path / "missing" / "d.json")], "cannot write the digest"),
+    ):
+        done = await asyncio.to_thread(run_cli, "--database-url", database.url, *command)
+        assert done.returncode == 2, (command, done.stderr)
+        assert says in one_error_line(done.stderr)
 
 
 async def test_verify_still_exits_1_for_tampering_only(

@@ -126,8 +126,10 @@ async def test_an_interrupted_eval_resumes_and_its_summary_matches_the_log(
     unknown = await invoke(
         str(dataset), "--url", service_url, "--preset", "nope", "--concurrency", "1"
     )
-    assert unknown.exit_code == 1
+    # refused as it is, so again on a re-run: exit 2, one line, no advice to resume
+    assert unknown.exit_code == 2
     assert "line 1" in unknown.output and "nope" in unknown.output
+    assert "resume" not in unknown.output
     assert await pool.fetchval("SELECT count(*) FROM events") == 0
 
     first = last_json(await invoke(*common, "--limit", "5", "--concurrency", "3", "--json"))

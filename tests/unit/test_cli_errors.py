@@ -142,6 +142,39 @@ def test_fuse_and_replay_document_the_option() -> None:
         assert "--api-key" in shown.stdout and "$FUSION_LEDGER_API_KEY" in shown.stdout
 
 
+# --- option values that cannot work ------------------------------------------------
+
+
+def test_bad_option_values_are_refused_before_anything_is_sent() -> None:
+    # each was a traceback, and --poll -1 only after the batch was submitted
+    with fake_service(202, "application/json", '{"batch_id": "x"}') as service:
+        for args, says in (
+            (["fuse", "2+2?", "--timeout", "-1"], "--timeout"),
+            (["replay", "--judge", "vote", "--poll", "-1"], "--poll"),
+            (["replay", "--judge", "vote", "--since", "99999999d"], "beyond any date"),
+            (["replay", "--judge", "vote", "--force"], "--force makes a new replay"),
+        ):
+            done = invoke(*args, "--url", service.url)
+            assert done.exit_code == 2, (args, done.output)
+            assert says in done.output and "Traceback" not in done.output
+        assert service.requests == []
+
+
+def test_the_banner_shows_a_request_that_works_with_keys_on(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from types import SimpleNamespace
+
+    from service.cli import _banner
+
+    _banner(SimpleNamespace(simulator_url=None), "http://127.0.0.1:8000", keys=True)
+    shown = capsys.readouterr().err
+    assert "fusion-ledger keys create" in shown  # serve wants keys: say how to get one
+    assert 'authorization: Bearer $FUSION_LEDGER_API_KEY" ' in shown
+    _banner(SimpleNamespace(simulator_url=None), "http://127.0.0.1:8000")
+    assert "authorization" not in capsys.readouterr().err  # `up`: keys off
+
+
 # --- a database that cannot be reached ----------------------------------------------
 
 
@@ -167,6 +200,16 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def test_the_projects_own_database_variable_comes_first_as_in_the_settings() -> None:
+    both = {
+        "FUSION_LEDGER_DATABASE_URL": UNREACHABLE,
+        "DATABASE_URL": UNREACHABLE.replace(":1/", ":2/"),
+    }
+    done = run_cli("stats", "failures", env=both)
+    assert done.returncode == 2, done.stderr
+    assert "'127.0.0.1', 1)" in one_error_line(done.stderr)  # port 1: FUSION_LEDGER_…
 
 
 def test_serve_says_what_stops_it_starting_in_one_line() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 import msgspec
 
+from service.cli_output import fail
 from service.logging import configure_logging
 from service.providers.simulator.default_world import default_world
 from service.providers.simulator.server import SimulatorHandle, serve_simulator
@@ -60,20 +61,23 @@ def simulate_command(
     try:
         world = load_world(world_file) if world_file is not None else default_world()
     except (OSError, WorldError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        fail(str(exc))
     if seed is not None:
         world = world.with_options(seed=seed)
     if fixed_latency_ms is not None:
         world = world.with_options(fixed_latency_ms=fixed_latency_ms)
     if export_bank is not None:
-        count = world.bank.export_jsonl(export_bank)
+        try:
+            count = world.bank.export_jsonl(export_bank)
+        except OSError as exc:
+            fail(f"cannot write the bank to {export_bank}: {exc.strerror or exc}")
         _say(as_json, {"exported": count, "path": str(export_bank)},
              f"wrote {count} questions to {export_bank}")  # fmt: skip
         return
     try:
         asyncio.run(_serve_until_stopped(world, host, port, as_json))
     except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from exc
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
 async def _serve_until_stopped(world: World, host: str, port: int, as_json: bool) -> None:
