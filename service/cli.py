@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from service.cli_http import api_key_option, bearer, fail_response
-from service.cli_output import console, err_console, fail
+from service.cli_output import console, err_console, fail, id_column
 from service.settings import Settings, SettingsError, switch
 from service.store import database
 from service.store.migrations import MigrationError, migrate
@@ -171,7 +171,13 @@ def verify_command(ctx: click.Context, digest_file: Path | None, as_json: bool) 
     else:
         console.print(f"checked {report.events} events in {report.streams} streams")
         if report.problems:
-            table = Table("stream", "version", "position", "event id", "problem")
+            table = Table(
+                id_column("stream", [p.stream_id for p in report.problems]),
+                "version",
+                "position",
+                id_column("event id", [p.event_id or "-" for p in report.problems]),
+                "problem",
+            )
             for p in report.problems:
                 table.add_row(
                     p.stream_id,

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from service.auth import SCOPES, InvalidKeyRequest, create_key, revoke_key
 from service.cli import _database_url, _emit_json, _run, _with_connection
-from service.cli_output import console, fail
+from service.cli_output import console, fail, id_column
 
 
 @click.group("keys")
@@ -94,7 +94,10 @@ def list_command(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         _emit_json(items)
         return
-    table = Table("key id", "tenant", "name", "scopes", "rate/min", "created", "revoked")
+    ids = [i["key_id"] for i in items]
+    table = Table(
+        id_column("key id", ids), "tenant", "name", "scopes", "rate/min", "created", "revoked"
+    )
     for i in items:
         table.add_row(
             i["key_id"],

@@ -8,6 +8,7 @@ from typing import NoReturn
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Column
 
 console = Console()
 err_console = Console(stderr=True)
@@ -41,3 +42,10 @@ def progress_bar(
         transient=transient,
         disable=quiet or not on.is_terminal,
     )
+
+
+def id_column(header: str, values: list[str]) -> Column:
+    """A table column for ids a user copies into the next command (keys revoke, a
+    stream to inspect): never cut short, however narrow the terminal; the other
+    columns give way."""
+    return Column(header, no_wrap=True, min_width=max((len(v) for v in values), default=0))

@@ -115,6 +115,19 @@ async def test_mistakes_against_a_migrated_database_are_one_line_and_exit_2(
         assert says in one_error_line(done.stderr)
 
 
+async def test_a_key_id_is_shown_whole_at_80_columns(database: TestDatabase) -> None:
+    # keys revoke needs it; the table used to cut it to "f61943345a…"
+    args = ["--database-url", database.url, "keys"]
+    made = await asyncio.to_thread(
+        run_cli, *args, "create", "--tenant", "a-rather-long-tenant", "--name", "ci", "--json"
+    )
+    assert made.returncode == 0, made.stderr
+    key_id = json.loads(made.stdout)["key_id"]
+    listed = await asyncio.to_thread(run_cli, *args, "list")  # COLUMNS=80
+    assert listed.returncode == 0, listed.stderr
+    assert key_id in listed.stdout
+
+
 async def test_verify_still_exits_1_for_tampering_only(
     database: TestDatabase, store: EventStore
 ) -> None:
