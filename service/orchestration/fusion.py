@@ -48,6 +48,14 @@ from service.tracing import model_call_span, record_call, run_span
 
 log = structlog.get_logger("fusion")
 
+# A member that answers while others are still calling lets its event wait this long
+# for theirs, so members answering together share one append. Nothing waits on those
+# appends before the judge has answered (the last member never lingers: its write
+# carries the others' at once), so this costs no latency; it saves a transaction per
+# fusion when members answer within it (ops/bench/fusion_overhead.py at 60/s: appends
+# per run 4.0 -> 3.02, Postgres CPU per fusion 6.5-6.8 -> 5.6-5.9 ms, A/B alternating).
+MEMBER_LINGER_S = 0.005
+
 # A call that timed out this close to the run's deadline (or after it) was stopped by
 # the deadline, not by its own bound: a run that then fails, fails for lack of time.
 DEADLINE_SLACK_S = 0.005
@@ -239,9 +247,10 @@ class FusionRunner:
         deadline = started + plan.timeout_s
         question = question_text(plan.messages)
         run_key = writer.correlation_id
-        # Members' events go to the log as they answer; the judge starts once all have
-        # answered, while the last one's event may still be on its way (the writer
-        # keeps the order: the verdict's append queues behind it). The appends are
+        # Members' events go to the log as they answer (an early one lingers up to
+        # MEMBER_LINGER_S for the others); the judge starts once all have answered,
+        # while the last one's event may still be on its way (the writer keeps the
+        # order: the verdict's append queues behind it). The appends are
         # settled, and a failed one raised, before anything else is written; a failed
         # one (the run closed elsewhere, the database) also stops the members still
         # calling, and the judge is not called.
@@ -260,7 +269,10 @@ class FusionRunner:
             outcomes[member.member_id] = event
             if isinstance(event, PanelCallFailed) and _out_of_time(event.error_kind, deadline):
                 cut_off.add(member.member_id)
-            append = asyncio.create_task(writer.append(event, caused_by=selected_id))
+            linger = MEMBER_LINGER_S if len(outcomes) < len(members) else 0.0
+            append = asyncio.create_task(
+                writer.append(event, caused_by=selected_id, linger_s=linger)
+            )
             append.add_done_callback(append_done)
             appends.append(append)
 

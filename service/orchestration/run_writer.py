@@ -8,7 +8,9 @@ WrongExpectedVersion and the run stops instead of writing past a terminal event.
 Events that arrive while an append is in flight wait for it, then go to the log
 together in the next append (one transaction, in arrival order): members that
 answer at the same moment cost one round trip, not three, and no event waits longer
-than it would have waited for the lock anyway.
+than it would have waited for the lock anyway. A caller may also let its events
+linger a moment for others it expects (``linger_s``): members answering together
+then share one append even when the first answer finds no append in flight.
 """
 
 from __future__ import annotations
@@ -48,16 +50,23 @@ class RunWriter:
         """The event with this run's metadata and a fresh id, ready for ``write``."""
         return NewEvent(event, self._metadata(caused_by))
 
-    async def append(self, *events: Event, caused_by: uuid.UUID | None = None) -> list[uuid.UUID]:
+    async def append(
+        self, *events: Event, caused_by: uuid.UUID | None = None, linger_s: float = 0.0
+    ) -> list[uuid.UUID]:
         """Append events atomically after everything this writer wrote; returns their ids."""
         batch = [self.new(e, caused_by) for e in events]
-        await self.write(batch)
+        await self.write(batch, linger_s=linger_s)
         return [n.event_id for n in batch]
 
-    async def write(self, batch: list[NewEvent]) -> None:
-        """Append the batch atomically, after everything queued before it."""
+    async def write(self, batch: list[NewEvent], *, linger_s: float = 0.0) -> None:
+        """Append the batch atomically, after everything queued before it.
+
+        ``linger_s``: first wait up to that long for a later write to carry this batch
+        along (one round trip for both); the order stays the order of the calls."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((batch, done))
+        if linger_s > 0:
+            await asyncio.wait([done], timeout=linger_s)  # never cancels ``done``
         async with self._lock:
             if not done.done():  # else an append made while we waited carried it
                 await self._flush(done)

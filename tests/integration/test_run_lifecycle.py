@@ -22,6 +22,7 @@ from service.domain.events import (
     RunFailed,
     RunRequested,
 )
+from service.orchestration import fusion
 from service.orchestration.fusion import FusionRunner
 from service.orchestration.plan import FusionPlan
 from service.orchestration.sweeper import FULL_SWEEP_EVERY, Sweeper, sweep_once
@@ -248,3 +249,27 @@ async def test_a_run_closed_elsewhere_while_members_answer_ends_as_the_log_says(
     assert state.status == "failed" and state.failed is not None
     assert state.failed.reason == "abandoned"
     assert await types_of(store, stream) == ["run.requested", "panel.selected", "run.failed"]
+
+
+async def test_members_answering_close_together_share_one_append(
+    store: EventStore, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # fast answers first and lingers (here far longer than the test takes) for slow,
+    # which answers 50 ms later: slow's append carries both, at once, and the last
+    # member to answer never lingers, so the run ends well within the 5 s.
+    monkeypatch.setattr(fusion, "MEMBER_LINGER_S", 5.0)
+    remote = Remote()
+    async with httpx.MockTransport(remote.handle) as http:
+        runner = FusionRunner(store, ProviderRegistry(config, http, lambda _: None))
+        run_id = uuid.uuid4()
+        asyncio.get_running_loop().call_later(0.05, remote.release_slow.set)
+        state = await asyncio.wait_for(runner.fuse(plan(["fast", "slow"]), run_id), 2)
+    assert state.status == "finalized"
+    transactions: dict[int, list[str]] = {}
+    for event in await store.read_stream(f"run-{run_id}"):
+        transactions.setdefault(event.transaction_id, []).append(event.event_type)
+    assert list(transactions.values()) == [
+        ["run.requested", "panel.selected"],
+        ["panel.call.succeeded", "panel.call.succeeded"],
+        ["judge.decided", "answer.finalized"],
+    ]

@@ -52,3 +52,28 @@ async def test_a_failed_append_fails_every_event_it_carried(store: EventStore) -
     assert len(await store.read_stream(stream_id)) == 2
     with pytest.raises(WrongExpectedVersion):
         await writer.append(note("late"))
+
+
+async def test_a_lingering_event_shares_the_append_of_one_that_follows(store: EventStore) -> None:
+    writer, stream_id = writer_for(store)
+    await writer.append(note("requested"))
+    # Member 0 answers and lingers; member 1 answers within that time and writes at once.
+    first = asyncio.create_task(writer.append(note("member 0"), linger_s=5.0))
+    await asyncio.sleep(0.01)
+    assert not first.done()  # still lingering: nothing written yet
+    await writer.append(note("member 1"))
+    await first  # carried by member 1's append, long before its 5 s were up
+    recorded = await store.read_stream(stream_id)
+    assert [e.decode() for e in recorded] == [
+        note(t) for t in ("requested", "member 0", "member 1")
+    ]
+    assert recorded[1].transaction_id == recorded[2].transaction_id
+
+
+async def test_a_lingering_event_is_written_alone_when_nothing_follows(store: EventStore) -> None:
+    writer, stream_id = writer_for(store)
+    await writer.append(note("requested"))
+    await asyncio.wait_for(writer.append(note("member 0"), linger_s=0.01), timeout=5)
+    recorded = await store.read_stream(stream_id)
+    assert [e.decode() for e in recorded] == [note("requested"), note("member 0")]
+    assert writer.version == 2
