@@ -43,6 +43,7 @@ from service.store.migrations import migrate
 log = structlog.get_logger("app")
 MAX_BODY_BYTES = 2 * 1024 * 1024
 SHUTDOWN_GRACE_S = 10.0
+YOUNG_GC_THRESHOLD = 10_000
 
 
 def create_app(
@@ -66,7 +67,12 @@ def create_app(
     fusions/s, with every fusion in flight waiting; frozen, those pauses take ~3 ms
     (overhead p99 44 -> 19 ms in the same benchmark run). The price: reference cycles
     among frozen objects are never collected, e.g. pool connections open at startup
-    and closed later (a bounded, one-time amount).
+    and closed later (a bounded, one-time amount). The youngest generation is then
+    collected every YOUNG_GC_THRESHOLD allocations instead of every 700: a fusion
+    allocates thousands of short-lived containers (requests, events, futures), nearly
+    all freed by reference counting before a collection would look at them: those
+    collections took 5.3% of the process's samples in a native profile (py-spy, 60
+    fusions/s), 1.8% with this threshold.
     """
     metrics = Metrics()
 
@@ -124,6 +130,7 @@ def create_app(
             if freeze_heap:
                 gc.collect()
                 gc.freeze()
+                gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
                 log.info("app.heap_frozen", objects=gc.get_freeze_count())
             try:
                 yield
