@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,9 @@ from typing import Any
 
 import structlog
 import uvicorn
+from litestar import Litestar
 
+from service.api.deps import Services
 from service.app import create_app
 from service.config import Config, load_config, parse_config
 from service.settings import Settings
@@ -162,6 +165,41 @@ def run_server(main: Coroutine[Any, Any, None]) -> None:
         runner.run(main)
 
 
+GRACEFUL_SHUTDOWN_S = 10  # how long a stopping server waits for requests in flight
+RUNS_CLOSE_MARGIN_S = 2.0  # runs still open this long before that are closed
+
+
+class ClosingServer(uvicorn.Server):
+    """uvicorn's server, which also closes the runs still open shortly before its
+    graceful shutdown gives up on their requests.
+
+    Stopping, uvicorn waits for requests in flight, then cancels them, and a cancelled
+    request is answered with a bare text/plain 500; the app's own shutdown, which
+    records such runs as run.failed ("shutdown"), only comes after. Closed first, each
+    run ends on record and its request answers as for any failed run: a 502 problem
+    with failure_reason "shutdown", then the connection closes.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: Litestar) -> None:
+        super().__init__(config)
+        self.app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        closing = asyncio.create_task(self._close_runs_before_the_deadline())
+        try:
+            await super().shutdown(sockets)
+        finally:
+            closing.cancel()
+
+    async def _close_runs_before_the_deadline(self) -> None:
+        grace = self.config.timeout_graceful_shutdown or 0.0
+        await asyncio.sleep(max(0.0, grace - RUNS_CLOSE_MARGIN_S))
+        services: Services | None = getattr(self.app.state, "services", None)  # the lifespan's
+        if services is not None and services.runner.open_runs:
+            log.warning("shutdown.closing_open_runs", runs=services.runner.open_runs)
+            await services.runner.close("shutdown")
+
+
 async def serve(
     settings: Settings,
     config: Config,
@@ -177,7 +215,7 @@ async def serve(
     logging.getLogger("httpx").setLevel(logging.WARNING)
     async with providers_or_simulator(config, simulator_port) as running:
         app = create_app(settings, running.config, freeze_heap=True)
-        server = uvicorn.Server(
+        server = ClosingServer(
             uvicorn.Config(
                 app,
                 host=host,
@@ -185,12 +223,13 @@ async def serve(
                 log_level="warning",
                 lifespan="on",
                 access_log=False,
-                timeout_graceful_shutdown=10,
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
                 # Longer than the idle timeout of clients and load balancers (60 s is
                 # common), so the server never closes a connection a client is about to
                 # reuse (uvicorn's 5 s default made clients see resets under load).
                 timeout_keep_alive=75,
-            )
+            ),
+            app,
         )
         if announce is not None:
             announce(running, f"http://{host}:{port}")

@@ -206,7 +206,14 @@ class FusionRunner:
             if handle is not None and "shutdown" in handle.cancel_reason:
                 reason = "shutdown"
             await asyncio.shield(self._fail(writer, reason, f"run {reason}", started))
-            raise
+            task = asyncio.current_task()
+            if reason != "shutdown" or task is None or task.cancelling() != 1:
+                raise
+            # Closed by this process's shutdown (close()), and by nothing else: the run
+            # ended on record, and whoever waits for it gets that end to answer with
+            # (a 502 saying "shutdown"), not a cancellation (a bare 500 from the server).
+            task.uncancel()
+            return fold(writer.recorded)
         except WrongExpectedVersion:
             bound.warning("run.closed_elsewhere")
             return fold(e.decode() for e in await self.store.read_stream(stream_id))

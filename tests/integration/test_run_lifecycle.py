@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
+import threading
 import uuid
 from dataclasses import replace
 from datetime import timedelta
 
+import asyncpg
 import httpx
 import pytest
+import uvicorn
 
+from service.app import create_app
 from service.config import Config, parse_config
 from service.domain.events import (
     ClientIdentity,
@@ -27,7 +33,10 @@ from service.orchestration.fusion import FusionRunner
 from service.orchestration.plan import FusionPlan
 from service.orchestration.sweeper import FULL_SWEEP_EVERY, Sweeper, sweep_once
 from service.providers.registry import ProviderRegistry
+from service.serving import RUNS_CLOSE_MARGIN_S, ClosingServer
+from service.settings import Settings
 from service.store import NO_STREAM, EventStore, NewEvent, WrongExpectedVersion
+from tests.conftest import TestDatabase
 
 CONFIG = """
 [providers.p]
@@ -111,8 +120,10 @@ async def test_shutdown_fails_open_runs(store: EventStore, config: Config) -> No
         task = asyncio.create_task(runner.fuse(plan(["fast", "hang"]), run_id))
         await wait_for(store, f"run-{run_id}", 3)  # requested, selected, fast's answer
         await runner.close("shutdown")
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        # The waiting request gets the run's recorded end to answer with (not a
+        # cancellation, which the server would turn into a bare 500).
+        state = await task
+    assert state.failed is not None and state.failed.reason == "shutdown"
     types = await types_of(store, f"run-{run_id}")
     assert types[-1] == "run.failed"
     last = (await store.read_stream(f"run-{run_id}"))[-1].decode()
@@ -273,3 +284,60 @@ async def test_members_answering_close_together_share_one_append(
         ["panel.call.succeeded", "panel.call.succeeded"],
         ["judge.decided", "answer.finalized"],
     ]
+
+
+async def test_a_stopping_server_answers_a_waiting_request_with_its_runs_end(
+    database: TestDatabase, config: Config
+) -> None:
+    # Before: the server waited its grace, cancelled the request (a bare text/plain
+    # 500), and only then did the app's shutdown record the run as failed.
+    remote = Remote()  # `hang` never answers
+    settings = Settings(database_url=database.url, pool_min_size=1, pool_max_size=5)
+    app = create_app(
+        settings,
+        config,
+        sweeper=False,
+        projections=False,
+        http_transport=httpx.MockTransport(remote.handle),
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    grace = RUNS_CLOSE_MARGIN_S + 1  # the runs are closed 1 s after the stop
+    server = ClosingServer(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
+                       timeout_graceful_shutdown=int(grace)),
+        app,
+    )  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        for _ in range(200):
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get("/healthz")).status_code == 200:
+                    break
+            await asyncio.sleep(0.05)
+        body = {"prompt": "3+4?", "panel": ["fast", "hang"]}
+        waiting = asyncio.create_task(client.post("/v1/fusions", json=body))
+        for _ in range(400):  # both members called: the run is open, waiting on `hang`
+            if remote.calls >= 2:
+                break
+            await asyncio.sleep(0.01)
+        server.should_exit = True  # as SIGTERM does
+        response = await waiting
+    await asyncio.to_thread(thread.join, 30)
+    assert response.status_code == 502, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["failure_reason"] == "shutdown"
+    run_id = response.json()["run_id"]
+    store_conn = await asyncpg.connect(database.url)
+    try:
+        last = await store_conn.fetchval(
+            "SELECT event_type FROM events WHERE stream_id = $1 "
+            "ORDER BY stream_version DESC LIMIT 1",
+            f"run-{run_id}",
+        )
+    finally:
+        await store_conn.close()
+    assert last == "run.failed"
