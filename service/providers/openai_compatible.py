@@ -41,7 +41,7 @@ log = structlog.get_logger(__name__)
 RETRYABLE: frozenset[ErrorKind] = frozenset({"rate_limited", "server_error", "connection"})
 
 
-Count = Annotated[int, msgspec.Meta(ge=0)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]  # beyond 64 bits: malformed
 
 
 class _Usage(msgspec.Struct, frozen=True):

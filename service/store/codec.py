@@ -14,7 +14,7 @@ import os
 import re
 import struct
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,6 +29,8 @@ _ENCODER = msgspec.json.Encoder(order="sorted")
 # bytes inside a string; the exact walk in encode_json then decides.
 _MSGPACK = msgspec.msgpack.Encoder()
 _MAYBE_NON_FINITE = re.compile(rb"\xcb[\x7f\xff][\xf0-\xff]")
+# 19 digits or more: an integer that may not fit 64 bits (or digits inside a string).
+_LONG_DIGITS = re.compile(rb"\d{19}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -96,30 +98,42 @@ def encode_json(value: Any, name: str = "value") -> str:
     """JSON text for a jsonb column, refusing what jsonb cannot hold."""
     try:
         raw = _ENCODER.encode(value)
-        # msgspec writes NaN and infinity as null, at any depth: the value would be lost
-        # silently (or stored where a float is required and fail to decode later).
-        # msgpack refuses integers beyond 64 bits (OverflowError), as readers would.
-        suspect = b"null" in raw and _MAYBE_NON_FINITE.search(_MSGPACK.encode(value))
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError) as exc:
         raise UnstorableEvent(str(exc)) from exc
     if b"\\u0000" in raw:
         raise UnstorableEvent("jsonb cannot store the NUL character (\\u0000)")
-    if suspect:
-        where = _non_finite_float(msgspec.to_builtins(value), name)
+    # jsonb would keep any integer, but the log's readers cast counts to bigint (the
+    # projections) and read them as 64-bit: one beyond that would stop them for good.
+    if _LONG_DIGITS.search(raw):
+        where = _first(msgspec.to_builtins(value), name, _beyond_64_bits)
+        if where is not None:
+            raise UnstorableEvent(f"{where} is an integer beyond 64 bits")
+    # msgspec writes NaN and infinity as null, at any depth: the value would be lost
+    # silently (or stored where a float is required and fail to decode later).
+    if b"null" in raw and _MAYBE_NON_FINITE.search(_MSGPACK.encode(value)):
+        where = _first(msgspec.to_builtins(value), name, _non_finite)
         if where is not None:
             raise UnstorableEvent(f"{where} is not a finite number")
     return raw.decode()
 
 
-def _non_finite_float(value: Any, path: str) -> str | None:
-    """The path of the first NaN or infinity inside a JSON-like value, if any."""
-    if isinstance(value, float):
-        return None if math.isfinite(value) else path
+def _non_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _beyond_64_bits(value: Any) -> bool:
+    return isinstance(value, int) and not -(2**63) <= value < 2**63
+
+
+def _first(value: Any, path: str, wrong: Callable[[Any], bool]) -> str | None:
+    """The path of the first value inside a JSON-like value that is ``wrong``, if any."""
+    if wrong(value):
+        return path
     items: Any = value.items() if isinstance(value, dict) else None
     if isinstance(value, list | tuple):
         items = enumerate(value)
     for key, item in items or ():
-        found = _non_finite_float(item, f"{path}.{key}")
+        found = _first(item, f"{path}.{key}", wrong)
         if found is not None:
             return found
     return None

@@ -22,6 +22,7 @@ from service.domain.events import (
     JudgeDecided,
     JudgeIdentity,
     JudgeSpec,
+    PanelCallSucceeded,
     RunFailed,
     RunRequested,
 )
@@ -160,21 +161,34 @@ async def test_unstorable_values_are_refused_and_nothing_is_written(
     assert await store.read_stream(stream) == []
 
 
-async def test_integers_beyond_64_bits_are_refused(store: EventStore) -> None:
-    # Neither msgspec's readers nor the NaN check's encoder take them: an OverflowError
-    # here was a 500 for a fusion asking for seed 10**23.
-    event = RunRequested(
-        run_id="r",
-        messages=[],
-        category="c",
-        panel="auto",
-        judge=JudgeSpec(kind="vote"),
-        params=GenerationParams(seed=10**23),
-    )
+@pytest.mark.parametrize(
+    ("event", "where"),
+    [
+        # with a null elsewhere: the NaN check's encoder raised OverflowError (a 500)
+        (RunRequested(run_id="r", messages=[], category="c", panel="auto",
+                      judge=JudgeSpec(kind="vote"), params=GenerationParams(seed=10**23)),
+         "params.seed"),
+        # 2**63 fits msgpack's unsigned 64 bits: stored, and the projections' ::bigint
+        # cast failed on it for good
+        (PanelCallSucceeded(member_id="m1", model="m", provider="p", text="4",
+                            finish_reason="stop", input_tokens=2**63, output_tokens=1,
+                            cost_usd=0.0, latency_ms=1.0, attempts=[]),
+         "input_tokens"),
+    ],
+    ids=["seed-beyond-msgpack", "tokens-at-2**63"],
+)  # fmt: skip
+async def test_integers_beyond_64_bits_are_refused(
+    store: EventStore, event: Event, where: str
+) -> None:
     stream = f"run-{uuid.uuid4()}"
-    with pytest.raises(UnstorableEvent):
+    with pytest.raises(UnstorableEvent, match=f"{where} is an integer beyond 64 bits"):
         await store.append_to_stream(stream, [NewEvent(event)], NO_STREAM)
     assert await store.read_stream(stream) == []
+    # the largest 64-bit count is a count
+    fine = PanelCallSucceeded(member_id="m1", model="m", provider="p", text="4",
+                              finish_reason="stop", input_tokens=2**63 - 1, output_tokens=1,
+                              cost_usd=0.0, latency_ms=1.0, attempts=[])  # fmt: skip
+    await store.append_to_stream(stream, [NewEvent(fine)], NO_STREAM)
 
 
 async def test_non_finite_floats_nested_deep_are_refused(store: EventStore) -> None:
