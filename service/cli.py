@@ -11,7 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import asyncpg
 import click
@@ -114,10 +114,8 @@ def migrate_command(ctx: click.Context, as_json: bool) -> None:
     url = _database_url(ctx)
     try:
         applied = _run(_with_connection(url, migrate), needs_schema=False)  # it makes it
-    except MigrationError as exc:
-        fail(str(exc))
-    except asyncpg.PostgresError as exc:
-        fail(f"migration failed: {exc} (does this role own the schema?)")
+    except (MigrationError, asyncpg.PostgresError) as exc:
+        _migration_failed(exc)
     if as_json:
         _emit_json({"applied": applied})
     elif applied:
@@ -364,13 +362,20 @@ async def _migrated_or_fail(conn: Any) -> None:
     """Migrate when a migration is pending (as the server's start does), or say why not."""
     try:
         await migrate(conn)
-    except MigrationError as exc:
-        fail(str(exc))
-    except asyncpg.PostgresError as exc:
+    except (MigrationError, asyncpg.PostgresError) as exc:
+        _migration_failed(exc)
+
+
+def _migration_failed(exc: Exception) -> NoReturn:
+    """One line for a migration that did not happen (migrate, and serve's start)."""
+    if isinstance(exc, asyncpg.InsufficientPrivilegeError):
         fail(
             f"the database is not migrated and this role cannot migrate it ({exc}): "
             "run `fusion-ledger migrate` as the schema's owner"
         )
+    if isinstance(exc, MigrationError):  # e.g. the database is a newer release's
+        fail(str(exc))
+    fail(f"migration failed: {exc}")
 
 
 def _check_provider_keys(settings: Settings, config: Config) -> None:

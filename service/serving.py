@@ -171,7 +171,9 @@ RUNS_CLOSE_MARGIN_S = 2.0  # runs still open this long before that are closed
 
 class ClosingServer(uvicorn.Server):
     """uvicorn's server, which also closes the runs still open shortly before its
-    graceful shutdown gives up on their requests.
+    graceful shutdown gives up on their requests (runs calling their panel or judge;
+    a request still waiting on its run's first append, or on another replica's run
+    for its key, is cancelled as before).
 
     Stopping, uvicorn waits for requests in flight, then cancels them, and a cancelled
     request is answered with a bare text/plain 500; the app's own shutdown, which

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -95,17 +94,6 @@ def handle_unstorable_text(
     return problem_response(
         request, 400, "Bad request", f"{where}holds the NUL character, which is not allowed"
     )
-
-
-def aware_moment(moment: datetime) -> datetime | None:
-    """The moment (a naive one taken as UTC); None when it lies beyond what UTC can
-    hold (year 1 or 9999 with an offset), which no query could use."""
-    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-    try:
-        aware.astimezone(UTC)
-    except OverflowError:
-        return None
-    return aware
 
 
 def handle_unknown_normalizer(

@@ -17,7 +17,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody
 
 from service.api.deps import IdempotencyKey, Services, provide_services
-from service.api.errors import Problem, aware_moment
+from service.api.errors import Problem
 from service.api.fusions import client_identity
 from service.api.views import JudgeView
 from service.domain.events import JudgeKind, JudgeSpec, ReplayFilter
@@ -32,6 +32,7 @@ from service.orchestration.replay import (
     RunNotFound,
     RunNotReplayable,
 )
+from service.projections.queries import aware_moment
 
 _DEPS = {"services": Provide(provide_services, sync_to_thread=False)}
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]

@@ -12,9 +12,10 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from service.api.deps import Services, provide_services
-from service.api.errors import Problem, aware_moment
+from service.api.errors import Problem
 from service.api.views import FusionResponse, fusion_view
 from service.domain.runs import fold
+from service.projections.queries import aware_moment
 
 # The log itself, newest first through the (tenant, run.requested, position) index, each
 # run's terminal event looked up through the (stream_id, version) index; the status

@@ -213,7 +213,10 @@ class FusionRunner:
             # ended on record, and whoever waits for it gets that end to answer with
             # (a 502 saying "shutdown"), not a cancellation (a bare 500 from the server).
             task.uncancel()
-            return fold(writer.recorded)
+            state = fold(writer.recorded)
+            if not state.closed:  # its end came from elsewhere (or landed as it was cut)
+                state = fold(e.decode() for e in await self.store.read_stream(stream_id))
+            return state
         except WrongExpectedVersion:
             bound.warning("run.closed_elsewhere")
             return fold(e.decode() for e in await self.store.read_stream(stream_id))

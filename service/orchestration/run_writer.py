@@ -7,10 +7,10 @@ WrongExpectedVersion and the run stops instead of writing past a terminal event.
 
 Events that arrive while an append is in flight wait for it, then go to the log
 together in the next append (one transaction, in arrival order): members that
-answer at the same moment cost one round trip, not three, and no event waits longer
-than it would have waited for the lock anyway. A caller may also let its events
-linger a moment for others it expects (``linger_s``): members answering together
-then share one append even when the first answer finds no append in flight.
+answer at the same moment cost one round trip, not three, and such an event waits no
+longer than it would have waited for the lock anyway. A caller may also let its events
+linger a moment for others it expects (``linger_s``, the only wait added): members
+answering together then share one append even when the first finds none in flight.
 """
 
 from __future__ import annotations

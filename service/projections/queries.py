@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -67,12 +67,21 @@ def parse_time(name: str, text: str | None) -> datetime | None:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise BadQuery(f"{name}: {text!r} is not an ISO 8601 date or time") from None
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    aware = aware_moment(moment)  # the day arithmetic works in UTC
+    if aware is None:
+        raise BadQuery(f"{name}: {text!r} is out of range")
+    return aware
+
+
+def aware_moment(moment: datetime) -> datetime | None:
+    """The moment (a naive one taken as UTC); None when it lies beyond what UTC can
+    hold (year 1 or 9999 with an offset), which no query could use."""
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
     try:
-        moment.astimezone(UTC)  # the day arithmetic works in UTC
+        aware.astimezone(UTC)
     except OverflowError:
-        raise BadQuery(f"{name}: {text!r} is out of range") from None
-    return moment
+        return None
+    return aware
 
 
 def parse_group_by(text: str | None, default: Sequence[str] = ("model",)) -> tuple[str, ...]:
@@ -464,8 +473,10 @@ def _day(name: str, text: str | None) -> datetime | None:
     that is midnight UTC (any other time would silently stand for its whole day)."""
     moment = parse_time(name, text)
     if moment is not None and moment.astimezone(UTC).time() != datetime.min.time():
+        day = moment.astimezone(UTC).date()  # since: from its day; until: through it
+        near = day if name == "since" else day + timedelta(days=1) if day < date.max else day
         raise BadQuery(f"{name}: {text!r} is not a whole day; calls are counted per UTC "
-                       f"day, so give a date such as {moment.astimezone(UTC).date()}")  # fmt: skip
+                       f"day, so give a date such as {near}")  # fmt: skip
     return moment
 
 

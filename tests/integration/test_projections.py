@@ -425,7 +425,7 @@ async def test_a_window_to_the_last_day_there_is_answers(
     inside = await client.get("/v1/stats/failures?until=2026-11-29T16:00:00Z")
     assert inside.status_code == 400
     assert "not a whole day" in inside.json()["detail"]
-    assert "2026-11-29" in inside.json()["detail"]
+    assert "such as 2026-11-30" in inside.json()["detail"]  # until: through that day
     midnight = await client.get("/v1/stats/failures?since=2026-11-29T02:00:00%2B02:00")
     assert midnight.status_code == 200, midnight.text
 

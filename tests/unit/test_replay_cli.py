@@ -88,14 +88,21 @@ def test_an_interrupted_batch_was_named_on_stderr_when_accepted(
 def test_a_batch_left_to_an_upgraded_replica_says_so_while_followed(
     monkeypatch: pytest.MonkeyPatch, done: int, says: bool
 ) -> None:
-    monkeypatch.setattr(cli_replay, "time", SimpleNamespace(sleep=interrupt))
+    polls = iter([None])  # one pause, then Ctrl-C: two polls
+
+    def pause(_: float) -> None:
+        if next(polls, "stop") == "stop":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_replay, "time", SimpleNamespace(sleep=pause))
     waiting = RUNNING | {"done": done, "waiting_for_upgrade": 1}
     with batch_service(waiting) as service:
         followed = invoke("--batch", BATCH_ID, "--url", service.url)
     assert followed.exit_code == 130, followed.output  # it keeps following until Ctrl-C
+    assert [r[:2] for r in service.requests].count(("GET", f"/v1/replays/{BATCH_ID}")) == 2
     # Only once nothing else is left: until then the batch is still replaying.
     assert ("1 of its runs were recorded by a newer release" in followed.stderr) is says
-    assert followed.stderr.count("waits:") == int(says)
+    assert followed.stderr.count("waits:") == int(says)  # said once, polled twice
 
 
 def test_the_idempotency_key_is_the_filter_and_judge_sent(monkeypatch: pytest.MonkeyPatch) -> None:
