@@ -8,13 +8,14 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Annotated, Literal
 
 import asyncpg
 import msgspec
 
 from service.store.codec import RecordedEvent, genesis_hash, recorded_event_hash
 
-DIGEST_FORMAT = "fusion-ledger-digest/1"
+DIGEST_FORMAT: Literal["fusion-ledger-digest/1"] = "fusion-ledger-digest/1"
 
 CHAIN_SQL = """
 SELECT global_position, transaction_id::text::bigint AS transaction_id, stream_id,
@@ -75,15 +76,20 @@ class VerifyReport:
         return not self.problems
 
 
-class Digest(msgspec.Struct, frozen=True, kw_only=True):
-    """A commitment to the log up to a checkpoint in commit order."""
+Count = Annotated[int, msgspec.Meta(ge=0)]
 
-    format: str = DIGEST_FORMAT
-    transaction_id: int
-    global_position: int
-    events: int
-    streams: int
-    root: str
+
+class Digest(msgspec.Struct, frozen=True, kw_only=True):
+    """A commitment to the log up to a checkpoint in commit order. Read back, a file
+    of another format, a negative count or a root that is not a sha256 is refused as
+    unreadable (exit 2), rather than checked, passed or called tampering."""
+
+    format: Literal["fusion-ledger-digest/1"] = DIGEST_FORMAT
+    transaction_id: Count
+    global_position: Count
+    events: Count
+    streams: Count
+    root: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
     taken_at: str
 
 

@@ -303,6 +303,14 @@ async def test_cli_verify_and_digest(
     assert code == 0, err
     assert json.loads(out)["digest"]["ok"] is True
 
+    # A file that is not such a digest cannot be checked (2): not passed, not "tampered".
+    for change in ({"format": "something-else/9"}, {"transaction_id": -1}, {"root": "zz"}):
+        odd = tmp_path / "odd.json"
+        odd.write_text(json.dumps(saved | change))
+        code, _, err = await run_cli(database, "verify", "--digest", str(odd))
+        assert code == 2, (change, err)
+        assert "is not a fusion-ledger digest" in err
+
     victim = kept.events[0]
     await superuser.execute(
         """UPDATE events SET data = jsonb_set(data, '{message}', '"run deadline passes (0)"')
