@@ -168,8 +168,17 @@ async def test_an_interrupted_eval_resumes_and_its_summary_matches_the_log(
     assert reported["final"]["n"] == 12
     assert sum(r["n"] for s, r in reported.items() if s != "final") == 36
 
-    # once more, as a table: everything comes back, nothing new is written
+    # A corrected line under the same name asks another question of the same run: one
+    # line and exit 2, saying how to run it (another --name), nothing written.
     count = await pool.fetchval("SELECT count(*) FROM events")
+    changed = write(tmp_path / "bank.jsonl", [{**rows[0], "prompt": rows[0]["prompt"] + " "}])
+    refused = await invoke(str(changed), "--url", service_url, "--preset", "default")
+    assert refused.exit_code == 2, refused.output
+    assert "give another --name" in refused.output
+    assert await pool.fetchval("SELECT count(*) FROM events") == count
+    write(tmp_path / "bank.jsonl", rows)
+
+    # once more, as a table: everything comes back, nothing new is written
     again = await invoke(*common)
     assert again.exit_code == 0, again.output
     assert "12 lines, 0 outcomes recorded now, 12 recorded before" in again.output
