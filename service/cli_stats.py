@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 import click
+from rich.measure import Measurement
 from rich.table import Table
 
 from service.cli import NOT_MIGRATED, _database_url, _emit_json, _open_pool, _run, _with_connection
@@ -181,18 +182,47 @@ def _print_answer(result: StatsAnswer, title: str, as_json: bool) -> None:
     if not result.rows:
         console.print(f"{title}: no rows")
     else:
-        table = Table(title=title)
-        columns = list(result.rows[0])
-        for column in columns:
-            numeric = isinstance(result.rows[0][column], int | float)
-            table.add_column(column, justify="right" if numeric else "left")
-        for row in result.rows:
-            table.add_row(*(_cell(row.get(c)) for c in columns))
-        console.print(table)
+        for table in _tables(result.rows, title, console.width):
+            console.print(table)
     note = f"checkpoint {result.checkpoint}, lag {result.lag.events} event(s)"
     if result.as_of:
         note += f" (as of {result.as_of})"
     console.print(f"[dim]{note}[/dim]")
+
+
+def _tables(rows: list[dict[str, Any]], title: str, width: int) -> list[Table]:
+    """The rows as aligned tables no wider than the terminal: the labels (model,
+    category, ...) on the left of each, and as many of the figures as fit beside them,
+    the rest in the next table, instead of every column squeezed to "…"."""
+    columns = list(rows[0])
+    # A column with text in it labels the rows; the others are figures (or empty).
+    numeric = {c for c in columns if not any(isinstance(r.get(c), str) for r in rows)}
+    labels = [c for c in columns if c not in numeric]
+    figures = [c for c in columns if c in numeric]
+
+    def table(chosen: list[str], part: str) -> Table:
+        made = Table(title=title + part)
+        for column in labels + chosen:
+            made.add_column(column, justify="right" if column in numeric else "left",
+                            no_wrap=True)  # fmt: skip
+        for row in rows:
+            made.add_row(*(_cell(row.get(c)) for c in labels + chosen))
+        return made
+
+    unbounded = console.options.update_width(10_000)
+
+    def fits(chosen: list[str]) -> bool:  # at its natural width, cells whole
+        return Measurement.get(console, unbounded, table(chosen, "")).maximum <= width
+
+    parts: list[list[str]] = []
+    for column in figures:
+        if parts and fits([*parts[-1], column]):
+            parts[-1].append(column)
+        else:
+            parts.append([column])
+    if len(parts) <= 1:
+        return [table(figures, "")]
+    return [table(chosen, f" ({i} of {len(parts)})") for i, chosen in enumerate(parts, 1)]
 
 
 def _cell(value: Any) -> str:

@@ -33,12 +33,13 @@ from tests.conftest import TestDatabase
 CLI = Path(sys.executable).parent / "fusion-ledger"
 
 
-async def cli(database: TestDatabase, *args: str) -> tuple[int, str, str]:
+async def cli(database: TestDatabase, *args: str, columns: int = 200) -> tuple[int, str, str]:
     command = [str(CLI)] if CLI.exists() else [sys.executable, "-m", "service"]
     process = await asyncio.create_subprocess_exec(
         *command, "--database-url", database.url, *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**{k: v for k, v in os.environ.items() if k != "DATABASE_URL"}, "COLUMNS": "200"},
+        env={**{k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
+             "COLUMNS": str(columns)},
     )  # fmt: skip
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode is not None
@@ -116,7 +117,15 @@ async def test_worker_status_rebuild_and_statistics_commands(
 
     code, out, err = await cli(database, "stats", "judges", "--json")
     assert code == 0, err
-    assert [(r["judge"], r["runs"]) for r in json.loads(out)["rows"]] == [("vote", 4)]
+    judged = json.loads(out)["rows"]
+    assert [(r["judge"], r["runs"]) for r in judged] == [("vote", 4)]
+    # At 80 columns the figures go to as many tables as they need, each cell whole
+    # (every one was squeezed to "…" before), the labels repeated in each.
+    for command in (["stats", "judges"], ["profile"]):
+        code, out, err = await cli(database, *command, columns=80)
+        assert code == 0, err
+        assert "…" not in out and max(map(len, out.splitlines())) <= 80, out
+    assert "posterior_accuracy" in out or "judge_agreement" in out  # headers whole
 
     code, out, err = await cli(database, "projections", "rebuild", "model_stats", "--json")
     assert code == 0, err
