@@ -29,8 +29,11 @@ _ENCODER = msgspec.json.Encoder(order="sorted")
 # bytes inside a string; the exact walk in encode_json then decides.
 _MSGPACK = msgspec.msgpack.Encoder()
 _MAYBE_NON_FINITE = re.compile(rb"\xcb[\x7f\xff][\xf0-\xff]")
-# 19 digits or more: an integer that may not fit 64 bits (or digits inside a string).
-_LONG_DIGITS = re.compile(rb"\d{19}")
+# An integer of 19 digits or more, as msgspec writes one (no spaces): it may not fit 64
+# bits. Not the digits of a float (a point or an exponent follows), which a plain run
+# of digits matched in nearly every batch of events; a string can still look like
+# one, and the exact walk then decides.
+_LONG_INTEGER = re.compile(rb"[:,\[]-?\d{19,}[,\]}]")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -104,7 +107,7 @@ def encode_json(value: Any, name: str = "value") -> str:
         raise UnstorableEvent("jsonb cannot store the NUL character (\\u0000)")
     # jsonb would keep any integer, but the log's readers cast counts to bigint (the
     # projections) and read them as 64-bit: one beyond that would stop them for good.
-    if _LONG_DIGITS.search(raw):
+    if _LONG_INTEGER.search(raw):
         where = _first(msgspec.to_builtins(value), name, _beyond_64_bits)
         if where is not None:
             raise UnstorableEvent(f"{where} is an integer beyond 64 bits")
