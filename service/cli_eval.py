@@ -18,7 +18,7 @@ import httpx
 import msgspec
 from rich.table import Table
 
-from service.cli_http import api_key_option, bearer
+from service.cli_http import api_key_option, bearer, fail_response, refused_scope, scope_probe
 from service.cli_output import console, fail, progress_bar
 from service.evaluation import (
     DatasetError,
@@ -124,6 +124,10 @@ async def _evaluate(
     async with httpx.AsyncClient(
         base_url=url.rstrip("/"), headers=bearer(api_key), timeout=request_timeout_s, limits=limits
     ) as client:
+        method, path, probe = scope_probe("label")  # before any fusion is paid for
+        answered = await client.request(method, path, json=probe)
+        if refused_scope(answered):
+            fail_response(answered)
         with progress:
             bar = progress.add_task("eval", total=len(items))
             return await run_eval(

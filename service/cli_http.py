@@ -41,3 +41,21 @@ def fail_response(response: httpx.Response) -> NoReturn:
     if isinstance(body, dict):
         fail(f"{body.get('title', response.status_code)}: {body.get('detail', response.text)}")
     fail(f"HTTP {response.status_code}: {' '.join(response.text.split())[:300]}")
+
+
+# Requests the service answers 404 for, writing nothing, once a key passes: asked first,
+# they tell a key without the scope apart before any paid work starts (a batch of
+# replays submitted, then not followable; fusions run, then not gradable).
+def scope_probe(scope: str) -> tuple[str, str, dict[str, Any] | None]:
+    """(method, path, body) of a request that needs ``scope`` and changes nothing."""
+    nobody = "00000000-0000-4000-8000-000000000000"
+    if scope == "read":
+        return "GET", f"/v1/replays/{nobody}", None
+    if scope == "label":
+        return "POST", f"/v1/runs/{nobody}/outcomes", {"expected": "-", "source": "dataset"}
+    raise ValueError(f"no probe for the {scope!r} scope")
+
+
+def refused_scope(response: httpx.Response) -> bool:
+    """The probe's answer says the key may not (401, 403), rather than 'no such thing'."""
+    return response.status_code in (401, 403)

@@ -22,7 +22,7 @@ import httpx
 import msgspec
 from rich.table import Table
 
-from service.cli_http import api_key_option, bearer, fail_response
+from service.cli_http import api_key_option, bearer, fail_response, refused_scope, scope_probe
 from service.cli_output import console, fail, note, progress_bar
 
 _RELATIVE = re.compile(r"^(\d+)\s*([mhdw])$")
@@ -204,7 +204,12 @@ def _check_batch_id(batch_id: str) -> None:
 
 def _submit(client: httpx.Client, base: str, body: dict[str, Any]) -> str:
     """Submit the batch (or find the one this request made before) and name it on
-    stderr at once: it runs on in the service if this command is interrupted."""
+    stderr at once: it runs on in the service if this command is interrupted. A key
+    that may not read the batch's progress is refused first: the batch would run."""
+    method, path, probe = scope_probe("read")
+    answered = client.request(method, path, json=probe)
+    if refused_scope(answered):
+        fail_response(answered)
     headers = {"Idempotency-Key": batch_key(body)}
     response = client.post("/v1/replays", json=body, headers=headers)
     if response.status_code != 202:

@@ -196,3 +196,30 @@ async def test_fuse_and_replay_get_through_with_an_api_key(
     )  # fmt: skip
     assert replayed.returncode == 0, replayed.stderr
     assert json.loads(replayed.stdout)["source_run_id"] == run_id
+
+
+async def test_a_key_without_a_needed_scope_is_refused_before_anything_is_paid_for(
+    database: TestDatabase, secured_url: str, tmp_path: Path
+) -> None:
+    # replay needs `read` to follow its batch, eval `label` to grade: each found out
+    # only after the batch ran or the fusions were paid for
+    created = await asyncio.to_thread(
+        run_cli, "--database-url", database.url,
+        "keys", "create", "--tenant", "default", "--scopes", "fuse", "--json",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    key = {"FUSION_LEDGER_API_KEY": json.loads(created.stdout)["key"]}
+    dataset = tmp_path / "d.jsonl"
+    dataset.write_text(json.dumps({"prompt": "2+2?", "category": "arithmetic", "expected": "4"}))
+    for command, scope in (
+        (["replay", "--judge", "vote", "--since", "1d"], "read"),
+        (["eval", str(dataset)], "label"),
+    ):
+        done = await asyncio.to_thread(run_cli, *command, "--url", secured_url, env=key)
+        assert done.returncode == 2, done.stderr
+        assert f"lacks the '{scope}' scope" in one_error_line(done.stderr)
+    conn = await asyncpg.connect(database.url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM events") == 0  # no batch, no run
+    finally:
+        await conn.close()
