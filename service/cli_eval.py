@@ -125,7 +125,10 @@ async def _evaluate(
         base_url=url.rstrip("/"), headers=bearer(api_key), timeout=request_timeout_s, limits=limits
     ) as client:
         method, path, probe = scope_probe("label")  # before any fusion is paid for
-        answered = await client.request(method, path, json=probe)
+        try:
+            answered = await client.request(method, path, json=probe)
+        except httpx.HTTPError as exc:
+            fail(f"cannot reach the service at {url}: {exc!r}; nothing was run")
         if refused_scope(answered):
             fail_response(answered)
         with progress:

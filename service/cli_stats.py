@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 import click
-from rich.measure import Measurement
+from rich.cells import cell_len
 from rich.table import Table
 
 from service.cli import NOT_MIGRATED, _database_url, _emit_json, _open_pool, _run, _with_connection
@@ -193,35 +193,37 @@ def _print_answer(result: StatsAnswer, title: str, as_json: bool) -> None:
 def _tables(rows: list[dict[str, Any]], title: str, width: int) -> list[Table]:
     """The rows as aligned tables no wider than the terminal: the labels (model,
     category, ...) on the left of each, and as many of the figures as fit beside them,
-    the rest in the next table, instead of every column squeezed to "…"."""
+    the rest in the next table, instead of every column squeezed to "…". One table
+    when even one figure beside the labels would not fit (splitting would not help)."""
     columns = list(rows[0])
     # A column with text in it labels the rows; the others are figures (or empty).
     numeric = {c for c in columns if not any(isinstance(r.get(c), str) for r in rows)}
     labels = [c for c in columns if c not in numeric]
     figures = [c for c in columns if c in numeric]
+    # Each column's natural width, measured once: header or widest cell, plus its
+    # padding and rule (rich's default box: 3 cells a column, 1 more for the edge).
+    wide = {c: max(cell_len(c), *(cell_len(_cell(r.get(c))) for r in rows)) + 3 for c in columns}
+    room = width - 1 - sum(wide[c] for c in labels)
 
     def table(chosen: list[str], part: str) -> Table:
         made = Table(title=title + part)
         for column in labels + chosen:
             made.add_column(column, justify="right" if column in numeric else "left",
-                            no_wrap=True)  # fmt: skip
+                            no_wrap=column in numeric)  # fmt: skip
         for row in rows:
             made.add_row(*(_cell(row.get(c)) for c in labels + chosen))
         return made
 
-    unbounded = console.options.update_width(10_000)
-
-    def fits(chosen: list[str]) -> bool:  # at its natural width, cells whole
-        return Measurement.get(console, unbounded, table(chosen, "")).maximum <= width
-
-    parts: list[list[str]] = []
-    for column in figures:
-        if parts and fits([*parts[-1], column]):
-            parts[-1].append(column)
-        else:
-            parts.append([column])
-    if len(parts) <= 1:
+    if sum(wide[c] for c in figures) <= room or max((wide[c] for c in figures), default=0) > room:
         return [table(figures, "")]
+    parts: list[list[str]] = [[]]
+    used = 0
+    for column in figures:
+        if parts[-1] and used + wide[column] > room:
+            parts.append([])
+            used = 0
+        parts[-1].append(column)
+        used += wide[column]
     return [table(chosen, f" ({i} of {len(parts)})") for i, chosen in enumerate(parts, 1)]
 
 

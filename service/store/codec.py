@@ -33,7 +33,7 @@ _MAYBE_NON_FINITE = re.compile(rb"\xcb[\x7f\xff][\xf0-\xff]")
 # bits. Not the digits of a float (a point or an exponent follows), which a plain run
 # of digits matched in nearly every batch of events; a string can still look like
 # one, and the exact walk then decides.
-_LONG_INTEGER = re.compile(rb"[:,\[]-?\d{19,}[,\]}]")
+_LONG_INTEGER = re.compile(rb"(?:^|[:,\[])-?\d{19,}(?:[,\]}]|$)")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 

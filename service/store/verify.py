@@ -84,7 +84,7 @@ class Digest(msgspec.Struct, frozen=True, kw_only=True):
     of another format, a negative count or a root that is not a sha256 is refused as
     unreadable (exit 2), rather than checked, passed or called tampering."""
 
-    format: Literal["fusion-ledger-digest/1"] = DIGEST_FORMAT
+    format: Literal["fusion-ledger-digest/1"]  # required: a file without it is not one
     transaction_id: Count
     global_position: Count
     events: Count
@@ -200,6 +200,7 @@ async def take_digest(conn: asyncpg.Connection, up_to_position: int | None = Non
         root, count, streams, last = await _fold(rows)
     xid, pos = last
     return Digest(
+        format=DIGEST_FORMAT,
         transaction_id=xid,
         global_position=pos,
         events=count,

@@ -117,6 +117,11 @@ async def test_an_interrupted_eval_resumes_and_its_summary_matches_the_log(
     dataset = write(tmp_path / "bank.jsonl", rows)
     common = [str(dataset), "--url", service_url, "--preset", "default"]
 
+    # no service there: one line, nothing run (it asks first whether the key may label)
+    unreachable = await invoke(str(dataset), "--url", "http://127.0.0.1:9")
+    assert unreachable.exit_code == 2, unreachable.output
+    assert "cannot reach the service" in unreachable.output
+    assert "Traceback" not in unreachable.output
     # a bad line anywhere: refused before anything runs, naming the line
     broken = write(tmp_path / "broken.jsonl", [*rows[:2], {"prompt": "2+2?", "category": "x"}])
     refused = await invoke(str(broken), "--url", service_url)

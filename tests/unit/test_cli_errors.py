@@ -129,7 +129,8 @@ def test_fuse_and_replay_send_the_api_key_from_the_option_or_the_environment() -
         ("POST", "/v1/fusions", "Bearer fl_env"),
         ("POST", "/v1/fusions", None),
         ("POST", "/v1/runs/r1/replays", "Bearer fl_one"),
-        ("POST", "/v1/replays", "Bearer fl_batch"),
+        # a batch first asks whether the key may read its progress: refused, no batch
+        ("GET", "/v1/replays/00000000-0000-4000-8000-000000000000", "Bearer fl_batch"),
     ]
     for r in results:
         assert r.exit_code == 2, r.output

@@ -13,7 +13,7 @@ from service.store.codec import _LONG_INTEGER
 
 @pytest.mark.parametrize(
     "value",
-    [{"a": 2**63}, {"a": [1, -(2**64)]}, [10**20], {"a": {"b": 10**30}}],
+    [{"a": 2**63}, {"a": [1, -(2**64)]}, [10**20], {"a": {"b": 10**30}}, 2**70, -(2**63) - 1],
 )
 def test_every_integer_beyond_18_digits_is_suspect(value: object) -> None:
     assert _LONG_INTEGER.search(msgspec.json.encode(value))
