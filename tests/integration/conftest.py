@@ -8,6 +8,7 @@ import socket
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -70,4 +71,27 @@ async def empty_schema_url(postgres_url: str) -> AsyncIterator[str]:
         yield with_search_path(postgres_url, schema)
     finally:
         await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await admin.close()
+
+
+@pytest.fixture
+async def ungranted_url(database: TestDatabase) -> AsyncIterator[str]:
+    """The URL of a role that may log in and see that the schema is migrated (the
+    read-only check `serve` makes first), and nothing more."""
+    role = f"fl_none_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(database.admin_url)
+    try:
+        await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+    except asyncpg.InsufficientPrivilegeError:
+        await admin.close()
+        pytest.skip("this server's test role may not create roles")
+    try:
+        await admin.execute(f'GRANT USAGE ON SCHEMA "{database.schema}" TO "{role}"')
+        await admin.execute(f'GRANT SELECT ON "{database.schema}".schema_migrations TO "{role}"')
+        parts = urlsplit(database.url)
+        netloc = f"{role}@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+        yield urlunsplit(parts._replace(netloc=netloc))
+    finally:
+        await admin.execute(f'DROP OWNED BY "{role}"')
+        await admin.execute(f'DROP ROLE "{role}"')
         await admin.close()

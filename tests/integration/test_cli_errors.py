@@ -8,9 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -58,28 +57,6 @@ async def test_an_unmigrated_database_is_one_line_and_exit_2(
     finally:
         await admin.close()
     assert made == []
-
-
-@pytest.fixture
-async def ungranted_url(database: TestDatabase) -> AsyncIterator[str]:
-    """A role that may log in and see the schema is migrated, and nothing more."""
-    role = f"fl_none_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(database.admin_url)
-    try:
-        await admin.execute(f'CREATE ROLE "{role}" LOGIN')
-    except asyncpg.InsufficientPrivilegeError:
-        await admin.close()
-        pytest.skip("this server's test role may not create roles")
-    try:
-        await admin.execute(f'GRANT USAGE ON SCHEMA "{database.schema}" TO "{role}"')
-        await admin.execute(f'GRANT SELECT ON "{database.schema}".schema_migrations TO "{role}"')
-        parts = urlsplit(database.url)
-        netloc = f"{role}@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-        yield urlunsplit(parts._replace(netloc=netloc))
-    finally:
-        await admin.execute(f'DROP OWNED BY "{role}"')
-        await admin.execute(f'DROP ROLE "{role}"')
-        await admin.close()
 
 
 @pytest.mark.parametrize(
