@@ -87,6 +87,23 @@ async def _with_connection(url: str, work: Callable[[Any], Awaitable[T]]) -> T:
         await conn.close()
 
 
+def _set_database_url(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+    if value is not None:  # the group's context shares this dict with its commands
+        ctx.ensure_object(dict)["database_url"] = value
+
+
+# The same option after the command (`fusion-ledger verify --database-url …`), where
+# people put it too; the group's own option, before the command, also reads the
+# environment.
+database_url_option = click.option(
+    "--database-url",
+    default=None,
+    expose_value=False,
+    callback=_set_database_url,
+    help="Postgres URL (as before the command; default: the environment's).",
+)
+
+
 @click.group()
 @click.option(
     "--database-url",
@@ -107,6 +124,7 @@ def main(ctx: click.Context, database_url: str | None) -> None:
 
 
 @main.command("migrate")
+@database_url_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def migrate_command(ctx: click.Context, as_json: bool) -> None:
@@ -126,6 +144,7 @@ def migrate_command(ctx: click.Context, as_json: bool) -> None:
 
 
 @main.command("verify")
+@database_url_option
 @click.option(
     "--digest",
     "digest_file",
@@ -210,6 +229,7 @@ class _nothing:
 
 
 @main.command("digest")
+@database_url_option
 @click.option(
     "--position",
     type=click.IntRange(min=1),
@@ -273,6 +293,7 @@ PORT = click.IntRange(1, 65535)
 
 
 @main.command("serve")
+@database_url_option
 @click.option("--host", default=None, help="Interface to listen on (default 127.0.0.1).")
 @click.option("--port", type=PORT, default=None, help="Port (default 8000).")
 @click.option(
@@ -392,6 +413,7 @@ def _check_provider_keys(settings: Settings, config: Config) -> None:
 
 
 @main.command("up")
+@database_url_option
 @click.option("--host", default=None, help="Interface to listen on (default 127.0.0.1).")
 @click.option("--port", type=PORT, default=None, help="Port (default 8000).")
 @click.option(

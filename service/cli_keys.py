@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from service.auth import SCOPES, InvalidKeyRequest, create_key, revoke_key
-from service.cli import _database_url, _emit_json, _run, _with_connection
+from service.cli import _database_url, _emit_json, _run, _with_connection, database_url_option
 from service.cli_output import console, fail, id_column
 
 
@@ -18,6 +18,7 @@ def keys_group() -> None:
 
 
 @keys_group.command("create")
+@database_url_option
 @click.option("--tenant", required=True, help="The tenant whose data the key may touch.")
 @click.option(
     "--scopes",
@@ -57,6 +58,7 @@ def create_command(
 
 
 @keys_group.command("revoke")
+@database_url_option
 @click.argument("key_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
@@ -72,6 +74,7 @@ def revoke_command(ctx: click.Context, key_id: str, as_json: bool) -> None:
 
 
 @keys_group.command("list")
+@database_url_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def list_command(ctx: click.Context, as_json: bool) -> None:

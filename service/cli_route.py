@@ -9,7 +9,7 @@ import click
 import msgspec
 from rich.table import Table
 
-from service.cli import _database_url, _emit_json, _open_pool, _run
+from service.cli import _database_url, _emit_json, _open_pool, _run, database_url_option
 from service.cli_output import console, fail
 from service.config import Config, ConfigError
 from service.orchestration.route_explain import Explanation, NotRouted, explain_run
@@ -22,6 +22,7 @@ def route_group() -> None:
 
 
 @route_group.command("explain")
+@database_url_option
 @click.argument("run_id")
 @click.option(
     "--config",

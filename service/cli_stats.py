@@ -13,7 +13,15 @@ import click
 from rich.cells import cell_len
 from rich.table import Table
 
-from service.cli import NOT_MIGRATED, _database_url, _emit_json, _open_pool, _run, _with_connection
+from service.cli import (
+    NOT_MIGRATED,
+    _database_url,
+    _emit_json,
+    _open_pool,
+    _run,
+    _with_connection,
+    database_url_option,
+)
 from service.cli_output import console, fail, note, progress_bar
 from service.logging import configure_logging
 from service.projections import runner
@@ -38,6 +46,7 @@ async def _require_migrated(pool: asyncpg.Pool) -> None:
 
 
 @click.command("worker")
+@database_url_option
 @click.option("--once", is_flag=True, help="Apply what is in the log now, then exit.")
 @click.option("--poll-interval", type=float, default=1.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with --once).")
@@ -95,6 +104,7 @@ def _status_table(rows: list[runner.ProjectionStatus]) -> Table:
 
 
 @projections_group.command("status")
+@database_url_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def status_command(ctx: click.Context, as_json: bool) -> None:
@@ -116,6 +126,7 @@ def _status_json(s: runner.ProjectionStatus) -> dict[str, Any]:
 
 
 @projections_group.command("rebuild")
+@database_url_option
 @click.argument("name", required=False, type=click.Choice(sorted(BY_NAME)))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
@@ -261,6 +272,7 @@ def stats_group() -> None:
 
 
 @stats_group.command("failures")
+@database_url_option
 @click.option(
     "--group-by",
     default="model",
@@ -300,6 +312,7 @@ def failures_command(
 
 
 @stats_group.command("co-failures")
+@database_url_option
 @click.option("--model", default=None)
 @click.option("--category", default=None)
 @click.option("--min-n", type=int, default=1, show_default=True)
@@ -323,6 +336,7 @@ def co_failures_command(
 
 
 @stats_group.command("judges")
+@database_url_option
 @click.option("--category", default=None)
 @click.option("--judge", default=None, help="kind[:model][+weighted][+informed]")
 @_tenant
@@ -343,6 +357,7 @@ def judges_command(
 
 
 @click.command("profile")
+@database_url_option
 @click.option("--model", default=None)
 @click.option("--category", default=None)
 @_tenant

@@ -203,6 +203,18 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["verify"], ["stats", "judges"], ["keys", "list"], ["projections", "status"], ["migrate"]],
+    ids=" ".join,
+)
+def test_the_database_url_may_follow_the_command(command: list[str]) -> None:
+    # `fusion-ledger verify --database-url …` said "No such option"
+    done = run_cli(*command, "--database-url", UNREACHABLE)
+    assert done.returncode == 2, done.stderr
+    assert one_error_line(done.stderr).startswith("cannot connect to the database: ")
+
+
 def test_the_projects_own_database_variable_comes_first_as_in_the_settings() -> None:
     both = {
         "FUSION_LEDGER_DATABASE_URL": UNREACHABLE,
