@@ -19,6 +19,7 @@ from service.projections.queries import (
     Query,
     StatsAnswer,
     answer,
+    answer_columns,
     failures_query,
 )
 
@@ -26,9 +27,10 @@ _DEPS = {"services": Provide(provide_services, sync_to_thread=False)}
 CSV = "text/csv"
 
 
-def to_csv(rows: list[dict[str, Any]]) -> str:
-    """Rows as CSV with a header line; columns in first-seen order."""
-    columns: dict[str, None] = {}
+def to_csv(rows: list[dict[str, Any]], header: list[str]) -> str:
+    """Rows as CSV with a header line; columns in first-seen order (``header`` when
+    there are no rows: a client still sees what the columns are)."""
+    columns: dict[str, None] = {} if rows else dict.fromkeys(header)
     for row in rows:
         columns.update(dict.fromkeys(row))
     out = io.StringIO()
@@ -53,7 +55,7 @@ async def respond(request: Request[Any, Any, Any], services: Services, build: An
         "x-projection-lag-seconds": f"{result.lag.seconds:.3f}",
     }
     if CSV in (request.headers.get("accept") or ""):
-        return Response(to_csv(result.rows), media_type=CSV, headers=headers)
+        return Response(to_csv(result.rows, answer_columns(query)), media_type=CSV, headers=headers)
     return Response(result, headers=headers)
 
 

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import msgspec
@@ -508,6 +508,26 @@ async def _rows(conn: Connection, q: Query) -> list[dict[str, Any]]:
         return [co_failure_row(r) for r in rows]
     rows = await conn.fetch(JUDGES_SQL, q.tenant, q.category, q.judge)
     return [judge_row(r) for r in rows]
+
+
+class _Blank(dict[str, Any]):
+    """A record whose every field is 0: what a row made from it shows is its keys."""
+
+    def __missing__(self, key: str) -> int:
+        return 0
+
+
+def answer_columns(q: Query) -> list[str]:
+    """The columns of the query's rows, also when it has none (a CSV header): the keys
+    of a row made from a blank record by the same function, so they cannot drift."""
+    blank = cast(asyncpg.Record, _Blank())
+    if q.kind == "profiles":
+        return list(profile_row(blank))
+    if q.kind == "failures":
+        return list(failure_rows([blank], q.group_by)[0])
+    if q.kind == "co-failures":
+        return list(co_failure_row(blank))
+    return list(judge_row(blank))
 
 
 async def answer(conn: Connection, q: Query) -> StatsAnswer:

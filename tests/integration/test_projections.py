@@ -314,6 +314,17 @@ async def test_every_statistic_equals_the_count_from_the_events(
     lines = response.text.strip().splitlines()
     assert lines[0].startswith("model,category,n,") and len(lines) == len(got["profiles"]) + 1
     assert response.headers["x-projection-lag-events"] == "0"
+    # An empty answer still names its columns (it was a bare newline), the same ones.
+    csv = {"accept": "text/csv"}
+    for path in ("/v1/profiles", "/v1/stats/failures?group_by=model,error_kind",
+                 "/v1/stats/failures?group_by=day,category", "/v1/stats/co-failures",
+                 "/v1/stats/judges"):  # fmt: skip
+        joined = "&" if "?" in path else "?"
+        rows = (await client.get(path)).json()["rows"]
+        assert rows, path  # the mix above gives every question rows
+        full = (await client.get(path, headers=csv)).text.splitlines()[0]
+        empty = (await client.get(f"{path}{joined}category=none-such", headers=csv)).text
+        assert full == ",".join(rows[0]) == empty.strip(), path
 
 
 async def test_rebuild_crash_and_two_workers_change_nothing(
