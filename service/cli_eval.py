@@ -195,7 +195,7 @@ def eval_command(
     except EvalFailed as exc:
         if exc.resumable:  # exit 1: stopped partway, and running again goes on
             fail(f"{exc}; {_RESUME}", 1)
-        if "Idempotency-Key reused" in str(exc):  # this name's line was run as another ask
+        if exc.key_reused:  # this name's line was run as another ask
             fail(
                 f"{exc}; the eval's name (--name, by default the file's name) and each "
                 "line's id name its runs: give another --name for a changed dataset"

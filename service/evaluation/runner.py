@@ -45,10 +45,23 @@ class EvalFailed(Exception):
     the line's runs short); else the service refused the request as it is (an unknown
     preset, a missing scope), and so would again."""
 
-    def __init__(self, item: EvalItem, message: str, *, resumable: bool = False) -> None:
+    def __init__(
+        self, item: EvalItem, message: str, *, resumable: bool = False, key_reused: bool = False
+    ) -> None:
         super().__init__(f"{item.name}: {message}")
         self.item = item
         self.resumable = resumable
+        self.key_reused = key_reused  # the line's key made another ask before
+
+
+def _refused(item: EvalItem, what: str, response: httpx.Response) -> EvalFailed:
+    """The service refused a line's request: running again helps only after a 5xx."""
+    return EvalFailed(
+        item,
+        f"{what}: {_problem(response)}",
+        resumable=response.status_code >= 500,
+        key_reused=_title(response) == "Idempotency-Key reused",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,11 +144,7 @@ async def evaluate_item(client: httpx.AsyncClient, spec: EvalSpec, item: EvalIte
     outcome = {"expected": item.expected, "source": "dataset", "label": spec.label}
     graded = await _post(client, item, f"/v1/runs/{run.run_id}/outcomes", outcome, headers)
     if graded.status_code not in (200, 201):
-        raise EvalFailed(
-            item,
-            f"outcome refused on run {run.run_id}: {_problem(graded)}",
-            resumable=graded.status_code >= 500,
-        )
+        raise _refused(item, f"outcome refused on run {run.run_id}", graded)
     return ItemResult(item, run, _decode(item, graded, OutcomeReply))
 
 
@@ -149,9 +158,7 @@ async def _fuse(
         body, headers = spec.fusion_body(item), {"Idempotency-Key": key}
         answer = await _post(client, item, "/v1/fusions", body, headers)
         if answer.status_code not in _FUSION_ANSWERED:
-            raise EvalFailed(
-                item, f"fusion refused: {_problem(answer)}", resumable=answer.status_code >= 500
-            )
+            raise _refused(item, "fusion refused", answer)
         run = _decode(item, answer, FusionReply)
         if run.failure_reason not in _CUT_SHORT:
             return run, key
@@ -201,3 +208,11 @@ def _problem(response: httpx.Response) -> str:
         return f"{body.get('title', response.status_code)}: {body.get('detail', '')}"
     except ValueError:
         return f"HTTP {response.status_code}: {response.text[:300]}"
+
+
+def _title(response: httpx.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get("title") if isinstance(body, dict) else None
