@@ -171,15 +171,15 @@ RUNS_CLOSE_MARGIN_S = 2.0  # runs still open this long before that are closed
 
 class ClosingServer(uvicorn.Server):
     """uvicorn's server, which also closes the runs still open shortly before its
-    graceful shutdown gives up on their requests (runs calling their panel or judge;
-    a request still waiting on its run's first append, or on another replica's run
-    for its key, is cancelled as before).
+    graceful shutdown gives up on their requests.
 
     Stopping, uvicorn waits for requests in flight, then cancels them, and a cancelled
     request is answered with a bare text/plain 500; the app's own shutdown, which
     records such runs as run.failed ("shutdown"), only comes after. Closed first, each
     run ends on record and its request answers as for any failed run: a 502 problem
-    with failure_reason "shutdown", then the connection closes.
+    with failure_reason "shutdown", then the connection closes. A request for which
+    nothing ran here (its first append did not land, or it waited on another replica's
+    run of its Idempotency-Key) gets a 503 with Retry-After.
     """
 
     def __init__(self, config: uvicorn.Config, app: Litestar) -> None:

@@ -15,7 +15,7 @@ from service.api.errors import Problem
 from service.api.views import FusionResponse, fusion_view
 from service.config import BoundedParams, PanelEntry
 from service.domain.events import ClientIdentity, JudgeSpec, Message
-from service.orchestration.fusion import Fused, IdempotencyConflict, Overloaded
+from service.orchestration.fusion import Fused, IdempotencyConflict, Overloaded, ShuttingDown
 from service.orchestration.planning import FusionAsk, InvalidRequest, plan_fusion
 from service.store import UnstorableEvent
 
@@ -140,7 +140,7 @@ def observe_overhead(services: Services, fused: Fused, started: float) -> Provid
 
 async def run_ask(services: Services, ask: FusionAsk) -> tuple[str, Fused]:
     """Plan and run; InvalidRequest and IdempotencyConflict become 4xx problems, a full
-    process a 503 with Retry-After."""
+    or stopping process a 503 with Retry-After."""
     try:
         plan = plan_fusion(services.config, ask)
     except InvalidRequest as exc:
@@ -155,6 +155,9 @@ async def run_ask(services: Services, ask: FusionAsk) -> tuple[str, Fused]:
     except Overloaded as exc:
         detail = f"the service is at capacity ({exc}); retry shortly"
         raise Problem(503, "Overloaded", detail, headers={"retry-after": "1"}) from exc
+    except ShuttingDown as exc:
+        detail = f"{exc}; retry (with the same Idempotency-Key, if any)"
+        raise Problem(503, "Shutting down", detail, headers={"retry-after": "1"}) from exc
     return str(run_id), fused
 
 

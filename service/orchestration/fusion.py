@@ -65,6 +65,11 @@ class IdempotencyConflict(Exception):
     """The Idempotency-Key was used before for a different request."""
 
 
+class ShuttingDown(Exception):
+    """This process stopped before the run began here; retrying elsewhere is safe (with
+    the same Idempotency-Key, the retry finds the run if another replica drives it)."""
+
+
 class Overloaded(Exception):
     """This process drives as many runs as it may; nothing was started or written."""
 
@@ -174,6 +179,16 @@ class FusionRunner:
         started = time.perf_counter()
         try:
             return await self._run_on(writer, run_id, plan, started)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if writer.recorded or not self._shutting_down(run_id) or task is None:
+                raise
+            if task.cancelling() != 1:  # cancelled by something else too
+                raise
+            # Shut down before this run wrote anything (its first append did not land),
+            # or while it waited for another replica's run of its Idempotency-Key.
+            task.uncancel()
+            raise ShuttingDown("the service is shutting down; nothing was run") from None
         finally:
             # Every path that closes the run (unroutable, failed, finalized, internal
             # error, cancelled) passes here once, returning or raising.
@@ -193,30 +208,22 @@ class FusionRunner:
         selected = PanelSelected(
             members=members, method=plan.panel_method, router=plan.router_decision
         )
+        # Not cut midway by a cancellation: closing the run needs to know whether it exists.
+        first = asyncio.ensure_future(writer.append(requested, selected))
         try:
-            ids = await writer.append(requested, selected)
+            ids = await asyncio.shield(first)
         except WrongExpectedVersion:
             return await self._existing(stream_id, plan, requested)
+        except asyncio.CancelledError:
+            await asyncio.wait([first])
+            if not writer.recorded:
+                raise  # nothing of this run was written (_run says why)
+            return await self._cancelled(writer, run_id, started)
         try:
             with run_span(str(run_id), plan.category, plan.preset):
                 state = await self._drive(writer, plan, members, ids[1], started)
         except asyncio.CancelledError:
-            handle = self._open.get(run_id)
-            reason: RunFailureReason = "cancelled"
-            if handle is not None and "shutdown" in handle.cancel_reason:
-                reason = "shutdown"
-            await asyncio.shield(self._fail(writer, reason, f"run {reason}", started))
-            task = asyncio.current_task()
-            if reason != "shutdown" or task is None or task.cancelling() != 1:
-                raise
-            # Closed by this process's shutdown (close()), and by nothing else: the run
-            # ended on record, and whoever waits for it gets that end to answer with
-            # (a 502 saying "shutdown"), not a cancellation (a bare 500 from the server).
-            task.uncancel()
-            state = fold(writer.recorded)
-            if not state.closed:  # its end came from elsewhere (or landed as it was cut)
-                state = fold(e.decode() for e in await self.store.read_stream(stream_id))
-            return state
+            return await self._cancelled(writer, run_id, started)
         except WrongExpectedVersion:
             bound.warning("run.closed_elsewhere")
             return fold(e.decode() for e in await self.store.read_stream(stream_id))
@@ -226,6 +233,26 @@ class FusionRunner:
             # As the log has it: the close above, or one written elsewhere first.
             return fold(e.decode() for e in await self.store.read_stream(stream_id))
         return state
+
+    async def _cancelled(self, writer: RunWriter, run_id: uuid.UUID, started: float) -> RunState:
+        """Record the cancelled run's end; then re-raise the cancellation, unless it was
+        this process's shutdown (close()) and nothing else: whoever waits for the run
+        then gets its recorded end to answer with (a 502 saying "shutdown"), not a
+        cancellation (a bare 500 from the server)."""
+        reason: RunFailureReason = "shutdown" if self._shutting_down(run_id) else "cancelled"
+        await asyncio.shield(self._fail(writer, reason, f"run {reason}", started))
+        task = asyncio.current_task()
+        if reason != "shutdown" or task is None or task.cancelling() != 1:
+            raise asyncio.CancelledError
+        task.uncancel()
+        state = fold(writer.recorded)
+        if not state.closed:  # its end came from elsewhere (or landed as it was cut)
+            state = fold(e.decode() for e in await self.store.read_stream(writer.stream_id))
+        return state
+
+    def _shutting_down(self, run_id: uuid.UUID) -> bool:
+        handle = self._open.get(run_id)
+        return handle is not None and "shutdown" in handle.cancel_reason
 
     def _closed(self, writer: RunWriter, started: float) -> None:
         """Count the run and log its summary, if this process wrote its terminal event

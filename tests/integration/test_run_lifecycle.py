@@ -16,6 +16,7 @@ import httpx
 import pytest
 import uvicorn
 
+from service.api.fusions import FusionBody, ask_from_body
 from service.app import create_app
 from service.config import Config, parse_config
 from service.domain.events import (
@@ -28,14 +29,17 @@ from service.domain.events import (
     RunFailed,
     RunRequested,
 )
+from service.domain.scoring import CURRENT_NORMALIZER
 from service.orchestration import fusion
 from service.orchestration.fusion import FusionRunner
 from service.orchestration.plan import FusionPlan
+from service.orchestration.planning import plan_fusion
 from service.orchestration.sweeper import FULL_SWEEP_EVERY, Sweeper, sweep_once
 from service.providers.registry import ProviderRegistry
 from service.serving import RUNS_CLOSE_MARGIN_S, ClosingServer
 from service.settings import Settings
 from service.store import NO_STREAM, EventStore, NewEvent, WrongExpectedVersion
+from service.store.database import create_pool
 from tests.conftest import TestDatabase
 
 CONFIG = """
@@ -128,6 +132,83 @@ async def test_shutdown_fails_open_runs(store: EventStore, config: Config) -> No
     assert types[-1] == "run.failed"
     last = (await store.read_stream(f"run-{run_id}"))[-1].decode()
     assert last.reason == "shutdown"  # type: ignore[attr-defined]
+
+
+async def hold_stream(blocker: asyncpg.Connection, stream_id: str) -> None:
+    """Create the stream's row uncommitted on ``blocker``: an append to it waits."""
+    await blocker.execute("BEGIN")
+    await blocker.execute(
+        "INSERT INTO streams (stream_id, category, version, last_hash) VALUES ($1, 'run', 1, '')",
+        stream_id,
+    )
+
+
+async def until_an_append_waits(store: EventStore) -> None:
+    # Not on the blocker: inside its transaction the statistics views stay as first read.
+    for _ in range(500):
+        if await store.pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE '%append%'"
+        ):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the run's first append never waited")
+
+
+@pytest.mark.parametrize("landed", [True, False])
+async def test_shutdown_during_the_first_append(
+    store: EventStore, config: Config, landed: bool
+) -> None:
+    # Before: the cancellation cut the first append short, the run task ended
+    # cancelled, and the waiting request got a bare 500; a run whose first events did
+    # land stayed open until a sweeper closed it as abandoned.
+    remote = Remote()
+    run_id = uuid.uuid4()
+    async with httpx.MockTransport(remote.handle) as http, store.pool.acquire() as blocker:
+        runner = FusionRunner(store, ProviderRegistry(config, http, lambda _: None))
+        await hold_stream(blocker, f"run-{run_id}")
+        task = asyncio.create_task(runner.fuse(plan(["fast"]), run_id))
+        await until_an_append_waits(store)
+        closing = asyncio.create_task(runner.close("shutdown"))
+        await asyncio.sleep(0.05)
+        assert not task.done()  # the append is not cut midway: it waits for the lock
+        # landed: the row goes away and the append goes on; else the row stays and the
+        # append finds the stream taken: nothing of this run is written
+        await blocker.execute("ROLLBACK" if landed else "COMMIT")
+        await closing
+        if landed:
+            state = await task
+            assert state.failed is not None and state.failed.reason == "shutdown"
+        else:
+            with pytest.raises(fusion.ShuttingDown):
+                await task
+    types = await types_of(store, f"run-{run_id}")
+    if landed:
+        assert types == ["run.requested", "panel.selected", "run.failed"]
+    else:
+        assert types == []
+    assert remote.calls == 0  # no member was called for a run closed before it began
+
+
+async def test_shutdown_while_waiting_for_another_replicas_run(
+    store: EventStore, config: Config
+) -> None:
+    # The same Idempotency-Key's run, open in another process: this one polls it until
+    # it closes. Stopping, it answers "retry" (a 503), not a cancellation (a bare 500).
+    remote = Remote()
+    run_id = uuid.uuid4()
+    asked = plan(["fast"])
+    elsewhere = [NewEvent(fusion._requested(run_id, asked, 1), {"tenant": "t1"})]
+    await store.append_to_stream(f"run-{run_id}", elsewhere, NO_STREAM)
+    async with httpx.MockTransport(remote.handle) as http:
+        runner = FusionRunner(store, ProviderRegistry(config, http, lambda _: None))
+        task = asyncio.create_task(runner.fuse(asked, run_id))
+        await asyncio.sleep(0.2)
+        assert not task.done()  # polling the other run
+        await runner.close("shutdown")
+        with pytest.raises(fusion.ShuttingDown):
+            await task
+    assert await types_of(store, f"run-{run_id}") == ["run.requested"]  # left to its owner
 
 
 async def test_client_disconnect_does_not_stop_the_run(store: EventStore, config: Config) -> None:
@@ -320,13 +401,40 @@ async def test_a_stopping_server_answers_a_waiting_request_with_its_runs_end(
             await asyncio.sleep(0.05)
         body = {"prompt": "3+4?", "panel": ["fast", "hang"]}
         waiting = asyncio.create_task(client.post("/v1/fusions", json=body))
+        # Another request's key names a run another replica drives (still open).
+        key = {"idempotency-key": "elsewhere"}
+        elsewhere = plan_fusion(
+            config,
+            ask_from_body(FusionBody(prompt="1+1?"), ClientIdentity(), key["idempotency-key"]),
+        )
+        other = await create_pool(database.url, min_size=1, max_size=1)
+        try:
+            await EventStore(other).append_to_stream(
+                f"run-{elsewhere.run_id()}",
+                [
+                    NewEvent(
+                        fusion._requested(elsewhere.run_id(), elsewhere, CURRENT_NORMALIZER), {}
+                    )
+                ],
+                NO_STREAM,
+            )
+        finally:
+            await other.close()
+        polling = asyncio.create_task(
+            client.post("/v1/fusions", json={"prompt": "1+1?"}, headers=key)
+        )
         for _ in range(400):  # both members called: the run is open, waiting on `hang`
             if remote.calls >= 2:
                 break
             await asyncio.sleep(0.01)
         server.should_exit = True  # as SIGTERM does
         response = await waiting
+        retry = await polling
     await asyncio.to_thread(thread.join, 30)
+    # Nothing ran here for this one: "retry", and the retry finds the other replica's run.
+    assert retry.status_code == 503, retry.text
+    assert retry.headers["retry-after"] == "1"
+    assert retry.json()["title"] == "Shutting down"
     assert response.status_code == 502, response.text
     assert response.headers["content-type"].startswith("application/json")
     assert response.json()["failure_reason"] == "shutdown"
