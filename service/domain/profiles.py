@@ -175,8 +175,11 @@ class ProfileBuilder:
                 c.calls, c.failures, c.cost_usd, c.latency_ms, c.output_tokens,
             )  # fmt: skip
 
-    def record_outcome(self, category: str, members: Iterable[tuple[str, bool]]) -> None:
-        """Ground truth: each (model) member's answer was right or not (outcome.recorded).
+    def record_outcome(
+        self, category: str, members: Iterable[tuple[str, bool]], sign: int = 1
+    ) -> None:
+        """Ground truth: each (model) member's answer was right or not (outcome.recorded);
+        ``sign=-1`` takes back an outcome a later one replaced (a run's latest counts).
 
         Also counts co-failure over every pair of graded seats, a model with itself
         included (self-fusion seats), since that is what makes self-fusion pay or not.
@@ -185,7 +188,7 @@ class ProfileBuilder:
         for model, correct in graded:
             c = self.cells.get((model, category), EMPTY_CELL)
             self.cells[(model, category)] = CellStats(
-                c.right + correct, c.wrong + (not correct), c.agree, c.disagree,
+                c.right + sign * correct, c.wrong + sign * (not correct), c.agree, c.disagree,
                 c.calls, c.failures, c.cost_usd, c.latency_ms, c.output_tokens,
             )  # fmt: skip
         for i, (a, a_right) in enumerate(graded):
@@ -195,9 +198,9 @@ class ProfileBuilder:
                 both_wrong = not a_right and not b_right
                 both_right = a_right and b_right
                 self.pairs[key] = PairStats(
-                    p.both_wrong + both_wrong,
-                    p.one_wrong + (not both_wrong and not both_right),
-                    p.both_right + both_right,
+                    p.both_wrong + sign * both_wrong,
+                    p.one_wrong + sign * (not both_wrong and not both_right),
+                    p.both_right + sign * both_right,
                 )
 
     def snapshot(self, checkpoint: str) -> ProfileSnapshot:
@@ -218,6 +221,11 @@ class ProfileFold:
     run it no longer holds is ignored here, so a reader of a long log first gives it
     those runs' request and panel (``holds`` says which it lacks;
     service.orchestration.router.fold_batch does).
+
+    A run's latest outcome is its ground truth: an outcome takes back the counts of the
+    one before it. The fold remembers each held run's latest graded seats; for a run
+    whose context it was given (``load_context``), an earlier outcome may predate the
+    fold, so ``needs_prior`` asks for it and ``recall_outcome`` gives it, uncounted.
     """
 
     def __init__(self, max_runs: int = MAX_RUNS_HELD) -> None:
@@ -225,6 +233,8 @@ class ProfileFold:
         self.max_runs = max_runs
         self._category: dict[str, str] = {}  # stream_id -> category, oldest first
         self._seats: dict[str, dict[str, str]] = {}  # stream_id -> member_id -> model
+        self._graded: dict[str, tuple[tuple[str, bool], ...]] = {}  # the latest outcome's
+        self._partial: set[str] = set()  # context given, earlier outcomes not known here
 
     def holds(self, stream_id: str) -> bool:
         """True when the fold has this run's context (its request)."""
@@ -236,6 +246,36 @@ class ProfileFold:
         while len(self._category) > self.max_runs:
             oldest = next(iter(self._category))
             del self._category[oldest], self._seats[oldest]
+            self._graded.pop(oldest, None)
+            self._partial.discard(oldest)
+
+    def load_context(self, stream_id: str, event: Event) -> None:
+        """A run's request or panel, read back for a run whose later events come now."""
+        self.apply(stream_id, event)
+        self._partial.add(stream_id)
+
+    def needs_prior(self, stream_id: str) -> bool:
+        """True when the run may have an outcome from before the fold that its next
+        outcome must take back (give it with ``recall_outcome``, or ``no_prior``)."""
+        return stream_id in self._partial and stream_id not in self._graded
+
+    def recall_outcome(self, stream_id: str, event: OutcomeRecorded) -> None:
+        """The run's latest outcome before the fold: remembered, not counted."""
+        if stream_id in self._seats:
+            self._graded[stream_id] = self._graded_seats(stream_id, event)
+        self._partial.discard(stream_id)
+
+    def no_prior(self, stream_id: str) -> None:
+        """The run had no outcome before the fold."""
+        self._partial.discard(stream_id)
+
+    def _graded_seats(self, stream_id: str, event: OutcomeRecorded) -> tuple[tuple[str, bool], ...]:
+        seats = self._seats[stream_id]
+        return tuple(
+            (seats[o.member_id], o.correct)
+            for o in event.members
+            if o.correct is not None and o.member_id in seats
+        )
 
     def apply(self, stream_id: str, event: Event) -> None:
         """Count one event of stream ``stream_id``."""
@@ -266,10 +306,10 @@ class ProfileFold:
             case JudgeDecided(verdicts=verdicts):
                 known = [(seats[v.member_id], v.agrees) for v in verdicts if v.member_id in seats]
                 self.builder.record_verdicts(category, known)
-            case OutcomeRecorded(members=outcomes):
-                graded = [
-                    (seats[o.member_id], o.correct)
-                    for o in outcomes
-                    if o.correct is not None and o.member_id in seats
-                ]
+            case OutcomeRecorded():
+                graded = self._graded_seats(stream_id, event)
+                prior = self._graded.get(stream_id)
+                if prior is not None:  # the latest outcome counts: the one before goes
+                    self.builder.record_outcome(category, prior, sign=-1)
                 self.builder.record_outcome(category, graded)
+                self._graded[stream_id] = graded

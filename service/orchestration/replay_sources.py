@@ -210,8 +210,11 @@ class _Facts:
 async def judged_runs(store: EventStore, pairs: Sequence[tuple[str, str]]) -> list[JudgedRun]:
     """(source run id, replay id) pairs whose replay is recorded, as comparison input.
 
-    Ground truth is the latest outcome.recorded that names an expected answer, read
-    now: outcomes recorded after the replay still count.
+    Ground truth is the run's latest outcome.recorded, read now (outcomes recorded
+    after the replay still count), when it names an expected answer: a latest outcome
+    of labels only grades the run's own answer, not another judge's, so the run is
+    left out of the accuracy rows (the judge statistics use such labels as far as
+    they go).
     """
     ids = [f"run-{run}" for run, _ in pairs] + [f"replay-{replay}" for _, replay in pairs]
     facts: dict[str, _Facts] = {}
@@ -252,7 +255,5 @@ def _absorb(facts: _Facts, event_type: str, data: str) -> None:
             facts.answer, facts.closed = msgspec.json.decode(data, type=_Final).answer, True
         case "run.failed":
             facts.closed = True
-        case "outcome.recorded":
-            expected = msgspec.json.decode(data, type=_Outcome).expected
-            if expected is not None:
-                facts.expected = expected
+        case "outcome.recorded":  # the latest is the truth, as in every statistic
+            facts.expected = msgspec.json.decode(data, type=_Outcome).expected

@@ -28,7 +28,7 @@ from service.domain.breaker import (
     record_calls,
     start_probe,
 )
-from service.domain.events import JudgeSpec, Message, PanelRequest
+from service.domain.events import JudgeSpec, Message, OutcomeRecorded, PanelRequest
 from service.domain.profiles import (
     START_CHECKPOINT,
     ProfileBuilder,
@@ -289,6 +289,16 @@ ORDER BY stream_id, stream_version
 """
 
 
+# Each run's latest outcome before the given versions (what its next one replaces).
+PRIOR_OUTCOME_SQL = """
+SELECT DISTINCT ON (p.stream_id) p.stream_id, p.schema_version, p.data
+FROM unnest($1::text[], $2::int[]) AS b(stream_id, version)
+JOIN events p ON p.stream_id = b.stream_id AND p.stream_version < b.version
+WHERE p.event_type = 'outcome.recorded'
+ORDER BY p.stream_id, p.stream_version DESC
+"""
+
+
 def fold_profiles(fold: ProfileFold, batch: Iterable[RecordedEvent]) -> None:
     """Count the events of a batch that profiles are made of (run streams only); then
     the fold lets go of its oldest runs beyond its bound."""
@@ -300,9 +310,11 @@ def fold_profiles(fold: ProfileFold, batch: Iterable[RecordedEvent]) -> None:
 
 async def fold_batch(store: EventStore, fold: ProfileFold, batch: Sequence[RecordedEvent]) -> None:
     """fold_profiles, first reading the context of runs the fold no longer holds (an
-    outcome recorded long after its run): one query per batch, usually none."""
+    outcome recorded long after its run), and the earlier outcome such a run's new one
+    replaces: a query or two per batch, usually none."""
     opened: set[str] = set()
     missing: set[str] = set()
+    outcomes: dict[str, int] = {}  # run -> the version of its first outcome in the batch
     for recorded in batch:
         stream_id = recorded.stream_id
         if not stream_id.startswith("run-") or recorded.event_type not in PROFILE_EVENT_TYPES:
@@ -311,10 +323,21 @@ async def fold_batch(store: EventStore, fold: ProfileFold, batch: Sequence[Recor
             opened.add(stream_id)
         elif stream_id not in opened and not fold.holds(stream_id):
             missing.add(stream_id)
+        if recorded.event_type == "outcome.recorded":
+            outcomes.setdefault(stream_id, recorded.stream_version)
     if missing:
         for row in await store.pool.fetch(RUN_CONTEXT_SQL, sorted(missing)):
             event = decode_event(row["event_type"], row["schema_version"], row["data"])
-            fold.apply(row["stream_id"], event)
+            fold.load_context(row["stream_id"], event)
+    unknown = sorted(s for s in outcomes if fold.needs_prior(s))
+    if unknown:
+        versions = [outcomes[s] for s in unknown]
+        for row in await store.pool.fetch(PRIOR_OUTCOME_SQL, unknown, versions):
+            prior = decode_event("outcome.recorded", row["schema_version"], row["data"])
+            assert isinstance(prior, OutcomeRecorded)
+            fold.recall_outcome(row["stream_id"], prior)
+        for stream_id in unknown:
+            fold.no_prior(stream_id)  # those without one (a no-op for the others)
     fold_profiles(fold, batch)
 
 

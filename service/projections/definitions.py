@@ -85,46 +85,62 @@ _AFFECTED = f"""affected AS (
 )"""
 
 # What the affected source runs add to judge_profile, from run_summary as it stands.
-# Grading: the expected answer when the truth gives one; else the label: the run's own
-# judge gets it, a replay with the same answer too, a replay with another answer is
-# wrong where the original was right and ungraded where it was wrong.
+# Every judged row counts towards runs, replays, fallbacks, failures, cost and latency
+# (what the judge did and cost). Accuracy and agreement count each source run once per
+# judge, so judges are ranked on the same runs however often one was replayed: the
+# deciding row is the original run's own judge, else the latest replay.
+# A judge that failed gave no answer (whatever a fallback then gave): it is graded
+# wrong where the run has a truth, and its row agrees with no other judge (as the
+# batch replay report counts it: a judge cannot look better by failing).
+# Grading: the expected answer when the latest outcome gives one; else its label: the
+# run's own judge gets it, a replay with the same answer too, a replay with another
+# answer is wrong where the original was right and ungraded where it was wrong.
 _CONTRIBUTION = f"""judged_rows AS (  -- the affected source runs' judged rows (all, from the start)
     SELECT j.* FROM run_summary j WHERE NOT {AFTER_START} AND j.judge IS NOT NULL
     UNION ALL  -- by index from each affected source, not by a scan of every run
     SELECT j.* FROM affected a JOIN run_summary j ON j.source_stream_id = a.source
     WHERE {AFTER_START} AND j.judge IS NOT NULL
 ),
+ranked AS (
+    SELECT j.*, CASE WHEN j.judge_decided THEN j.answer_normalized END AS judge_answer,
+           row_number() OVER (PARTITION BY j.source_stream_id, j.judge
+                              ORDER BY j.kind = 'run' DESC, j.requested_at DESC,
+                                       j.stream_id DESC) = 1 AS deciding
+    FROM judged_rows j
+),
 judged AS (
     SELECT j.*,
            -- compared: the other judges' answers on the same source run; agreed: those
-           -- with this row's answer (same-judge rows are the same judge, not compared)
-           CASE WHEN j.answer_normalized IS NULL THEN 0 ELSE
-               count(j.answer_normalized) OVER (PARTITION BY j.source_stream_id)
-               - count(j.answer_normalized) OVER (PARTITION BY j.source_stream_id, j.judge)
+           -- equal to this row's answer (deciding rows only: one per judge and run)
+           CASE WHEN NOT j.deciding THEN 0 ELSE
+               count(j.judge_answer) FILTER (WHERE j.deciding)
+                   OVER (PARTITION BY j.source_stream_id)
+               - (j.judge_answer IS NOT NULL)::int
            END AS compared,
-           CASE WHEN j.answer_normalized IS NULL THEN 0 ELSE
-               count(*) OVER (PARTITION BY j.source_stream_id, j.answer_normalized)
-               - count(*) OVER (PARTITION BY j.source_stream_id, j.judge, j.answer_normalized)
+           CASE WHEN NOT j.deciding OR j.judge_answer IS NULL THEN 0 ELSE
+               count(*) FILTER (WHERE j.deciding)
+                   OVER (PARTITION BY j.source_stream_id, j.judge_answer) - 1
            END AS agreed
-    FROM judged_rows j
+    FROM ranked j
 ),
 contribution AS (
     SELECT j.tenant, j.judge, j.category, count(*) AS runs,
            count(*) FILTER (WHERE j.kind = 'replay') AS replays,
            count(*) FILTER (WHERE NOT j.judge_decided) AS fallbacks,
            count(*) FILTER (WHERE j.status = 'failed') AS failed,
-           count(g.correct) AS graded, count(*) FILTER (WHERE g.correct) AS right_,
+           count(g.correct) FILTER (WHERE j.deciding) AS graded,
+           count(*) FILTER (WHERE j.deciding AND g.correct) AS right_,
            sum(j.compared) AS compared, sum(j.agreed) AS agreed,
            coalesce(sum(j.judge_cost_usd), 0) AS cost_usd,
            coalesce(sum(j.judge_latency_ms), 0) AS latency_ms
     FROM judged j
     JOIN run_summary src ON src.stream_id = j.source_stream_id
     CROSS JOIN LATERAL (SELECT CASE
-        WHEN j.answer_normalized IS NULL THEN NULL
+        WHEN src.expected_normalized IS NULL AND src.final_correct IS NULL THEN NULL
+        WHEN j.judge_answer IS NULL THEN false
         WHEN src.expected_normalized IS NOT NULL
-            THEN j.answer_normalized = src.expected_normalized
-        WHEN src.final_correct IS NULL THEN NULL
-        WHEN j.stream_id = src.stream_id OR j.answer_normalized = src.answer_normalized
+            THEN j.judge_answer = src.expected_normalized
+        WHEN j.stream_id = src.stream_id OR j.judge_answer = src.answer_normalized
             THEN src.final_correct
         WHEN src.final_correct THEN false
         ELSE NULL END AS correct) AS g
@@ -288,13 +304,35 @@ calls_in AS NOT MATERIALIZED (  -- the panel calls in the range
     WHERE e.event_type IN ('panel.call.succeeded', 'panel.call.failed')
       AND e.stream_id LIKE 'run-%' AND {IN_RANGE}
 ),
-marks_in AS NOT MATERIALIZED (  -- the verdicts and graded outcomes in the range
-    SELECT e.stream_id, e.global_position AS event, e.event_type AS type,
-           CASE e.event_type WHEN 'judge.decided' THEN e.data->'verdicts'
-                             ELSE e.data->'members' END AS marks
+outcomes_in AS MATERIALIZED (  -- the outcomes in the range, each with the one before it
+    SELECT e.stream_id, e.stream_version AS version, e.global_position AS event,
+           e.data->'members' AS marks,
+           lag(e.global_position) OVER by_version AS prior_event,
+           lag(e.data->'members') OVER by_version AS prior_marks
     FROM events e
-    WHERE e.event_type IN ('judge.decided', 'outcome.recorded')
-      AND e.stream_id LIKE 'run-%' AND {IN_RANGE}
+    WHERE e.event_type = 'outcome.recorded' AND e.stream_id LIKE 'run-%' AND {IN_RANGE}
+    WINDOW by_version AS (PARTITION BY e.stream_id ORDER BY e.stream_version)
+),
+marks_in AS NOT MATERIALIZED (  -- the verdicts and graded outcomes in the range, signed
+    SELECT e.stream_id, e.global_position AS event, e.event_type AS type, 1 AS sign,
+           e.data->'verdicts' AS marks
+    FROM events e
+    WHERE e.event_type = 'judge.decided' AND e.stream_id LIKE 'run-%' AND {IN_RANGE}
+    UNION ALL
+    SELECT stream_id, event, 'outcome.recorded', 1, marks FROM outcomes_in
+    -- A run's latest outcome is its truth: each outcome takes back the one before it,
+    -- from the range, or looked up when the range does not start at the log's start.
+    UNION ALL
+    SELECT stream_id, prior_event, 'outcome.recorded', -1, prior_marks
+    FROM outcomes_in WHERE prior_event IS NOT NULL
+    UNION ALL
+    SELECT o.stream_id, p.global_position, 'outcome.recorded', -1, p.data->'members'
+    FROM outcomes_in o
+    CROSS JOIN LATERAL (SELECT * FROM events p
+                        WHERE p.stream_id = o.stream_id AND p.stream_version < o.version
+                          AND p.event_type = 'outcome.recorded'
+                        ORDER BY p.stream_version DESC LIMIT 1) AS p
+    WHERE {AFTER_START} AND o.prior_event IS NULL
 ),
 context AS MATERIALIZED (  -- from the range when it holds the run's request, else looked up
     SELECT stream_id, coalesce(tenant, 'default') AS tenant, category
@@ -332,7 +370,7 @@ call_groups AS MATERIALIZED (  -- model_call_stats' rows for the range
     GROUP BY 1, 2, 3, 4, 5, 6
 ),
 votes AS MATERIALIZED (  -- each verdict and graded seat in the range
-    SELECT b.stream_id, b.event, b.type, m.ord, m.value->>'member_id' AS member_id,
+    SELECT b.stream_id, b.event, b.type, b.sign, m.ord, m.value->>'member_id' AS member_id,
            CASE b.type WHEN 'judge.decided' THEN (m.value->>'agrees')::boolean
                        ELSE (m.value->>'correct')::boolean END AS ok
     FROM marks_in b
@@ -341,7 +379,7 @@ votes AS MATERIALIZED (  -- each verdict and graded seat in the range
       AND (b.type = 'judge.decided' OR jsonb_typeof(m.value->'correct') = 'boolean')
 ),
 marks AS (  -- a verdict or a graded seat, with the seat's model
-    SELECT v.event, v.type, v.ord, c.tenant, c.category, seat.model, v.ok
+    SELECT v.event, v.type, v.sign, v.ord, c.tenant, c.category, seat.model, v.ok
     FROM votes v JOIN context c USING (stream_id)
     JOIN seats seat ON seat.stream_id = v.stream_id AND seat.member_id = v.member_id
 ),
@@ -373,8 +411,8 @@ profile AS (
         FROM call_groups GROUP BY 1, 2, 3
         UNION ALL
         SELECT tenant, model, category,
-               count(*) FILTER (WHERE type = 'outcome.recorded' AND ok),
-               count(*) FILTER (WHERE type = 'outcome.recorded' AND NOT ok),
+               coalesce(sum(sign) FILTER (WHERE type = 'outcome.recorded' AND ok), 0),
+               coalesce(sum(sign) FILTER (WHERE type = 'outcome.recorded' AND NOT ok), 0),
                count(*) FILTER (WHERE type = 'judge.decided' AND ok),
                count(*) FILTER (WHERE type = 'judge.decided' AND NOT ok),
                0, 0, 0, 0, 0
@@ -397,10 +435,10 @@ pairs AS (
     -- collation (en_US puts 'sim/model-b' before 'sim/Model-c'; code points do not)
     SELECT a.tenant, a.category, least(a.model COLLATE "C", b.model COLLATE "C"),
            greatest(a.model COLLATE "C", b.model COLLATE "C"),
-           count(*) FILTER (WHERE NOT a.ok AND NOT b.ok),
-           count(*) FILTER (WHERE a.ok <> b.ok),
-           count(*) FILTER (WHERE a.ok AND b.ok)
-    FROM marks a JOIN marks b ON a.event = b.event AND a.ord < b.ord
+           coalesce(sum(a.sign) FILTER (WHERE NOT a.ok AND NOT b.ok), 0),
+           coalesce(sum(a.sign) FILTER (WHERE a.ok <> b.ok), 0),
+           coalesce(sum(a.sign) FILTER (WHERE a.ok AND b.ok), 0)
+    FROM marks a JOIN marks b ON a.event = b.event AND a.sign = b.sign AND a.ord < b.ord
     WHERE a.type = 'outcome.recorded'
     GROUP BY 1, 2, 3, 4
     ON CONFLICT (tenant, category, model_a, model_b) DO UPDATE

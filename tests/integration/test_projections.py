@@ -85,6 +85,18 @@ async def fuse_mix(client: AsyncTestClient[Any], world: Any, n: int) -> list[str
     return run_ids
 
 
+async def correct_some(client: AsyncTestClient[Any], run_ids: list[str]) -> None:
+    """Outcomes that replace earlier ones: a corrected expected answer, and labels
+    after an expected answer (a run's latest outcome is its truth everywhere)."""
+    for run_id in run_ids[:2]:
+        await record_truth(client, run_id, "a different answer altogether")
+    run = (await client.get(f"/v1/runs/{run_ids[3]}")).json()
+    member = run["events"][1]["data"]["members"][0]["member_id"]
+    body = {"final_correct": False, "members": {member: True}, "source": "human"}
+    response = await client.post(f"/v1/runs/{run_ids[3]}/outcomes", json=body)
+    assert response.status_code == 201, response.text
+
+
 async def record_truth(client: AsyncTestClient[Any], run_id: str, expected: str) -> None:
     """Ground truth for a run, through the outcomes endpoint (which grades each seat)."""
     body = {"expected": expected, "source": "dataset"}
@@ -120,13 +132,10 @@ def expected_stats(events: list[RecordedEvent]) -> dict[str, Any]:
     seats: dict[str, dict[str, str]] = {}
     calls: Counter[tuple[str, str]] = Counter()
     failures: Counter[tuple[str, str, str]] = Counter()
-    right: Counter[tuple[str, str]] = Counter()
-    wrong: Counter[tuple[str, str]] = Counter()
     agree: Counter[tuple[str, str]] = Counter()
     disagree: Counter[tuple[str, str]] = Counter()
-    pairs: dict[tuple[str, str, str], Counter[str]] = defaultdict(Counter)
     judged: dict[str, dict[str, Any]] = {}  # stream -> judge, category, answer, source
-    truth: dict[str, OutcomeRecorded] = {}
+    truth: dict[str, OutcomeRecorded] = {}  # a run's latest outcome: its ground truth
     for record in events:
         event, stream = record.decode(), record.stream_id
         match event:
@@ -144,6 +153,7 @@ def expected_stats(events: list[RecordedEvent]) -> dict[str, Any]:
             case JudgeDecided() | JudgeFailed():
                 entry = judged.setdefault(stream, {"source": stream})
                 entry["judge"] = judge_key(event.judge)
+                entry["decided"] = isinstance(event, JudgeDecided)
                 if isinstance(event, JudgeDecided) and stream.startswith("run-"):
                     for v in event.verdicts:
                         key = (seats[stream][v.member_id], category[stream])
@@ -154,40 +164,22 @@ def expected_stats(events: list[RecordedEvent]) -> dict[str, Any]:
                 pass
             case OutcomeRecorded():
                 truth[stream] = event
-                graded = [
-                    (seats[stream][o.member_id], o.correct)
-                    for o in event.members
-                    if o.correct is not None
-                ]
-                for model, correct in graded:
-                    (right if correct else wrong)[(model, category[stream])] += 1
-                for i, (a, a_ok) in enumerate(graded):
-                    for b, b_ok in graded[i + 1 :]:
-                        key = (category[stream], min(a, b), max(a, b))
-                        kind = "both_right" if a_ok and b_ok else "one_wrong"
-                        pairs[key]["both_wrong" if not a_ok and not b_ok else kind] += 1
-    judges: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
-    for stream, j in judged.items():
-        if "judge" not in j:
-            continue
-        counts = judges[(j["judge"], category[stream])]
-        counts["runs"] += 1
-        outcome = truth.get(j["source"])
-        if "answer" in j and outcome is not None and outcome.expected is not None:
-            counts["graded"] += 1
-            counts["right"] += answers_match(j["answer"], outcome.expected)
-        for other_stream, other in judged.items():  # other judges on the same run
-            if (
-                other_stream != stream
-                and other["source"] == j["source"]
-                and other.get("judge") not in (None, j["judge"])
-                and "answer" in j
-                and "answer" in other
-            ):
-                counts["compared"] += 1
-                counts["agreed"] += normalize_answer(other["answer"]) == normalize_answer(
-                    j["answer"]
-                )
+    right: Counter[tuple[str, str]] = Counter()
+    wrong: Counter[tuple[str, str]] = Counter()
+    pairs: dict[tuple[str, str, str], Counter[str]] = defaultdict(Counter)
+    for stream, outcome in truth.items():  # the latest outcome only: earlier ones replaced
+        graded = [
+            (seats[stream][o.member_id], o.correct)
+            for o in outcome.members
+            if o.correct is not None
+        ]
+        for model, correct in graded:
+            (right if correct else wrong)[(model, category[stream])] += 1
+        for i, (a, a_ok) in enumerate(graded):
+            for b, b_ok in graded[i + 1 :]:
+                key = (category[stream], min(a, b), max(a, b))
+                kind = "both_right" if a_ok and b_ok else "one_wrong"
+                pairs[key]["both_wrong" if not a_ok and not b_ok else kind] += 1
     return {
         "calls": calls,
         "failures": failures,
@@ -196,8 +188,67 @@ def expected_stats(events: list[RecordedEvent]) -> dict[str, Any]:
         "agree": agree,
         "disagree": disagree,
         "pairs": pairs,
-        "judges": judges,
+        "judges": expected_judges(judged, truth, category),
     }
+
+
+def expected_judges(
+    judged: dict[str, dict[str, Any]], truth: dict[str, OutcomeRecorded], category: dict[str, str]
+) -> dict[tuple[str, str], Counter[str]]:
+    """Per judge and category: every judged row counts as a run; accuracy and agreement
+    count one row per judge and source run (the original's, else the latest replay's);
+    a judge that failed has no answer of its own: wrong where there is a truth."""
+    rows = {stream: j for stream, j in judged.items() if "judge" in j}
+    deciding: dict[tuple[str, str], str] = {}  # (source, judge) -> stream, in log order
+    for stream, j in rows.items():
+        key = (j["source"], j["judge"])
+        if key not in deciding or not deciding[key].startswith("run-"):
+            deciding[key] = stream
+    judges: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    for stream, j in rows.items():
+        counts = judges[(j["judge"], category[stream])]
+        counts["runs"] += 1
+        if deciding[(j["source"], j["judge"])] != stream:
+            continue
+        mine = j.get("answer") if j["decided"] else None
+        correct = graded_answer(stream, j["source"], mine, rows, truth)
+        if correct is not None:
+            counts["graded"] += 1
+            counts["right"] += correct
+        for (source, judge), other_stream in deciding.items():  # other judges, same run
+            other = rows[other_stream]
+            theirs = other.get("answer") if other["decided"] else None
+            if source != j["source"] or judge == j["judge"] or theirs is None:
+                continue
+            counts["compared"] += 1
+            counts["agreed"] += mine is not None and normalize_answer(theirs) == normalize_answer(
+                mine
+            )
+    return judges
+
+
+def graded_answer(
+    stream: str,
+    source: str,
+    answer: str | None,
+    rows: dict[str, dict[str, Any]],
+    truth: dict[str, OutcomeRecorded],
+) -> bool | None:
+    """A judge's answer against the source run's latest outcome: its expected answer;
+    else its label, which the run's own answer (and the same answer) gets."""
+    outcome = truth.get(source)
+    if outcome is None or (outcome.expected is None and outcome.final_correct is None):
+        return None
+    if answer is None:
+        return False
+    if outcome.expected is not None:
+        return answers_match(answer, outcome.expected)
+    original = rows.get(source, {}).get("answer")
+    if stream == source or (
+        original is not None and normalize_answer(answer) == normalize_answer(original)
+    ):
+        return outcome.final_correct
+    return False if outcome.final_correct else None
 
 
 def check_answers(expected: dict[str, Any], got: dict[str, Any]) -> None:
@@ -282,11 +333,15 @@ async def test_every_statistic_equals_the_count_from_the_events(
 ) -> None:
     client, world = service
     run_ids = await fuse_mix(client, world, 18)
-    for run_id in run_ids[:4]:  # replays with another judge count for the judges
-        response = await client.post(
-            f"/v1/runs/{run_id}/replays", json={"judge": {"kind": "vote", "weighted": True}}
-        )
-        assert response.status_code == 201, response.text
+    await correct_some(client, run_ids)
+    replays = [{"kind": "vote", "weighted": True}, {"kind": "vote", "weighted": True}]
+    broken = {"kind": "synthesize", "model": "sim/judge-broken", "fallback": "vote"}
+    for run_id in run_ids[:4]:  # replays with other judges count for the judges: the
+        for judge in [*replays, broken]:  # same one twice (forced) on one source run
+            response = await client.post(
+                f"/v1/runs/{run_id}/replays", json={"judge": judge, "force": True}
+            )
+            assert response.status_code == 201, response.text
     applied = await runner.run_until_caught_up(pool)
     events = await all_events(store)
     assert applied == len(events) * len(PROJECTIONS)

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 
 import asyncpg
+import msgspec
 import pytest
 from structlog.testing import capture_logs
 
@@ -211,12 +212,20 @@ async def test_a_fold_holding_few_runs_reads_back_the_context_of_late_outcomes(
     for run_id in run_ids[:2]:
         meta = {"correlation_id": run_id, "tenant": "default", "actor": "test"}
         await store.append_to_stream(f"run-{run_id}", [NewEvent(late, meta)])
+    # A later outcome replaces the first run's (a run's latest outcome is its truth):
+    # the fold, which let go of that run, reads back the outcome it takes back too.
+    await record_runs(store, 2)
+    corrected = msgspec.structs.replace(
+        late, members=[MemberOutcome(member_id="m1", correct=False)]
+    )
+    meta = {"correlation_id": run_ids[0], "tenant": "default", "actor": "test"}
+    await store.append_to_stream(f"run-{run_ids[0]}", [NewEvent(corrected, meta)])
     events = await store.read_all(START, 1000)
 
     everything = ProfileFold()
     fold_profiles(everything, events)
     expected = everything.builder.snapshot("end")
-    assert sum(c.right + c.wrong for c in expected.cells.values()) == 6  # the late grades
+    assert sum(c.right + c.wrong for c in expected.cells.values()) == 4  # the late grades
 
     few = ProfileFold(max_runs=1)
     for start in range(0, len(events), 4):
@@ -261,6 +270,14 @@ async def test_the_follower_starts_from_the_read_models_and_follows_the_log_afte
     store: EventStore, pool: asyncpg.Pool
 ) -> None:
     run_ids = await record_runs(store, 4)
+    graded = OutcomeRecorded(
+        source="dataset",
+        final_correct=True,
+        members=[MemberOutcome(member_id="m1", correct=True),
+                 MemberOutcome(member_id="m2", correct=True)],
+    )  # fmt: skip
+    meta = {"correlation_id": run_ids[1], "tenant": "default", "actor": "test"}
+    await store.append_to_stream(f"run-{run_ids[1]}", [NewEvent(graded, meta)])
     await projections.run_until_caught_up(pool)  # the read models hold these runs
     async with pool.acquire() as conn:
         # A mark only the read models carry: the follower's counts show where they began.
@@ -289,6 +306,9 @@ async def test_the_follower_starts_from_the_read_models_and_follows_the_log_afte
         )
         meta = {"correlation_id": run_ids[0], "tenant": "default", "actor": "test"}
         await store.append_to_stream(f"run-{run_ids[0]}", [NewEvent(late, meta)])
+        # And a correction of a grade from before the checkpoint: it replaces that one.
+        meta = {"correlation_id": run_ids[1], "tenant": "default", "actor": "test"}
+        await store.append_to_stream(f"run-{run_ids[1]}", [NewEvent(late, meta)])
         end = await caught_up(store, router)
     finally:
         follower.cancel()
@@ -302,4 +322,13 @@ async def test_the_follower_starts_from_the_read_models_and_follows_the_log_afte
         got = dataclasses.astuple(router.snapshot.cells[key])
         assert got == pytest.approx(dataclasses.astuple(cell))
     assert router.snapshot.pairs == rebuilt.pairs
-    assert sum(c.wrong for c in rebuilt.cells.values()) == 1  # the late grade counted
+    # the late grades counted; the corrected run's first two grades taken back
+    assert sum(c.wrong for c in rebuilt.cells.values()) == 2
+    assert sum(c.right for c in rebuilt.cells.values()) == 0
+    await projections.run_until_caught_up(pool)  # and the read models say the same
+    async with pool.acquire() as conn:
+        projected = await load_profile_snapshot(conn)
+    assert projected.pairs == rebuilt.pairs
+    assert {k: (c.right, c.wrong) for k, c in projected.cells.items()} == {
+        k: (c.right, c.wrong) for k, c in rebuilt.cells.items()
+    }
