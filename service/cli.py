@@ -17,10 +17,9 @@ import asyncpg
 import click
 import msgspec
 from rich.console import Console
-from rich.table import Table
 
 from service.cli_http import api_key_option, bearer, fail_response
-from service.cli_output import console, err_console, fail, id_column
+from service.cli_output import DataTable, console, err_console, fail, id_column, inline, shown
 from service.settings import Settings, SettingsError, switch
 from service.store import database
 from service.store.migrations import MigrationError, migrate
@@ -188,7 +187,7 @@ def verify_command(ctx: click.Context, digest_file: Path | None, as_json: bool) 
     else:
         console.print(f"checked {report.events} events in {report.streams} streams")
         if report.problems:
-            table = Table(
+            table = DataTable(
                 id_column("stream", [p.stream_id for p in report.problems]),
                 "version",
                 "position",
@@ -205,7 +204,7 @@ def verify_command(ctx: click.Context, digest_file: Path | None, as_json: bool) 
                 )
             console.print(table)
         if check is not None:
-            console.print(("[green]" if check.ok else "[red]") + check.message)
+            console.print(("[green]" if check.ok else "[red]") + inline(check.message))
         console.print("[green]OK[/green]" if ok else "[red]TAMPERED[/red]")
     raise SystemExit(0 if ok else 1)
 
@@ -521,8 +520,10 @@ def fuse_command(
         raise SystemExit(0 if response.is_success else 1 if "run_id" in result else 2)
     if "run_id" not in result:
         fail_response(response)
-    console.print(result.get("answer") or f"[red]run failed: {result.get('failure_reason')}")
-    table = Table("member", "model", "status", "error", "latency ms", "cost $")
+    answer = result.get("answer")
+    failed = f"[red]run failed: {inline(result.get('failure_reason'))}"
+    console.print(shown(answer) if answer else failed)
+    table = DataTable("member", "model", "status", "error", "latency ms", "cost $")
     for m in result["members"]:
         table.add_row(
             m["member_id"],

@@ -16,10 +16,9 @@ from typing import Any
 import click
 import httpx
 import msgspec
-from rich.table import Table
 
 from service.cli_http import api_key_option, bearer, fail_response, refused_scope, scope_probe
-from service.cli_output import console, fail, progress_bar
+from service.cli_output import DataTable, console, fail, inline, progress_bar
 from service.evaluation import (
     DatasetError,
     EvalFailed,
@@ -86,11 +85,11 @@ def _cell(value: float | None, pattern: str) -> str:
 def print_report(report: Report) -> None:
     """The summary as an aligned table."""
     console.print(
-        f"eval [bold]{report.eval}[/bold]: {report.lines} lines, "
+        f"eval [bold]{inline(report.eval)}[/bold]: {report.lines} lines, "
         f"{report.outcomes_recorded} outcomes recorded now, "
         f"{report.outcomes_existing} recorded before (resumed)"
     )
-    table = Table(
+    table = DataTable(
         title="final answer vs each panel model",
         caption="accuracy = correct / n; a failed call or run counts as not correct",
     )

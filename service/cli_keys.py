@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.table import Table
 
 from service.auth import SCOPES, InvalidKeyRequest, create_key, revoke_key
 from service.cli import _database_url, _emit_json, _run, _with_connection, database_url_option
-from service.cli_output import console, fail, id_column
+from service.cli_output import DataTable, console, fail, id_column
 
 
 @click.group("keys")
@@ -98,7 +97,7 @@ def list_command(ctx: click.Context, as_json: bool) -> None:
         _emit_json(items)
         return
     ids = [i["key_id"] for i in items]
-    table = Table(
+    table = DataTable(
         id_column("key id", ids), "tenant", "name", "scopes", "rate/min", "created", "revoked"
     )
     for i in items:

@@ -1,17 +1,50 @@
-"""What the commands share for output: the two consoles, the error exit and the
-progress bar. Tables and JSON go to stdout; errors and progress to stderr."""
+"""What the commands share for output: the two consoles, the error exit, the
+progress bar and tables of data. Tables and JSON go to stdout; errors and progress to
+stderr.
+
+Data (answers, categories, model names, anything a client or a provider wrote) is
+shown as it is: never read as Rich markup, and with control characters written out
+("\\x1b"), so a value cannot clear the screen, retitle the terminal or hide a link.
+"""
 
 from __future__ import annotations
 
-from typing import NoReturn
+import re
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Column
+from rich.table import Column, Table
+from rich.text import Text
 
 console = Console()
 err_console = Console(stderr=True)
+
+# C0 and C1 control characters but newline and tab, and DEL.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def shown(value: object) -> Text:
+    """A value as plain text for a terminal: no markup, control characters written out."""
+    return Text(_visible(str(value)))
+
+
+def inline(value: object) -> str:
+    """A value to put inside a markup string: escaped, control characters written out."""
+    return escape(_visible(str(value)))
+
+
+def _visible(text: str) -> str:
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+class DataTable(Table):
+    """A table whose string cells are data (``shown``), not markup."""
+
+    def add_row(self, *renderables: Any, **options: Any) -> None:
+        cells = (shown(r) if isinstance(r, str) else r for r in renderables)
+        super().add_row(*cells, **options)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -20,10 +20,9 @@ from typing import Any
 import click
 import httpx
 import msgspec
-from rich.table import Table
 
 from service.cli_http import api_key_option, bearer, fail_response, refused_scope, scope_probe
-from service.cli_output import console, fail, note, progress_bar
+from service.cli_output import DataTable, console, fail, inline, note, progress_bar
 
 _RELATIVE = re.compile(r"^(\d+)\s*([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -234,7 +233,7 @@ def _replay_one(
     if as_json:
         _emit_json(body)
         return
-    table = Table("", "original", "replay", title=f"replay {body['replay_id']}")
+    table = DataTable("", "original", "replay", title=f"replay {body['replay_id']}")
     table.add_row("answer", str(body["original_answer"]), str(body["answer"]))
     judge = body.get("judge") or {}
     table.add_row("judge", "", f"{judge.get('kind')} {judge.get('model') or ''}".strip())
@@ -307,9 +306,10 @@ def print_report(batch: dict[str, Any]) -> None:
     name = f"{judge['kind']} {judge['model'] or ''}".strip()
     console.print(
         f"batch {batch['batch_id']}: {report['replayed']} of {batch['runs']} runs replayed "
-        f"with [bold]{name}[/bold] ({report['failed']} failed, {report['fallbacks']} fallbacks)"
+        f"with [bold]{inline(name)}[/bold] "
+        f"({report['failed']} failed, {report['fallbacks']} fallbacks)"
     )
-    summary = Table("", "original judge", "replay judge", title="judges on the same runs")
+    summary = DataTable("", "original judge", "replay judge", title="judges on the same runs")
     truth = report["ground_truth"]
     summary.add_row(
         f"accuracy on ground truth (n={truth['n']})",
@@ -331,7 +331,7 @@ def print_report(batch: dict[str, Any]) -> None:
         )
     console.print(summary)
     if report["by_category"]:
-        table = Table(
+        table = DataTable(
             "category", "n", "original", "replay", "difference", title="accuracy by category"
         )
         for row in report["by_category"]:

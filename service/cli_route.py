@@ -7,10 +7,9 @@ from typing import Any
 
 import click
 import msgspec
-from rich.table import Table
 
 from service.cli import _database_url, _emit_json, _open_pool, _run, database_url_option
-from service.cli_output import console, fail
+from service.cli_output import DataTable, console, fail, inline
 from service.config import Config, ConfigError
 from service.orchestration.route_explain import Explanation, NotRouted, explain_run
 from service.store import EventStore
@@ -98,12 +97,12 @@ def _print(e: Explanation) -> None:
     d = e.recorded
     rule = f", rule {e.category_rule}" if e.category_rule else ""
     budget = "none" if d.budget_usd is None else f"${d.budget_usd:.6g}"
-    console.print(f"run {e.run_id}: category {e.category} ({e.category_source}{rule})")
+    console.print(inline(f"run {e.run_id}: category {e.category} ({e.category_source}{rule})"))
     console.print(
         f"router {d.version}  profile checkpoint {d.profile_checkpoint}  seed {d.seed}  "
         f"k {d.k}  budget {budget}"
     )
-    table = Table("model", "score", "reproduced", "expected $", "chosen", "reason")
+    table = DataTable("model", "score", "reproduced", "expected $", "chosen", "reason")
     for old, new in zip(d.candidates, e.reproduced.candidates, strict=True):
         table.add_row(
             old.model,
@@ -114,10 +113,10 @@ def _print(e: Explanation) -> None:
             old.reason,
         )
     console.print(table)
-    console.print(f"panel: {', '.join(e.seats)}")
+    console.print(f"panel: {inline(', '.join(e.seats))}")
     if e.identical:
         console.print("[green]reproduced: the same decision from the log[/green]")
     else:
         console.print("[red]not reproduced:[/red]")
         for difference in e.differences:
-            console.print(f"  {difference}")
+            console.print(f"  {inline(difference)}")

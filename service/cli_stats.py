@@ -11,7 +11,6 @@ from typing import Any
 import asyncpg
 import click
 from rich.cells import cell_len
-from rich.table import Table
 
 from service.cli import (
     NOT_MIGRATED,
@@ -22,7 +21,7 @@ from service.cli import (
     _with_connection,
     database_url_option,
 )
-from service.cli_output import console, fail, note, progress_bar
+from service.cli_output import DataTable, console, fail, inline, note, progress_bar
 from service.logging import configure_logging
 from service.projections import runner
 from service.projections.definitions import BY_NAME, PROJECTIONS
@@ -92,8 +91,8 @@ def projections_group() -> None:
     """The read models: where they stand, and rebuilding them."""
 
 
-def _status_table(rows: list[runner.ProjectionStatus]) -> Table:
-    table = Table(title="projections")
+def _status_table(rows: list[runner.ProjectionStatus]) -> DataTable:
+    table = DataTable(title="projections")
     for name in ("projection", "checkpoint", "events", "lag (events)", "lag (s)"):
         table.add_column(name, justify="left" if name in ("projection", "checkpoint") else "right")
     for s in rows:
@@ -191,17 +190,17 @@ def _print_answer(result: StatsAnswer, title: str, as_json: bool) -> None:
         _emit_json(result)
         return
     if not result.rows:
-        console.print(f"{title}: no rows")
+        console.print(inline(f"{title}: no rows"))
     else:
         for table in _tables(result.rows, title, console.width):
             console.print(table)
     note = f"checkpoint {result.checkpoint}, lag {result.lag.events} event(s)"
     if result.as_of:
         note += f" (as of {result.as_of})"
-    console.print(f"[dim]{note}[/dim]")
+    console.print(f"[dim]{inline(note)}[/dim]")
 
 
-def _tables(rows: list[dict[str, Any]], title: str, width: int) -> list[Table]:
+def _tables(rows: list[dict[str, Any]], title: str, width: int) -> list[DataTable]:
     """The rows as aligned tables no wider than the terminal: the labels (model,
     category, ...) on the left of each, and as many of the figures as fit beside them,
     the rest in the next table, instead of every column squeezed to "…". One table
@@ -216,8 +215,8 @@ def _tables(rows: list[dict[str, Any]], title: str, width: int) -> list[Table]:
     wide = {c: max(cell_len(c), *(cell_len(_cell(r.get(c))) for r in rows)) + 3 for c in columns}
     room = width - 1 - sum(wide[c] for c in labels)
 
-    def table(chosen: list[str], part: str) -> Table:
-        made = Table(title=title + part)
+    def table(chosen: list[str], part: str) -> DataTable:
+        made = DataTable(title=title + part)
         for column in labels + chosen:
             made.add_column(column, justify="right" if column in numeric else "left",
                             no_wrap=column in numeric)  # fmt: skip

@@ -1,0 +1,40 @@
+"""Data in the CLI's tables and lines is shown as it is: not markup, no live control
+characters (a category or a model's answer could clear the screen or hide a link)."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from service.cli_output import DataTable, inline, shown
+
+HOSTILE = "\x1b[2J\x1b]0;pwned\x07[link=http://evil.example/]ok[/link][/]"
+
+
+def render(*items: object) -> str:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=200, color_system=None)
+    for item in items:
+        console.print(item)
+    return out.getvalue()
+
+
+def test_a_table_cell_is_data() -> None:
+    table = DataTable("category")
+    table.add_row(HOSTILE)
+    text = render(table)
+    assert "\x1b]0;" not in text and "\x07" not in text and "\x1b[2J" not in text
+    assert "\\x1b[2J\\x1b]0;pwned\\x07[link=http://evil.example/]ok[/link][/]" in text
+
+
+def test_a_value_in_a_line_of_markup_is_data() -> None:
+    # "[/]" alone made Rich raise a MarkupError: `fuse` printed a traceback.
+    text = render(f"[bold]eval[/bold] {inline(HOSTILE)}", shown("answer: [/]"))
+    assert "[link=http://evil.example/]ok[/link][/]" in text
+    assert "answer: [/]" in text and "\x1b[2J" not in text
+
+
+def test_line_breaks_and_tabs_stay() -> None:
+    assert shown("a\nb\tc").plain == "a\nb\tc"
+    assert shown("\x9b31m").plain == "\\x9b31m"  # the one-byte C1 escape too
