@@ -106,6 +106,14 @@ def handle_unknown_normalizer(
     )
 
 
+def handle_recursion(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
+    # msgspec's decoder gives up on a body nested deeper than it recurses: the body's
+    # fault. Any other RecursionError is the service's.
+    if "deserializ" not in str(exc):
+        return handle_internal(request, exc)
+    return problem_response(request, 400, "Bad request", "the JSON body is nested too deeply")
+
+
 def handle_internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.exception("api.internal_error", path=request.url.path)
     return problem_response(request, 500, "Internal error", "the service failed; see its logs")
@@ -126,6 +134,7 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     HTTPException: handle_http,
     asyncpg.CharacterNotInRepertoireError: handle_unstorable_text,
     UnknownNormalizer: handle_unknown_normalizer,
+    RecursionError: handle_recursion,
     Exception: handle_internal,
 }
 

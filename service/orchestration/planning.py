@@ -5,6 +5,7 @@ Every check happens here, before anything is written, so bad input writes nothin
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -31,6 +32,9 @@ from service.orchestration.router import check_affordable, route_request
 
 PanelMethod = Literal["fixed", "preset", "router"]
 MAX_PROMPT_CHARS = 200_000
+MAX_MESSAGES = 1_000
+MAX_TAGS = 32
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 control characters
 MAX_PANEL_SEATS = 16
 MAX_TIMEOUT_S = 600.0
 
@@ -103,16 +107,25 @@ def plan_fusion(config: Config, ask: FusionAsk) -> FusionPlan:
 
 
 def _check_labels(category: str | None, tags: Sequence[str]) -> None:
-    """Postgres text cannot hold NUL: refused here, before anything is written."""
-    if category is not None and "\x00" in category:
-        raise InvalidRequest("category", "the NUL character is not allowed")
-    if any("\x00" in tag for tag in tags):
-        raise InvalidRequest("tags", "the NUL character is not allowed")
+    """Labels are shown in tables, CSV and terminals: no control characters (NUL, which
+    Postgres text cannot hold, escape sequences, line breaks), and a bounded number of
+    tags (the request is stored for good)."""
+    if len(tags) > MAX_TAGS:
+        raise InvalidRequest("tags", f"{len(tags)} tags; the limit is {MAX_TAGS}")
+    for name, values in (("category", [category or ""]), ("tags", tags)):
+        for value in values:
+            control = _CONTROL.search(value)
+            if control:
+                raise InvalidRequest(
+                    name, f"the control character U+{ord(control.group()):04X} is not allowed"
+                )
 
 
 def _check_messages(messages: Sequence[Message]) -> None:
     if not messages:
         raise InvalidRequest("messages", "give a prompt or at least one message")
+    if len(messages) > MAX_MESSAGES:
+        raise InvalidRequest("messages", f"{len(messages)} messages; the limit is {MAX_MESSAGES}")
     if not any(m.content.strip() for m in messages):
         raise InvalidRequest("prompt", "the prompt is empty")
     size = sum(len(m.content) for m in messages)

@@ -325,8 +325,13 @@ async def test_a_judge_out_of_time_fails_the_run_as_timeout(
         ({"prompt": "x", "timeout_s": 0}, 400, "timeout_s"),
         ({"prompt": "x", "surprise": True}, 400, "surprise"),
         ({"prompt": "x", "messages": [{"role": "user", "content": "y"}]}, 422, "not both"),
-        ({"prompt": "x", "category": "a\u0000b"}, 422, "NUL"),
-        ({"prompt": "x", "tags": ["ok", "a\u0000"]}, 422, "NUL"),
+        ({"prompt": "x", "category": "a\u0000b"}, 422, "U+0000"),
+        ({"prompt": "x", "tags": ["ok", "a\u0000"]}, 422, "U+0000"),
+        # Labels reach terminals and spreadsheets: no escape sequences, no line breaks.
+        ({"prompt": "x", "category": "\u001b[2Jred"}, 422, "U+001B"),
+        ({"prompt": "x", "tags": ["a\nb"]}, 422, "U+000A"),
+        ({"prompt": "x", "tags": ["t"] * 33}, 422, "the limit is 32"),
+        ({"messages": [{"role": "user", "content": "y"}] * 1001}, 422, "the limit is 1000"),
         ({"prompt": "x", "params": {"temperature": -5}}, 400, "temperature"),
         ({"prompt": "x", "params": {"max_tokens": 0}}, 400, "max_tokens"),
         ({"prompt": "x", "params": {"temprature": 0.5}}, 400, "temprature"),
@@ -359,6 +364,18 @@ async def test_malformed_json_is_400(client: AsyncTestClient[Any], pool: asyncpg
         "/v1/fusions", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert response.status_code == 400
+    assert await count(pool) == 0
+
+
+@pytest.mark.parametrize("path", ["/v1/fusions", "/v1/chat/completions"])
+async def test_json_nested_too_deep_is_400(
+    client: AsyncTestClient[Any], pool: asyncpg.Pool, path: str
+) -> None:
+    # It was a 500 (the decoder's RecursionError) with a traceback in the log.
+    deep = b'{"prompt": "x", "extra": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    response = await client.post(path, content=deep, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert "nested too deeply" in response.json()["detail"]
     assert await count(pool) == 0
 
 
