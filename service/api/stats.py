@@ -29,15 +29,28 @@ CSV = "text/csv"
 
 def to_csv(rows: list[dict[str, Any]], header: list[str]) -> str:
     """Rows as CSV with a header line; columns in first-seen order (``header`` when
-    there are no rows: a client still sees what the columns are)."""
+    there are no rows: a client still sees what the columns are).
+
+    A text cell that a spreadsheet would run as a formula (it starts with = + - @, a
+    tab or a carriage return: a client's category, say) gets a leading apostrophe, as
+    OWASP advises for CSV exports; numbers are written as they are."""
     columns: dict[str, None] = {} if rows else dict.fromkeys(header)
     for row in rows:
         columns.update(dict.fromkeys(row))
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: _inert(v) for k, v in row.items()} for row in rows)
     return out.getvalue()
+
+
+def _inert(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 async def respond(request: Request[Any, Any, Any], services: Services, build: Any) -> Response[Any]:

@@ -605,3 +605,24 @@ async def test_a_rebuild_beside_a_growing_log_counts_every_event_once(
     assert {k: v for k, v in after.items() if k != "checkpoints"} == {
         k: v for k, v in before.items() if k != "checkpoints"
     }
+
+
+async def test_csv_cells_a_spreadsheet_would_run_are_made_inert(
+    service: tuple[AsyncTestClient[Any], Any], pool: asyncpg.Pool
+) -> None:
+    # A client's category reaches every statistics export; in a spreadsheet a cell
+    # starting with "=" is a formula (=HYPERLINK can send the sheet's data anywhere).
+    client, _ = service
+    formula = '=HYPERLINK("http://example.invalid/","x")'
+    body = {"prompt": "What is 2 + 2?", "category": formula, "panel": ["sim/model-a"]}
+    assert (await client.post("/v1/fusions", json=body)).status_code == 200
+    await runner.run_until_caught_up(pool)
+    csv = {"accept": "text/csv"}
+    response = await client.get("/v1/stats/failures?group_by=category", headers=csv)
+    assert response.status_code == 200, response.text
+    cells = response.text.splitlines()[1]
+    assert cells.startswith("\"'=HYPERLINK(") and "\n=" not in response.text
+    # JSON carries the value as it is; numbers in CSV are not touched.
+    rows = (await client.get("/v1/stats/failures?group_by=category")).json()["rows"]
+    assert rows[0]["category"] == formula
+    assert cells.endswith(",".join(str(v) for v in list(rows[0].values())[-1:]))
