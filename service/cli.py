@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import signal
 import socket
 import sys
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -282,10 +284,24 @@ def _banner(running: Any, url: str, *, keys: bool = False) -> None:
             "fuse,read,label` prints one; export FUSION_LEDGER_API_KEY=<that key>"
         )
         key = '-H "authorization: Bearer $FUSION_LEDGER_API_KEY" '
+    elif not _loopback(url):
+        out.print(
+            "[yellow]warning:[/yellow] API keys are off and the API listens beyond this "
+            "machine: anyone who reaches it can run (paid) fusions and read every run; "
+            "set FUSION_LEDGER_AUTH=on"
+        )
     out.print(
         "try:  curl -s " + url + "/v1/fusions " + key + "-H 'content-type: application/json' "
         '-d \'{"prompt": "What is 17 + 25 * 2? Reply with the number."}\''
     )
+
+
+def _loopback(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: it may resolve anywhere
+        return False
 
 
 PORT = click.IntRange(1, 65535)

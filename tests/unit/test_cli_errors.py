@@ -173,7 +173,22 @@ def test_the_banner_shows_a_request_that_works_with_keys_on(
     assert "fusion-ledger keys create" in shown  # serve wants keys: say how to get one
     assert 'authorization: Bearer $FUSION_LEDGER_API_KEY" ' in shown
     _banner(SimpleNamespace(simulator_url=None), "http://127.0.0.1:8000")
-    assert "authorization" not in capsys.readouterr().err  # `up`: keys off
+    local = capsys.readouterr().err
+    assert "authorization" not in local and "warning" not in local  # `up`: keys off
+
+
+@pytest.mark.parametrize("url", ["http://0.0.0.0:8000", "http://10.1.2.3:80", "http://box:80"])
+def test_the_banner_warns_when_keys_are_off_beyond_this_machine(
+    capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    from types import SimpleNamespace
+
+    from service.cli import _banner
+
+    _banner(SimpleNamespace(simulator_url=None), url)
+    assert "anyone who reaches it" in capsys.readouterr().err
+    _banner(SimpleNamespace(simulator_url=None), url, keys=True)
+    assert "anyone who reaches it" not in capsys.readouterr().err
 
 
 # --- a database that cannot be reached ----------------------------------------------
