@@ -13,6 +13,7 @@ import pytest
 
 from service.domain.events import JudgeDecided, JudgeIdentity, RunFailed, Verdict
 from service.store import (
+    NO_STREAM,
     EventIdConflict,
     EventStore,
     NewEvent,
@@ -191,10 +192,24 @@ async def test_the_service_role_may_bulk_append_and_still_not_rewrite(
             stream_id = f"replay-{uuid.uuid4()}"
             assert await append_new_streams(store, [(stream_id, events(3))], connection=conn) == 1
             assert len(await store.read_stream(stream_id)) == 3
+            single = f"run-{uuid.uuid4()}"  # and the one-stream append
+            await store.append_to_stream(single, events(2), NO_STREAM, connection=conn)
+            assert len(await store.read_stream(single)) == 2
             with pytest.raises(asyncpg.PostgresError, match=r"immutable|permission denied"):
                 await conn.execute("UPDATE events SET data = '{}'")
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await conn.execute("DELETE FROM streams")
+            # Only through the functions: a row inserted directly could carry any time
+            # and transaction id behind a correct hash (a backdated event verify accepts).
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(
+                    "INSERT INTO events (stream_id, stream_version, event_id, event_type,"
+                    " schema_version, data, metadata, recorded_at, prev_hash, hash)"
+                    " SELECT stream_id, 99, gen_random_uuid(), event_type, schema_version,"
+                    " data, metadata, '2020-01-01', hash, hash FROM events LIMIT 1"
+                )
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute("UPDATE streams SET version = version + 1")
         finally:
             await conn.close()
     finally:
