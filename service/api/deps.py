@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from litestar.datastructures import State
@@ -21,6 +22,9 @@ class Services:
     store: EventStore
     runner: FusionRunner
     extras: dict[str, Any]
+    # as_of answers rebuild a projection up to the point asked (seconds on a large log,
+    # in a transaction that holds back every reader of the log): one at a time here.
+    as_of_slot: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def provide_services(state: State) -> Services:
