@@ -9,7 +9,6 @@ same queries answer). Filters are checked before any query runs: a bad one raise
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any, cast
 import asyncpg
 import msgspec
 
+from service.domain.beta import beta_quantile
 from service.domain.events import ERROR_KINDS
 from service.projections.definitions import LATENCY_BOUNDS_MS
 from service.projections.runner import Lag, as_of, head, lag_after, read_checkpoint
@@ -27,7 +27,6 @@ from service.store.database import Connection
 
 GROUP_DIMENSIONS = ("model", "category", "error_kind", "day")
 _CHECKPOINT = re.compile(r"^(\d+):(\d+)$")
-Z_90 = 1.6448536269514722  # the 90% two-sided normal quantile
 
 
 MAX_POSITION = 2**63 - 1  # global positions are bigints
@@ -179,14 +178,13 @@ ORDER BY model, category
 
 
 def beta_summary(right: float, wrong: float) -> tuple[float, float, float]:
-    """Posterior mean and a 90% interval of accuracy under a Beta(1 + right, 1 + wrong).
+    """Posterior mean and equal-tailed 90% interval of accuracy, Beta(1 + right, 1 + wrong).
 
-    The interval is the normal approximation of the Beta, clipped to [0, 1].
+    The interval is exact: the posterior's 5% and 95% quantiles (a uniform prior
+    updated by the counts; with none, [0.05, 0.95]).
     """
     a, b = 1.0 + right, 1.0 + wrong
-    mean = a / (a + b)
-    sd = math.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
-    return mean, max(0.0, mean - Z_90 * sd), min(1.0, mean + Z_90 * sd)
+    return a / (a + b), beta_quantile(0.05, a, b), beta_quantile(0.95, a, b)
 
 
 def _ratio(part: float, whole: float) -> float | None:

@@ -1,6 +1,6 @@
 """Normaliser versions end to end: a run recorded before versions existed keeps being
-graded and replayed with version 1, a new run records and uses version 2, a retry
-across the upgrade finds its run, and a run of a newer release is not graded here."""
+graded and replayed with version 1, a new run records and uses the current version, a
+retry across the upgrade finds its run, and a run of a newer release is not graded here."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from service.domain.events import (
     RunRequested,
     Verdict,
 )
+from service.domain.scoring import CURRENT_NORMALIZER, NORMALIZERS
 from service.orchestration.judge import identity
 from service.orchestration.plan import IDEMPOTENCY_NAMESPACE
 from service.settings import Settings
@@ -37,7 +38,9 @@ from tests.api.conftest import MockProviders
 from tests.conftest import TestDatabase
 
 Client = AsyncTestClient[Any]
-# ".5", "5", "0.5": version 1 reads two fives (".5" loses its point), version 2 two halves.
+NEWER = max(NORMALIZERS) + 1  # a version only a later release knows
+# ".5", "5", "0.5": version 1 reads two fives (".5" loses its point), versions 2 and 3 two
+# halves.
 HALVES = {"mock/a": "Answer: .5", "mock/b": "Answer: 5", "mock/c": "Answer: 0.5"}
 
 
@@ -145,12 +148,12 @@ async def test_an_old_run_keeps_grading_and_replaying_with_version_1(
     assert (finalized["answer"], finalized["answer_normalized"]) == ("5", "5")
 
 
-async def test_a_new_run_records_version_2_and_is_graded_with_it(
+async def test_a_new_run_records_the_current_version_and_is_graded_with_it(
     client: Client, providers: MockProviders, pool: asyncpg.Pool
 ) -> None:
     providers.answers.update(HALVES)
     run_id = await _fuse_halves(client)
-    assert (await _data(pool, f"run-{run_id}", "run.requested"))["normalizer"] == 2
+    assert (await _data(pool, f"run-{run_id}", "run.requested"))["normalizer"] == CURRENT_NORMALIZER
     finalized = await _data(pool, f"run-{run_id}", "answer.finalized")
     assert (finalized["answer"], finalized["answer_normalized"]) == (".5", "0.5")
 
@@ -175,7 +178,7 @@ async def test_a_retry_across_the_upgrade_finds_the_run_its_first_request_made(
     run_id = uuid.uuid5(IDEMPOTENCY_NAMESPACE, "default\norder-7")
     events = [r.decode() for r in records]
     requested = events[0]
-    assert isinstance(requested, RunRequested) and requested.normalizer == 2
+    assert isinstance(requested, RunRequested) and requested.normalizer == CURRENT_NORMALIZER
     events[0] = msgspec.structs.replace(
         requested, run_id=str(run_id), idempotency_key="order-7", normalizer=1
     )
@@ -192,22 +195,22 @@ async def test_a_retry_across_the_upgrade_finds_the_run_its_first_request_made(
 async def test_a_run_of_a_newer_normaliser_is_not_graded_here(
     client: Client, pool: asyncpg.Pool
 ) -> None:
-    run_id = await _record_old_run(pool, normalizer=3)
+    run_id = await _record_old_run(pool, normalizer=NEWER)
     before = await pool.fetchval("SELECT count(*) FROM events")
     response = await client.post(f"/v1/runs/{run_id}/outcomes", json={"expected": "5"})
     assert response.status_code == 503, response.text
-    assert "version 3" in response.json()["detail"]
+    assert f"version {NEWER}" in response.json()["detail"]
     assert await pool.fetchval("SELECT count(*) FROM events") == before
 
 
 async def test_a_run_of_a_newer_normaliser_is_not_replayed_here(
     client: Client, pool: asyncpg.Pool
 ) -> None:
-    run_id = await _record_old_run(pool, normalizer=3)
+    run_id = await _record_old_run(pool, normalizer=NEWER)
     before = await pool.fetchval("SELECT count(*) FROM events")
     response = await client.post(f"/v1/runs/{run_id}/replays", json={"judge": {"kind": "vote"}})
     assert response.status_code == 503, response.text
-    assert "version 3" in response.json()["detail"]
+    assert f"version {NEWER}" in response.json()["detail"]
     assert await pool.fetchval("SELECT count(*) FROM events") == before
 
 

@@ -57,8 +57,9 @@ def test_the_log_format_is_json_console_or_auto() -> None:
 
 
 def test_the_answer_normaliser_of_new_runs_is_a_known_version() -> None:
-    assert Settings.from_env({}).answer_normalizer == 2
+    assert Settings.from_env({}).answer_normalizer == 3
     assert Settings.from_env({"FUSION_LEDGER_ANSWER_NORMALIZER": "1"}).answer_normalizer == 1
-    for value in ("0", "3", "two"):
+    assert Settings.from_env({"FUSION_LEDGER_ANSWER_NORMALIZER": "2"}).answer_normalizer == 2
+    for value in ("0", "4", "two"):
         with pytest.raises(SettingsError, match="FUSION_LEDGER_ANSWER_NORMALIZER"):
             Settings.from_env({"FUSION_LEDGER_ANSWER_NORMALIZER": value})
