@@ -186,6 +186,8 @@ async def create_fusion(
     if state.failed is not None and state.failed.reason == "timeout":
         status = 504
     headers = {"x-fusion-run-id": run_id}
+    if status != 200:  # failed on record: a retry is a new run (OpenAI's clients honour it)
+        headers["x-should-retry"] = "false"
     if timing is not None:
         headers["server-timing"] = timing.server_timing()
     return Response(view, status_code=status, headers=headers)

@@ -154,6 +154,9 @@ async def chat_completions(
     observe_overhead(services, fused, received_at(request))
     headers = {"x-fusion-run-id": run_id}
     if state.finalized is None:
+        # The run failed on record: a retry would be a new run, its panel paid again.
+        # The official clients retry any 5xx twice unless told not to.
+        headers["x-should-retry"] = "false"
         reason = state.failed.reason if state.failed else "unknown"
         status = 504 if reason == "timeout" else 502
         body = {

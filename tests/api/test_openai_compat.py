@@ -90,6 +90,23 @@ async def test_a_run_out_of_time_is_a_504(client: AsyncTestClient[Any]) -> None:
     assert response.json()["error"]["code"] == "timeout"
 
 
+@pytest.mark.parametrize("config", [HURRIED])
+async def test_the_official_client_does_not_rerun_a_failed_run(
+    client: AsyncTestClient[Any], pool: asyncpg.Pool
+) -> None:
+    # With its default retries the client made three paid runs of one failed request.
+    retrying = openai.AsyncOpenAI(
+        base_url=f"{client.base_url}/v1", api_key="unused", http_client=client, max_retries=2
+    )
+    with pytest.raises(openai.APIStatusError) as failed:
+        await retrying.chat.completions.create(
+            model="fusion/hurried", messages=[{"role": "user", "content": "2+2?"}]
+        )
+    assert failed.value.status_code == 504
+    runs = await pool.fetchval("SELECT count(*) FROM events WHERE event_type = 'run.requested'")
+    assert runs == 1
+
+
 async def test_models_and_unknown_model(client: AsyncTestClient[Any]) -> None:
     models = await sdk(client).models.list()
     assert {m.id for m in models.data} == {"fusion", "fusion/default", "fusion/cheap"}
