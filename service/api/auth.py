@@ -126,16 +126,28 @@ async def _problem(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+@dataclass
+class KeyChecks:
+    """The app's one rate limiter and key cache. Litestar builds a route's middleware
+    for each route, so what the middleware itself held was per route: a key had a
+    bucket per endpoint, and its rate applied to each of them."""
+
+    limiter: RateLimiter = field(default_factory=RateLimiter)
+    keys: KeyCache = field(default_factory=KeyCache)
+
+
 def auth_middleware(app: ASGIApp) -> ASGIApp:
     """Authenticate /v1 requests when the app requires keys; set tenant and actor."""
-    limiter = RateLimiter()
-    keys = KeyCache()
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
         state: Any = scope["app"].state
+        checks: KeyChecks | None = getattr(state, "key_checks", None)
+        if checks is None:
+            checks = state.key_checks = KeyChecks()
+        limiter, keys = checks.limiter, checks.keys
         needed = required_scope(str(scope.get("method", "GET")), scope["path"])
         if needed is None or not getattr(state, "auth_required", False):
             await app(scope, receive, send)

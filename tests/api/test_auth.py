@@ -101,3 +101,6 @@ async def test_rate_limit_per_key(secured: AsyncTestClient[Any], pool: asyncpg.P
     assert limited.status_code == 429
     assert int(limited.headers["retry-after"]) >= 1
     assert (await secured.get("/v1/runs", headers=bearer(other))).status_code == 200
+    # One bucket per key, whatever the route (it was one per key and route).
+    assert (await secured.get("/v1/profiles", headers=bearer(slow))).status_code == 429
+    assert (await secured.get("/v1/stats/judges", headers=bearer(slow))).status_code == 429
