@@ -61,10 +61,28 @@ def _emit_json(value: Any) -> None:
 
 
 def _database_url(ctx: click.Context) -> str:
-    url = ctx.obj["database_url"] or ctx.obj["settings"].database_url
+    settings: Settings = ctx.obj["settings"]
+    url = ctx.obj["database_url"] or settings.database_url or running_embedded(settings.data_dir)
     if not url:
-        fail("no database given: set DATABASE_URL or pass --database-url")
+        fail(
+            "no database given: set DATABASE_URL or pass --database-url (or run "
+            "`fusion-ledger up`, whose embedded Postgres the commands then find)"
+        )
     return str(url)
+
+
+def running_embedded(data_dir: Path) -> str | None:
+    """The URL of the embedded Postgres that `up` runs in data_dir, while it runs: read
+    from its postmaster.pid (port, socket directory), so the other commands need no
+    --database-url beside `up`."""
+    try:
+        lines = (data_dir / "postgres" / "postmaster.pid").read_text().splitlines()
+    except OSError:
+        return None
+    if len(lines) < 5 or not lines[3].strip().isdigit() or not lines[4].strip():
+        return None
+    query = urllib.parse.urlencode({"host": lines[4].strip(), "port": lines[3].strip()})
+    return f"postgresql://postgres:@/postgres?{query}"
 
 
 async def _connected(opening: Awaitable[T]) -> T:
@@ -466,6 +484,12 @@ def up_command(
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         with embedded_postgres(settings.data_dir) as url:
+            err_console.print(
+                f"embedded Postgres: {url} (while `up` runs, the other commands started "
+                "in this folder find it without DATABASE_URL)",
+                soft_wrap=True,
+                markup=False,
+            )
             _serve(
                 settings.with_overrides(database_url=url), config_path, host, port, simulator_port
             )

@@ -23,13 +23,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(data_dir: Path, port: int, sim_port: int, log: Path) -> subprocess.Popen[bytes]:
+def environment(data_dir: Path) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in ("DATABASE_URL", "FUSION_LEDGER_DATABASE_URL", "FUSION_LEDGER_CONFIG")
     }
     env["FUSION_LEDGER_DATA_DIR"] = str(data_dir)
+    return env
+
+
+def start(data_dir: Path, port: int, sim_port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = environment(data_dir)
     command = [
         sys.executable,
         "-m",
@@ -90,6 +95,16 @@ def test_up_serves_and_keeps_runs_across_restarts(tmp_path: Path) -> None:
         again = httpx.get(f"{url}/v1/runs/{run_id}", timeout=10)
         assert again.status_code == 200
         assert [e["event_type"] for e in again.json()["events"]][-1] == "answer.finalized"
+        # Beside `up`, the database commands find its embedded Postgres by themselves
+        # (they said "no database given", and `up` never said where it was).
+        status = subprocess.run(
+            [sys.executable, "-m", "service", "verify", "--json"],
+            env=environment(data),
+            capture_output=True,
+            timeout=60,
+        )
+        assert status.returncode == 0, status.stderr.decode()
+        assert b'"ok": true' in status.stdout or b'"ok":true' in status.stdout
     finally:
         # As a service manager stops it: the embedded Postgres stops too (it was left
         # running when the signal's default action ended the process).
