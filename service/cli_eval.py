@@ -84,10 +84,14 @@ def _cell(value: float | None, pattern: str) -> str:
 
 def print_report(report: Report) -> None:
     """The summary as an aligned table."""
+    resumed = (
+        f", {report.outcomes_existing} recorded before (resumed)"
+        if report.outcomes_existing
+        else ""
+    )
     console.print(
         f"eval [bold]{inline(report.eval)}[/bold]: {report.lines} lines, "
-        f"{report.outcomes_recorded} outcomes recorded now, "
-        f"{report.outcomes_existing} recorded before (resumed)"
+        f"{report.outcomes_recorded} outcomes recorded now{resumed}"
     )
     table = DataTable(
         title="final answer vs each panel model",

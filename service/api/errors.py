@@ -74,8 +74,11 @@ def handle_problem(request: Request[Any, Any, Any], exc: Problem) -> Response[An
 
 def handle_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
     errors = exc.extra if isinstance(exc.extra, list) else []
+    # "data" is the handlers' name for the body, not a field a client knows of.
     detail = "; ".join(
-        f"{e.get('key') or 'body'}: {e.get('message')}" for e in errors if isinstance(e, dict)
+        f"{'body' if e.get('key') in (None, '', 'data') else e.get('key')}: {e.get('message')}"
+        for e in errors
+        if isinstance(e, dict)
     ) or str(exc.detail)
     return problem_response(request, 400, "Bad request", detail, errors=errors)
 

@@ -356,6 +356,7 @@ async def test_bad_bodies_get_problem_details_and_write_nothing(
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
     assert needle in response.json()["detail"]
+    assert not response.json()["detail"].startswith("data:")  # the handler's name for it
     assert await count(pool) == 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from rich.console import Console
 
 from service.cli_output import DataTable, inline, shown
@@ -38,3 +39,15 @@ def test_a_value_in_a_line_of_markup_is_data() -> None:
 def test_line_breaks_and_tabs_stay() -> None:
     assert shown("a\nb\tc").plain == "a\nb\tc"
     assert shown("\x9b31m").plain == "\\x9b31m"  # the one-byte C1 escape too
+
+
+def test_a_first_eval_does_not_say_it_resumed(capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli_eval import Report, print_report
+
+    print_report(Report(eval="new", dataset="d.jsonl", lines=5, outcomes_recorded=5,
+                        outcomes_existing=0, summary=[], items=[]))  # fmt: skip
+    first = capsys.readouterr().out
+    assert "5 outcomes recorded now" in first and "resumed" not in first
+    print_report(Report(eval="new", dataset="d.jsonl", lines=5, outcomes_recorded=2,
+                        outcomes_existing=3, summary=[], items=[]))  # fmt: skip
+    assert "3 recorded before (resumed)" in capsys.readouterr().out
