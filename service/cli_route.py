@@ -36,8 +36,8 @@ def route_group() -> None:
 def explain_command(
     ctx: click.Context, run_id: str, config_path: Path | None, as_json: bool
 ) -> None:
-    """Rebuild the profiles at the recorded checkpoint, decide again with the recorded
-    seed, and compare; exit 1 when the decision is not reproduced."""
+    """Rebuild the run's tenant's profiles at the recorded checkpoint, decide again with
+    the recorded seed, and compare; exit 1 when the decision is not reproduced."""
     url = _database_url(ctx)
     try:
         config = _prices_config(ctx, config_path)
@@ -81,6 +81,7 @@ def _prices_config(ctx: click.Context, path: Path | None) -> Config:
 def _as_json(e: Explanation) -> dict[str, Any]:
     return {
         "run_id": e.run_id,
+        "tenant": e.tenant,
         "category": e.category,
         "category_source": e.category_source,
         "category_rule": e.category_rule,
@@ -97,7 +98,11 @@ def _print(e: Explanation) -> None:
     d = e.recorded
     rule = f", rule {e.category_rule}" if e.category_rule else ""
     budget = "none" if d.budget_usd is None else f"${d.budget_usd:.6g}"
-    console.print(inline(f"run {e.run_id}: category {e.category} ({e.category_source}{rule})"))
+    console.print(
+        inline(
+            f"run {e.run_id} (tenant {e.tenant}): category {e.category} ({e.category_source}{rule})"
+        )
+    )
     console.print(
         f"router {d.version}  profile checkpoint {d.profile_checkpoint}  seed {d.seed}  "
         f"k {d.k}  budget {budget}"

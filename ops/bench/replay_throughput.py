@@ -319,7 +319,9 @@ async def replay_events(
         for run in chunk:
             source = fold(read[run.run_id])
             built.append(
-                await replayer.rejudge(uuid.uuid4(), run.run_id, source, JudgeSpec(kind="vote"))
+                await replayer.rejudge(
+                    uuid.uuid4(), run.run_id, source, JudgeSpec(kind="vote"), tenant="default"
+                )
             )
     return built
 

@@ -41,7 +41,7 @@ import msgspec
 from service.config import Config
 from service.domain.events import Message, PanelMember, PanelSelected
 from service.domain.judging import Candidate, Decision, build_ballot, parse_judge_output, vote
-from service.domain.profiles import ProfileBuilder
+from service.domain.profiles import DEFAULT_TENANT, ProfileBuilder, TenantProfiles
 from service.domain.scoring import answers_match
 from service.orchestration.plan import RouteRequest, stable_seed
 from service.orchestration.router import Router
@@ -187,11 +187,14 @@ class RouterLine:
         request = RouteRequest(k=self.k, pool=self.pool, budget_usd=budget)
         seed = stable_seed(f"bench-{prompt_no}", "router")
         messages = [Message(role="user", content=question.prompt)]
-        return self.router.decide(question.category, request, seed, messages=messages).seats
+        decided = self.router.decide(
+            question.category, request, seed, tenant=DEFAULT_TENANT, messages=messages
+        )
+        return decided.seats
 
     def weights(self, category: str) -> Callable[[list[tuple[str, str]]], dict[str, float]]:
         """Judge weights: each member's posterior accuracy in the category."""
-        return lambda members: self.router.member_weights(category, members)
+        return lambda members: self.router.member_weights(category, members, tenant=DEFAULT_TENANT)
 
     def learn(self, question: Question, outcome: Outcome, prompt_no: int) -> None:
         """Record what happened (as the log and read models would) and refresh."""
@@ -205,7 +208,9 @@ class RouterLine:
         verdicts = [(models[v.member_id], v.agrees) for v in outcome.decision.verdicts]
         self.builder.record_verdicts(category, verdicts)
         self.builder.record_outcome(category, [(m.model, m.right) for m in outcome.members])
-        self.router.install(self.builder.snapshot(f"0:{prompt_no}"))
+        checkpoint = f"0:{prompt_no}"
+        snapshot = self.builder.snapshot(checkpoint)
+        self.router.install(TenantProfiles(checkpoint, {DEFAULT_TENANT: snapshot}))
 
 
 def true_best(world: World, models: Sequence[str], k: int, category: str | None) -> list[str]:
@@ -320,13 +325,17 @@ def decision_timing(decisions: int, seed: int) -> dict[str, object]:
 
     preset = '[presets.default]\npanel = "auto"\njudge = { kind = "vote" }\n'  # required
     config = parse_config(f'[providers.p]\nbase_url = "http://p.test/v1"\n{prices}\n{preset}')
-    router = Router(config, snapshot=builder.snapshot("1:1"))
+    router = Router(
+        config, profiles=TenantProfiles("1:1", {DEFAULT_TENANT: builder.snapshot("1:1")})
+    )
     request = RouteRequest(k=3, pool=tuple(models), budget_usd=1e-2)
     messages = [Message(role="user", content="Which of these is a prime? A) 21 B) 23 C) 25")]
     decide_s, encode_s = [], []
     for i in range(decisions + 200):
         started = time.perf_counter()
-        decided = router.decide(categories[i % 20], request, i, messages=messages)
+        decided = router.decide(
+            categories[i % 20], request, i, tenant=DEFAULT_TENANT, messages=messages
+        )
         middle = time.perf_counter()
         event = PanelSelected(
             members=[PanelMember(member_id=f"m{j}", model=m) for j, m in enumerate(decided.seats)],

@@ -1,7 +1,9 @@
 """POST /v1/route: the panel the router would pick now for a prompt, and why.
 
-Runs nothing and writes nothing: the decision is made on the router's current
-in-memory snapshot as a dry run (no breaker probe is started).
+Runs nothing and writes nothing: the decision is made on the asking key's tenant's
+current in-memory profiles as a dry run (no breaker probe is started). The answer holds
+nothing of other tenants' runs but the breakers, which are the providers' health and
+shared (README, Security).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import post
+from litestar import Request, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import JSONBody
 
@@ -19,6 +21,7 @@ from service.api.fusions import MessageBody
 from service.config import UnknownPreset, infer_category
 from service.domain.events import Message, RouterDecision
 from service.domain.judging import question_text
+from service.domain.profiles import DEFAULT_TENANT
 from service.domain.routing import RouteInfeasible
 from service.orchestration.plan import stable_seed
 from service.orchestration.router import Router, route_request
@@ -76,9 +79,10 @@ def _messages(body: RouteBody) -> list[Message]:
     summary="What the router would pick now, and why",
 )
 async def explain_route(
-    data: JSONBody[RouteBody], services: NamedDependency[Services]
+    request: Request[Any, Any, Any], data: JSONBody[RouteBody], services: NamedDependency[Services]
 ) -> RouteResponse:
-    """Decide a panel for the prompt on the current profiles, without running it."""
+    """Decide a panel for the prompt on the tenant's current profiles, without running it."""
+    tenant: str = getattr(request.state, "tenant", DEFAULT_TENANT)
     router: Router = services.extras["router"]
     config = services.config
     messages = _messages(data)
@@ -93,7 +97,7 @@ async def explain_route(
         category, source, rule = infer_category(config, text)
     seed = data.seed if data.seed is not None else stable_seed(text, category, "route")
     try:
-        request = route_request(
+        asked = route_request(
             config,
             preset,
             preset.judge_spec(),
@@ -103,8 +107,9 @@ async def explain_route(
         )
         decided = router.decide(
             category,
-            request,
+            asked,
             seed,
+            tenant=tenant,
             messages=messages,
             output_tokens=data.max_tokens,
             dry_run=True,
@@ -117,7 +122,7 @@ async def explain_route(
             recent_failure_rate=view.recent_failure_rate,
             cooldown_s=view.cooldown_s,
         )
-        for model, view in router.breakers(request.pool).items()
+        for model, view in router.breakers(asked.pool).items()
     }
     return RouteResponse(
         category=category,

@@ -1,12 +1,14 @@
 """Model error profiles as counts: what the router reads, and the maths that builds them.
 
-A ``ProfileSnapshot`` is an immutable view of the profile read models at one log
-checkpoint: per (model, category) ground-truth right / wrong, judge agreement, calls,
-failures, cost and latency; per (category, model pair) how often two panel members
-were wrong together. ``ProfileBuilder`` is the counting itself (one method per kind
-of fact), and ``ProfileFold`` applies it to run events in log order, so a snapshot can
-be rebuilt from the log up to any checkpoint (``route explain``) and a benchmark can
-update one after each prompt with the read models' maths.
+A ``ProfileSnapshot`` is an immutable view of one tenant's profile read models at one
+log checkpoint: per (model, category) ground-truth right / wrong, judge agreement,
+calls, failures, cost and latency; per (category, model pair) how often two panel
+members were wrong together. Profiles are kept per tenant (a run's tenant is its
+request's): ``TenantProfiles`` holds every tenant's snapshot, and a tenant with no
+history reads the empty one (the prior). ``ProfileBuilder`` is the counting itself (one
+method per kind of fact), and ``ProfileFold`` applies it to run events in log order, so
+a snapshot can be rebuilt from the log up to any checkpoint (``route explain``) and a
+benchmark can update one after each prompt with the read models' maths.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from service.domain.events import (
 )
 
 START_CHECKPOINT = "0:0"
+DEFAULT_TENANT = "default"  # a run whose request names no tenant (as the projections read it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +150,27 @@ class ProfileSnapshot:
         return self.overall_pairs.get((a, b) if a <= b else (b, a), EMPTY_PAIR)
 
 
+@dataclass(frozen=True)
+class TenantProfiles:
+    """Every tenant's profiles, folded up to ``checkpoint``.
+
+    A tenant's snapshot is labelled with the checkpoint at which its own counts last
+    changed (folding the log up to there gives the same counts), so a decision records
+    nothing of other tenants' activity; a tenant with no counts reads ``empty``.
+    """
+
+    checkpoint: str = START_CHECKPOINT
+    tenants: Mapping[str, ProfileSnapshot] = field(default_factory=dict)
+    # one per instance: the router caches derived values in it, and instances are replaced
+    empty: ProfileSnapshot = field(
+        default_factory=ProfileSnapshot, init=False, repr=False, compare=False
+    )
+
+    def of(self, tenant: str) -> ProfileSnapshot:
+        """The tenant's profiles (the empty snapshot when it has none)."""
+        return self.tenants.get(tenant, self.empty)
+
+
 class ProfileBuilder:
     """Mutable counts; ``snapshot`` freezes them. The read models' maths, in one place."""
 
@@ -212,12 +236,13 @@ MAX_RUNS_HELD = 200_000  # runs whose context a fold keeps: ~70 MB (350 bytes a 
 
 
 class ProfileFold:
-    """Applies run events, in log order, to a ProfileBuilder.
+    """Applies run events, in log order, to each tenant's ProfileBuilder.
 
     Only ``run-`` streams count: a replay re-judges a run that was already counted.
-    A run's later events need its category and seats: the fold holds those of the
-    latest ``max_runs`` runs (350 bytes each; ``trim`` lets go of older ones), in
-    plain str -> str dicts that the garbage collector does not track. An event of a
+    A run's later events need its tenant, category and seats: the fold holds those of
+    the latest ``max_runs`` runs (350 bytes each; ``trim`` lets go of older ones), in
+    plain dicts of str and int that the garbage collector does not track (a run's
+    tenant and category are one shared index into the few pairs seen). An event of a
     run it no longer holds is ignored here, so a reader of a long log first gives it
     those runs' request and panel (``holds`` says which it lacks;
     service.orchestration.router.fold_batch does).
@@ -228,30 +253,50 @@ class ProfileFold:
     fold, so ``needs_prior`` asks for it and ``recall_outcome`` gives it, uncounted.
     """
 
-    def __init__(self, max_runs: int = MAX_RUNS_HELD) -> None:
-        self.builder = ProfileBuilder()
+    def __init__(self, max_runs: int = MAX_RUNS_HELD, start: TenantProfiles | None = None) -> None:
+        start = start or TenantProfiles()
+        self.builders = {tenant: ProfileBuilder(s) for tenant, s in start.tenants.items()}
         self.max_runs = max_runs
-        self._category: dict[str, str] = {}  # stream_id -> category, oldest first
+        self._frozen = dict(start.tenants)  # tenant -> its counts when ``profiles`` last ran
+        self._changed: set[str] = set()  # tenants counted since
+        self._context: dict[str, int] = {}  # stream_id -> index in _contexts, oldest first
+        self._contexts: list[tuple[str, str]] = []  # (tenant, category)
+        self._context_index: dict[tuple[str, str], int] = {}
         self._seats: dict[str, dict[str, str]] = {}  # stream_id -> member_id -> model
         self._graded: dict[str, tuple[tuple[str, bool], ...]] = {}  # the latest outcome's
         self._partial: set[str] = set()  # context given, earlier outcomes not known here
 
+    def builder(self, tenant: str) -> ProfileBuilder:
+        """The tenant's counts (empty when it has none yet)."""
+        found = self.builders.get(tenant)
+        if found is None:
+            found = self.builders[tenant] = ProfileBuilder()
+        return found
+
+    def profiles(self, checkpoint: str) -> TenantProfiles:
+        """Every tenant's counts, frozen: those counted since the last call labelled
+        ``checkpoint``, the others as they were (with the checkpoint they had)."""
+        for tenant in self._changed:
+            self._frozen[tenant] = self.builders[tenant].snapshot(checkpoint)
+        self._changed.clear()
+        return TenantProfiles(checkpoint, dict(self._frozen))
+
     def holds(self, stream_id: str) -> bool:
         """True when the fold has this run's context (its request)."""
-        return stream_id in self._category
+        return stream_id in self._context
 
     def trim(self) -> None:
         """Let go of the oldest runs' context beyond ``max_runs`` (after a batch: never
         in the middle of one, whose later events may belong to those runs)."""
-        while len(self._category) > self.max_runs:
-            oldest = next(iter(self._category))
-            del self._category[oldest], self._seats[oldest]
+        while len(self._context) > self.max_runs:
+            oldest = next(iter(self._context))
+            del self._context[oldest], self._seats[oldest]
             self._graded.pop(oldest, None)
             self._partial.discard(oldest)
 
-    def load_context(self, stream_id: str, event: Event) -> None:
+    def load_context(self, stream_id: str, event: Event, tenant: str = DEFAULT_TENANT) -> None:
         """A run's request or panel, read back for a run whose later events come now."""
-        self.apply(stream_id, event)
+        self.apply(stream_id, event, tenant)
         self._partial.add(stream_id)
 
     def needs_prior(self, stream_id: str) -> bool:
@@ -277,39 +322,54 @@ class ProfileFold:
             if o.correct is not None and o.member_id in seats
         )
 
-    def apply(self, stream_id: str, event: Event) -> None:
-        """Count one event of stream ``stream_id``."""
+    def _open(self, stream_id: str, tenant: str, category: str) -> None:
+        key = (sys.intern(tenant), sys.intern(category))
+        index = self._context_index.get(key)
+        if index is None:
+            index = self._context_index[key] = len(self._contexts)
+            self._contexts.append(key)
+        self._context[stream_id] = index
+        self._seats[stream_id] = {}
+
+    def _counts(self, tenant: str) -> ProfileBuilder:
+        self._changed.add(tenant)
+        return self.builder(tenant)
+
+    def apply(self, stream_id: str, event: Event, tenant: str = DEFAULT_TENANT) -> None:
+        """Count one event of stream ``stream_id``. ``tenant`` is the run's, read with
+        its run.requested (later events count for the tenant their run has)."""
         if not stream_id.startswith("run-"):
             return
         if isinstance(event, RunRequested):
-            self._category[stream_id] = sys.intern(event.category)
-            self._seats[stream_id] = {}
+            self._open(stream_id, tenant, event.category)
             return
-        category = self._category.get(stream_id)
-        if category is None:
+        index = self._context.get(stream_id)
+        if index is None:
             return
+        tenant, category = self._contexts[index]
         seats = self._seats[stream_id]
         match event:
             case PanelSelected(members=members):
                 seats.update((sys.intern(m.member_id), sys.intern(m.model)) for m in members)
             case PanelCallSucceeded():
-                self.builder.record_call(
+                self._counts(tenant).record_call(
                     event.model, category, failed=False,
                     cost_usd=event.cost_usd, latency_ms=event.latency_ms,
                     output_tokens=event.output_tokens,
                 )  # fmt: skip
             case PanelCallFailed():
-                self.builder.record_call(
+                self._counts(tenant).record_call(
                     event.model, category, failed=True,
                     cost_usd=0.0, latency_ms=event.latency_ms,
                 )  # fmt: skip
             case JudgeDecided(verdicts=verdicts):
                 known = [(seats[v.member_id], v.agrees) for v in verdicts if v.member_id in seats]
-                self.builder.record_verdicts(category, known)
+                self._counts(tenant).record_verdicts(category, known)
             case OutcomeRecorded():
                 graded = self._graded_seats(stream_id, event)
                 prior = self._graded.get(stream_id)
+                builder = self._counts(tenant)
                 if prior is not None:  # the latest outcome counts: the one before goes
-                    self.builder.record_outcome(category, prior, sign=-1)
-                self.builder.record_outcome(category, graded)
+                    builder.record_outcome(category, prior, sign=-1)
+                builder.record_outcome(category, graded)
                 self._graded[stream_id] = graded

@@ -182,7 +182,9 @@ class BatchWorker:
         for run in chunk:
             replay_id = replay_ids[run.run_id]
             try:
-                events = await self._rejudge(requested, run, sources.get(run.run_id, []), replay_id)
+                events = await self._rejudge(
+                    requested, run, sources.get(run.run_id, []), replay_id, tenant
+                )
             except UnknownNormalizer:
                 left.append(run.run_id)
                 continue
@@ -198,6 +200,7 @@ class BatchWorker:
         run: SourceRun,
         events: list[Event],
         replay_id: uuid.UUID,
+        tenant: str,
     ) -> list[Event]:
         source = fold(events)
         if source.request is None or source.finalized is None:
@@ -209,7 +212,12 @@ class BatchWorker:
         try:
             check_normalizer(source)  # before the judge is paid
             return await self.replayer.rejudge(
-                replay_id, run.run_id, source, requested.judge, batch_id=requested.batch_id
+                replay_id,
+                run.run_id,
+                source,
+                requested.judge,
+                tenant=tenant,
+                batch_id=requested.batch_id,
             )
         except (*RESUMABLE, UnknownNormalizer):
             raise  # not the run's fault: the batch resumes later, or waits for an upgrade

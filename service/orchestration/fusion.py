@@ -436,6 +436,7 @@ class FusionRunner:
     # --- the router (issue 5): automatic panels, learned judge weights -----------------
 
     def _routed(self, plan: FusionPlan, run_id: uuid.UUID) -> FusionPlan:
+        """The plan with its automatic panel picked on its tenant's profiles."""
         if plan.route is None:
             return plan
         if self.router is None:
@@ -464,11 +465,12 @@ class FusionRunner:
     def _judge_weights(
         self, plan: FusionPlan, spec: JudgeSpec, state: RunState
     ) -> dict[str, float] | None:
-        """Posterior accuracy of each answering member, when the judge wants them."""
+        """Posterior accuracy of each answering member on the run's tenant's profiles,
+        when the judge wants them."""
         if self.router is None or not (spec.weighted or spec.informed):
             return None
         members = [(m.member_id, m.model) for m in state.succeeded]
-        return self.router.member_weights(plan.category, members)
+        return self.router.member_weights(plan.category, members, tenant=plan.client.tenant)
 
     async def _fail(
         self,

@@ -1,16 +1,22 @@
-"""Load a ProfileSnapshot from the profile read models: one query per read model.
+"""Load every tenant's profiles from the profile read models: one query per read model.
 
 The read models are kept by the ``model_stats`` projection
 (service/projections/definitions.py, schema/migrations/0030_projections.sql), with the
-same counts as ``ProfileFold`` (tests hold them equal). Rows are per tenant; the router
-learns about models from every tenant's runs, so the loader sums over tenants. The
+same counts as ``ProfileFold`` (tests hold them equal). Rows are per tenant, and so are
+the profiles: a tenant's routing and judge weights learn from its own runs only. The
 reads run in one repeatable-read transaction, so they agree with each other and with
 the checkpoint they report.
 """
 
 from __future__ import annotations
 
-from service.domain.profiles import START_CHECKPOINT, CellStats, PairStats, ProfileSnapshot
+from service.domain.profiles import (
+    START_CHECKPOINT,
+    CellStats,
+    PairStats,
+    ProfileSnapshot,
+    TenantProfiles,
+)
 from service.store.database import Connection
 
 PROFILE_PROJECTION = "model_stats"
@@ -23,26 +29,19 @@ SELECT transaction_id, global_position FROM projection_checkpoints WHERE name = 
 """
 
 PROFILE_SQL = """
-SELECT model, category, sum(gt_right)::bigint AS gt_right, sum(gt_wrong)::bigint AS gt_wrong,
-       sum(judge_agree)::bigint AS judge_agree, sum(judge_disagree)::bigint AS judge_disagree,
-       sum(calls)::bigint AS calls, sum(failures)::bigint AS failures, sum(cost_usd) AS cost_usd,
-       sum(latency_ms) AS latency_ms, sum(output_tokens)::bigint AS output_tokens
+SELECT tenant, model, category, gt_right, gt_wrong, judge_agree, judge_disagree, calls,
+       failures, cost_usd, latency_ms, output_tokens
 FROM model_error_profile
-GROUP BY model, category
 """
 
 CO_FAILURE_SQL = """
-SELECT category, model_a, model_b, sum(both_wrong)::bigint AS both_wrong,
-       sum(one_wrong)::bigint AS one_wrong, sum(both_right)::bigint AS both_right
+SELECT tenant, category, model_a, model_b, both_wrong, one_wrong, both_right
 FROM co_failure
-GROUP BY category, model_a, model_b
 """
 
 
-async def load_profile_snapshot(
-    conn: Connection, projection: str = PROFILE_PROJECTION
-) -> ProfileSnapshot:
-    """The profiles as the read models hold them, labelled with their checkpoint."""
+async def load_profiles(conn: Connection, projection: str = PROFILE_PROJECTION) -> TenantProfiles:
+    """Every tenant's profiles as the read models hold them, labelled with their checkpoint."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         # Before the snapshot (LOCK takes none): a rebuild's swap replaces these tables
         # by DDL, which snapshots do not isolate; locked first, the reads below see the
@@ -54,8 +53,9 @@ async def load_profile_snapshot(
     checkpoint = (
         START_CHECKPOINT if mark is None else f"{mark['transaction_id']}:{mark['global_position']}"
     )
-    cells = {
-        (r["model"], r["category"]): CellStats(
+    cells: dict[str, dict[tuple[str, str], CellStats]] = {}
+    for r in profiles:
+        cells.setdefault(r["tenant"], {})[(r["model"], r["category"])] = CellStats(
             right=r["gt_right"],
             wrong=r["gt_wrong"],
             agree=r["judge_agree"],
@@ -66,12 +66,14 @@ async def load_profile_snapshot(
             latency_ms=r["latency_ms"],
             output_tokens=r["output_tokens"],
         )
-        for r in profiles
-    }
-    co_failures = {
-        (r["category"], r["model_a"], r["model_b"]): PairStats(
+    co_failures: dict[str, dict[tuple[str, str, str], PairStats]] = {}
+    for r in pairs:
+        key = (r["category"], r["model_a"], r["model_b"])
+        co_failures.setdefault(r["tenant"], {})[key] = PairStats(
             both_wrong=r["both_wrong"], one_wrong=r["one_wrong"], both_right=r["both_right"]
         )
-        for r in pairs
+    tenants = {
+        tenant: ProfileSnapshot(checkpoint, cells.get(tenant, {}), co_failures.get(tenant, {}))
+        for tenant in cells.keys() | co_failures.keys()
     }
-    return ProfileSnapshot(checkpoint, cells, co_failures)
+    return TenantProfiles(checkpoint, tenants)

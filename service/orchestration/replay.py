@@ -197,7 +197,7 @@ class Replayer:
         actor: str,
         force: bool,
     ) -> ReplayOutcome:
-        events = await self.rejudge(replay_id, run_id, source, spec, force=force)
+        events = await self.rejudge(replay_id, run_id, source, spec, tenant=tenant, force=force)
         stream_id = f"replay-{replay_id}"
         try:
             await self.store.append_to_stream(
@@ -225,10 +225,12 @@ class Replayer:
         source: RunState,
         spec: JudgeSpec,
         *,
+        tenant: str,
         batch_id: str | None = None,
         force: bool = False,
     ) -> list[Event]:
-        """The replay's events: the new judge over the source's recorded successes only."""
+        """The replay's events: the new judge over the source's recorded successes only
+        (``tenant``: the source run's, whose profiles a weighted judge may read)."""
         assert source.request is not None
         started = time.perf_counter()
         candidates = [Candidate(m.member_id, m.text or "") for m in source.succeeded]
@@ -247,7 +249,7 @@ class Replayer:
             candidates,
             seed=stable_seed(str(run_id), "judge"),
             timeout_s=source.request.timeout_s or DEFAULT_JUDGE_TIMEOUT_S,
-            weights=self._judge_weights(spec, source),
+            weights=self._judge_weights(spec, source, tenant),
             self_judging=spec.model is not None
             and spec.model in {m.model for m in source.members.values()},
             normalizer=source.request.normalizer,  # the source run's rule, never a newer one
@@ -274,16 +276,18 @@ class Replayer:
         )
         return [requested, result.event, finalized]
 
-    def _judge_weights(self, spec: JudgeSpec, source: RunState) -> dict[str, float] | None:
+    def _judge_weights(
+        self, spec: JudgeSpec, source: RunState, tenant: str
+    ) -> dict[str, float] | None:
         """The weights the original judge saw, so a weighted vote replays
         bit-identically; when it saw none, a weighted or informed judge gets the
-        router's, as a live run would (with no router, none)."""
+        router's on the tenant's profiles, as a live run would (with no router, none)."""
         recorded = source.judge.member_weights if source.judge is not None else None
         if recorded is not None or self.router is None or not (spec.weighted or spec.informed):
             return recorded
         assert source.request is not None
         members = [(m.member_id, m.model) for m in source.succeeded]
-        return self.router.member_weights(source.request.category, members)
+        return self.router.member_weights(source.request.category, members, tenant=tenant)
 
     async def close(self) -> None:
         """Cancel replays in flight; nothing of theirs was written (one append each)."""

@@ -2,9 +2,10 @@
 
 panel.selected holds the decision's inputs that are not in the log itself: the
 profile checkpoint, the seed, k, the budget, the pool (the candidates, in order) and
-the breaker's view (in each candidate's reason). The profiles at the checkpoint are
-rebuilt by folding the log up to it with the read models' maths; the decision is then
-made again and compared, candidate by candidate, with the recorded one.
+the breaker's view (in each candidate's reason). The run's tenant's profiles at the
+checkpoint are rebuilt by folding the log up to it with the read models' maths (the
+router decided on that tenant's profiles only); the decision is then made again and
+compared, candidate by candidate, with the recorded one.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from service.domain.routing import (
     prompt_tokens,
     route,
 )
-from service.orchestration.router import fold_batch, seats_to_panel
+from service.orchestration.router import fold_batch, run_tenant, seats_to_panel
 from service.store import Checkpoint, EventStore
 from service.store.postgres import START, checkpoint_of
 
@@ -42,6 +43,7 @@ class Explanation:
     """A recorded decision next to the same decision made again."""
 
     run_id: str
+    tenant: str
     category: str
     category_source: str
     category_rule: str | None
@@ -57,8 +59,8 @@ class Explanation:
         return not self.differences
 
 
-async def snapshot_at(store: EventStore, checkpoint: Checkpoint) -> ProfileSnapshot:
-    """The profiles as of a checkpoint, rebuilt from the log (gap-safe order)."""
+async def snapshot_at(store: EventStore, checkpoint: Checkpoint, tenant: str) -> ProfileSnapshot:
+    """A tenant's profiles as of a checkpoint, rebuilt from the log (gap-safe order)."""
     fold = ProfileFold()
     after = START
     while after < checkpoint:
@@ -67,14 +69,15 @@ async def snapshot_at(store: EventStore, checkpoint: Checkpoint) -> ProfileSnaps
             break
         await fold_batch(store, fold, batch)
         after = checkpoint_of(batch[-1])
-    return fold.builder.snapshot(str(checkpoint))
+    return fold.builder(tenant).snapshot(str(checkpoint))
 
 
 async def explain_run(
     store: EventStore, config: Config, run_id: str, settings: RouterSettings = DEFAULT_SETTINGS
 ) -> Explanation:
     """Redo run ``run_id``'s router decision and compare; raises NotRouted."""
-    events = [e.decode() for e in await store.read_stream(f"run-{run_id}")]
+    records = await store.read_stream(f"run-{run_id}")
+    events = [e.decode() for e in records]
     requested = next((e for e in events if isinstance(e, RunRequested)), None)
     selected = next((e for e in events if isinstance(e, PanelSelected)), None)
     if requested is None:
@@ -86,7 +89,8 @@ async def explain_run(
     differences: list[str] = []
     if recorded.version != ROUTER_VERSION:
         differences.append(f"recorded by {recorded.version}; this is {ROUTER_VERSION}")
-    snapshot = await snapshot_at(store, Checkpoint.parse(recorded.profile_checkpoint))
+    tenant = next(run_tenant(r) for r in records if r.event_type == "run.requested")
+    snapshot = await snapshot_at(store, Checkpoint.parse(recorded.profile_checkpoint), tenant)
     query = RouteQuery(
         category=requested.category,
         pool=_pool(config, recorded, differences),
@@ -106,6 +110,7 @@ async def explain_run(
     differences += _compare(recorded, again.decision)
     return Explanation(
         run_id=run_id,
+        tenant=tenant,
         category=requested.category,
         category_source=requested.category_source,
         category_rule=requested.category_rule,

@@ -1,12 +1,17 @@
-"""The Router: panels for `panel: "auto"` from an in-memory profile snapshot.
+"""The Router: panels for `panel: "auto"` from in-memory profile snapshots.
 
-Never a database query per request: the snapshot is replaced as the profiles advance
-(``follow_log``), and each snapshot carries the log checkpoint it reflects, which goes
-into panel.selected with the seed, so ``route explain`` can rebuild the same inputs.
+Never a database query per request: the snapshots are replaced as the profiles advance
+(``follow_log``). Profiles are per tenant: a decision and a judge's member weights read
+the asking run's tenant's snapshot only (``TenantProfiles``), so one tenant's runs and
+outcomes neither show in another's answers nor move its routing. Each snapshot carries
+the log checkpoint at which its tenant's counts last changed, which goes into
+panel.selected with the seed, so ``route explain`` can rebuild the same inputs.
 
-The breakers are fed twice: by this process's own member calls as they end
-(``record_call``; reacts within a few runs) and by the calls other processes made, as
-newer snapshots show them (``install``); not by the lifetime counts it starts from.
+The breakers are shared by every tenant: they are the providers' health (one provider
+account serves them all). They are fed twice: by this process's own member calls as
+they end (``record_call``; reacts within a few runs) and by the calls other processes
+made, as newer snapshots show them (``install``); not by the lifetime counts it starts
+from.
 """
 
 from __future__ import annotations
@@ -30,10 +35,13 @@ from service.domain.breaker import (
 )
 from service.domain.events import JudgeSpec, Message, OutcomeRecorded, PanelRequest
 from service.domain.profiles import (
+    DEFAULT_TENANT,
+    EMPTY_CELL,
     START_CHECKPOINT,
-    ProfileBuilder,
+    CellStats,
     ProfileFold,
     ProfileSnapshot,
+    TenantProfiles,
 )
 from service.domain.routing import (
     DEFAULT_SETTINGS,
@@ -48,7 +56,7 @@ from service.domain.routing import (
     route,
 )
 from service.orchestration.plan import FusionPlan, RouteRequest, stable_seed
-from service.orchestration.profile_loader import load_profile_snapshot
+from service.orchestration.profile_loader import load_profiles
 from service.store import Checkpoint, EventStore, RecordedEvent
 from service.store.codec import decode_event
 from service.store.database import DATABASE_ERRORS, keep_running
@@ -145,7 +153,8 @@ class BreakerView:
 
 
 class Router:
-    """Decides panels; holds the current snapshot and the breakers (one per process)."""
+    """Decides panels; holds every tenant's current snapshot and the breakers (one
+    router per process)."""
 
     def __init__(
         self,
@@ -154,42 +163,55 @@ class Router:
         settings: RouterSettings = DEFAULT_SETTINGS,
         breaker: BreakerSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
-        snapshot: ProfileSnapshot | None = None,
+        profiles: TenantProfiles | None = None,
     ) -> None:
         self.config = config
         self.settings = settings
         self.breaker_settings = breaker or BreakerSettings()
         self.clock = clock
-        self._snapshot = snapshot or ProfileSnapshot()
+        self._profiles = profiles or TenantProfiles()
         self._breakers: dict[str, Breaker] = {}
         self._called: set[str] = set()
         self._pools: dict[tuple[str, ...], tuple[PoolModel, ...]] = {}
 
     @property
-    def snapshot(self) -> ProfileSnapshot:
-        """The profiles the next decision reads."""
-        return self._snapshot
+    def profiles(self) -> TenantProfiles:
+        """Every tenant's profiles, and the log checkpoint they were folded up to."""
+        return self._profiles
 
-    def install(self, snapshot: ProfileSnapshot, *, history: bool = False) -> None:
-        """Use a newer snapshot; calls it shows for models this process did not call
-        since the last one (other replicas' calls) may open their breakers.
+    def snapshot(self, tenant: str) -> ProfileSnapshot:
+        """The profiles the tenant's next decision reads."""
+        return self._profiles.of(tenant)
 
-        ``history``: the snapshot is where the profiles start (the read models at
-        start), and its counts are every call ever made: they feed no breaker, which is
-        about recent calls; the next snapshot's news is counted against them."""
+    def install(self, profiles: TenantProfiles, *, history: bool = False) -> None:
+        """Use newer profiles; calls they show for models this process did not call
+        since the last ones (other replicas' calls, any tenant's) may open their breakers.
+
+        ``history``: the profiles are where they start (the read models at start), and
+        their counts are every call ever made: they feed no breaker, which is about
+        recent calls; the next profiles' news is counted against them."""
         now = self.clock()
-        previous = self._snapshot
-        for model, cell in snapshot.overall.items():
-            if history or model in self._called:
-                continue
-            seen = cell - previous.model_overall(model)
-            if seen.calls > 0:
+        seen = {} if history else self._calls_since(self._profiles, profiles)
+        for model, cell in seen.items():
+            if model not in self._called and cell.calls > 0:
                 breaker = self._breakers.get(model, Breaker())
                 self._breakers[model] = record_calls(
-                    breaker, seen.calls, seen.failures, now, self.breaker_settings
+                    breaker, cell.calls, cell.failures, now, self.breaker_settings
                 )
         self._called.clear()
-        self._snapshot = snapshot
+        self._profiles = profiles
+
+    @staticmethod
+    def _calls_since(previous: TenantProfiles, profiles: TenantProfiles) -> dict[str, CellStats]:
+        """Per model, what ``profiles`` count beyond ``previous``, over every tenant."""
+        seen: dict[str, CellStats] = {}
+        for tenant, snapshot in profiles.tenants.items():
+            before = previous.of(tenant)
+            if snapshot is before:  # a tenant with nothing new keeps its snapshot
+                continue
+            for model, cell in snapshot.overall.items():
+                seen[model] = seen.get(model, EMPTY_CELL) + (cell - before.model_overall(model))
+        return seen
 
     def record_call(self, model: str, failed: bool) -> None:
         """A panel call of this process ended: feed the model's breaker."""
@@ -215,11 +237,13 @@ class Router:
         request: RouteRequest,
         seed: int,
         *,
+        tenant: str,
         messages: Sequence[Message] = (),
         output_tokens: int | None = None,
         dry_run: bool = False,
     ) -> Route:
-        """Pick a panel now; a dry run starts no probe. Raises RouteInfeasible."""
+        """Pick a panel now on the tenant's profiles; a dry run starts no probe.
+        Raises RouteInfeasible."""
         now = self.clock()
         pool = self._pools.get(request.pool)
         if pool is None:  # the configuration never changes: prices are looked up once
@@ -236,26 +260,31 @@ class Router:
             resting=frozenset(m for m, s in states.items() if s == "open"),
             probes=frozenset(m for m, s in states.items() if s == "half_open"),
         )
-        decided = route(self._snapshot, query, self.settings)
+        decided = route(self._profiles.of(tenant), query, self.settings)
         if decided.probe is not None and not dry_run:
             self._breakers[decided.probe] = start_probe(self._breakers[decided.probe], now)
         return decided
 
     def route_plan(self, plan: FusionPlan, run_id: uuid.UUID) -> FusionPlan:
-        """The plan with its automatic panel picked; raises RouteInfeasible."""
+        """The plan with its automatic panel picked on its tenant's profiles; raises
+        RouteInfeasible."""
         assert plan.route is not None
         decided = self.decide(
             plan.category,
             plan.route,
             router_seed(run_id),
+            tenant=plan.client.tenant,
             messages=plan.messages,
             output_tokens=plan.params.max_tokens,
         )
         return replace(plan, panel=seats_to_panel(decided.seats), router_decision=decided.decision)
 
-    def member_weights(self, category: str, members: Iterable[tuple[str, str]]) -> dict[str, float]:
-        """Each (member_id, model)'s posterior accuracy in the category: judge weights."""
-        return member_weights(self._snapshot, category, members, self.settings)
+    def member_weights(
+        self, category: str, members: Iterable[tuple[str, str]], *, tenant: str
+    ) -> dict[str, float]:
+        """Each (member_id, model)'s posterior accuracy in the category on the tenant's
+        profiles: judge weights."""
+        return member_weights(self._profiles.of(tenant), category, members, self.settings)
 
 
 INSTALL_EVERY_BATCHES = 20
@@ -278,11 +307,13 @@ PROFILE_EVENT_TYPES = frozenset(
 FOLLOW_SETTLE_S = 0.25
 
 
-# A run's context for the fold: its request and its panel, versions 1 and 2 of a run
-# stream (FusionRunner writes both in its first append; a run it could not route has
-# no panel, and its version 2 is run.failed).
+# A run's context for the fold: its request (with its tenant, as the projections read
+# it) and its panel, versions 1 and 2 of a run stream (FusionRunner writes both in its
+# first append; a run it could not route has no panel, and its version 2 is run.failed).
 RUN_CONTEXT_SQL = """
-SELECT stream_id, event_type, schema_version, data FROM events
+SELECT stream_id, event_type, schema_version, data,
+       coalesce(metadata->>'tenant', 'default') AS tenant
+FROM events
 WHERE stream_id = ANY($1::text[]) AND stream_version <= 2
   AND event_type IN ('run.requested', 'panel.selected')
 ORDER BY stream_id, stream_version
@@ -299,12 +330,21 @@ ORDER BY p.stream_id, p.stream_version DESC
 """
 
 
+def run_tenant(requested: RecordedEvent) -> str:
+    """A run's tenant: its run.requested's metadata tenant ('default' when absent)."""
+    tenant = requested.metadata_dict().get("tenant")
+    return tenant if isinstance(tenant, str) else DEFAULT_TENANT
+
+
 def fold_profiles(fold: ProfileFold, batch: Iterable[RecordedEvent]) -> None:
-    """Count the events of a batch that profiles are made of (run streams only); then
-    the fold lets go of its oldest runs beyond its bound."""
+    """Count the events of a batch that profiles are made of (run streams only), each
+    for its run's tenant; then the fold lets go of its oldest runs beyond its bound."""
     for recorded in batch:
         if recorded.stream_id.startswith("run-") and recorded.event_type in PROFILE_EVENT_TYPES:
-            fold.apply(recorded.stream_id, recorded.decode())
+            if recorded.event_type == "run.requested":
+                fold.apply(recorded.stream_id, recorded.decode(), run_tenant(recorded))
+            else:
+                fold.apply(recorded.stream_id, recorded.decode())
     fold.trim()
 
 
@@ -328,7 +368,7 @@ async def fold_batch(store: EventStore, fold: ProfileFold, batch: Sequence[Recor
     if missing:
         for row in await store.pool.fetch(RUN_CONTEXT_SQL, sorted(missing)):
             event = decode_event(row["event_type"], row["schema_version"], row["data"])
-            fold.load_context(row["stream_id"], event)
+            fold.load_context(row["stream_id"], event, row["tenant"])
     unknown = sorted(s for s in outcomes if fold.needs_prior(s))
     if unknown:
         versions = [outcomes[s] for s in unknown]
@@ -341,16 +381,16 @@ async def fold_batch(store: EventStore, fold: ProfileFold, batch: Sequence[Recor
     fold_profiles(fold, batch)
 
 
-async def _read_model_start(store: EventStore) -> ProfileSnapshot | None:
+async def _read_model_start(store: EventStore) -> TenantProfiles | None:
     """The profile read models' counts, if their projection has a checkpoint (and the
     database answers; otherwise the follower starts from the log's start)."""
     try:
         async with store.pool.acquire() as conn:
-            snapshot = await load_profile_snapshot(conn)
+            profiles = await load_profiles(conn)
     except DATABASE_ERRORS as exc:
         log.warning("router.read_models_unavailable", error=str(exc))
         return None
-    return None if snapshot.checkpoint == START_CHECKPOINT else snapshot
+    return None if profiles.checkpoint == START_CHECKPOINT else profiles
 
 
 async def follow_log(
@@ -362,20 +402,21 @@ async def follow_log(
     settle_s: float = FOLLOW_SETTLE_S,
     from_read_models: bool = True,
 ) -> None:
-    """Keep the router's snapshot current: fold new events in log order (forever).
+    """Keep the router's profiles current: fold new events in log order (forever).
 
-    An in-memory projection with the read models' maths (``ProfileFold``); a snapshot
-    is installed when the fold has caught up, and every few batches while it catches
-    up. It starts from the profile read models' counts and checkpoint when the
-    projection has one (``from_read_models``: folding a million events from the start
-    costs ~15 s of CPU at every start), else from the log's start. A database error is
-    logged and the reading resumes from the last checkpoint.
+    An in-memory projection with the read models' maths (``ProfileFold``), per tenant;
+    the profiles are installed when the fold has caught up, and every few batches while
+    it catches up (only the tenants counted since are frozen again). It starts from the
+    profile read models' counts and checkpoint when the projection has one
+    (``from_read_models``: folding a million events from the start costs ~15 s of CPU
+    at every start), else from the log's start. A database error is logged and the
+    reading resumes from the last checkpoint.
     """
     fold = ProfileFold()
     checkpoint = START
     batches = 0
     if from_read_models and (start := await _read_model_start(store)) is not None:
-        fold.builder = ProfileBuilder(start)
+        fold = ProfileFold(start=start)
         checkpoint = Checkpoint.parse(start.checkpoint)
         router.install(start, history=True)
 
@@ -388,7 +429,7 @@ async def follow_log(
             checkpoint = checkpoint_of(batch[-1])
             batches += 1
             if len(batch) < batch_size or batches % INSTALL_EVERY_BATCHES == 0:
-                router.install(fold.builder.snapshot(str(checkpoint)))
+                router.install(fold.profiles(str(checkpoint)))
                 await asyncio.sleep(0)
 
     await keep_running(

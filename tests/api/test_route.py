@@ -119,7 +119,7 @@ async def test_an_auto_fusion_is_routed_and_explained_by_the_cli(
         assert done.status_code == 200, done.text
         await record_truth(EventStore(pool), done.json(), q.expected)
     for _ in range(1200):  # the router follows the log (gap-safe: waits for old xacts)
-        if router.snapshot.checkpoint != "0:0":
+        if router.profiles.checkpoint != "0:0":
             break
         await asyncio.sleep(0.05)
     question = simulator.world.bank.in_category("two_choice")[3]

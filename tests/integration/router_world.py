@@ -1,8 +1,10 @@
 """Shared set-up for the router's tests: the simulator's configuration with an
-automatic-panel preset, fusions run through a FusionRunner, ground truth recorded."""
+automatic-panel preset, fusions run through a FusionRunner, ground truth recorded, and
+waiting for the router to have followed the whole log."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 
@@ -23,7 +25,9 @@ from service.domain.runs import RunState
 from service.domain.scoring import answers_match
 from service.orchestration.fusion import FusionRunner
 from service.orchestration.planning import FusionAsk, plan_fusion
-from service.store import EventStore, NewEvent
+from service.orchestration.router import Router
+from service.store import Checkpoint, EventStore, NewEvent
+from service.store.postgres import START, checkpoint_of
 from tests.conftest import RunningSimulator
 
 SIM_POOL = ("sim/model-a", "sim/model-b", "sim/model-c", "sim/model-e")
@@ -55,15 +59,21 @@ def routed_config(
 
 
 async def fuse(
-    runner: FusionRunner, config: Config, prompt: str, *, preset: str = "auto", **ask: object
+    runner: FusionRunner,
+    config: Config,
+    prompt: str,
+    *,
+    preset: str = "auto",
+    tenant: str = "default",
+    **ask: object,
 ) -> tuple[uuid.UUID, RunState]:
-    """Plan and run one fusion, as the API does."""
+    """Plan and run one fusion for the tenant, as the API does."""
     plan = plan_fusion(
         config,
         FusionAsk(
             messages=[Message(role="user", content=prompt)],
             preset=preset,
-            client=ClientIdentity(),
+            client=ClientIdentity(tenant=tenant),
             params=GenerationParams(),
             **ask,  # type: ignore[arg-type]
         ),
@@ -103,3 +113,23 @@ async def selection(store: EventStore, run_id: uuid.UUID) -> PanelSelected:
 async def requested(store: EventStore, run_id: uuid.UUID) -> RunRequested:
     """A run's run.requested event."""
     return next(e for e in await run_events(store, run_id) if isinstance(e, RunRequested))
+
+
+async def log_end(store: EventStore) -> Checkpoint:
+    """The checkpoint after the last committed event."""
+    end = START
+    while batch := await store.read_all(end, 1000):
+        end = checkpoint_of(batch[-1])
+    return end
+
+
+async def caught_up(store: EventStore, router: Router) -> Checkpoint:
+    """Wait until the router's profiles reflect the whole log. Gap-safe reading waits
+    for every older transaction on the server, other tests' too: allow for that."""
+    end = START
+    for _ in range(1200):
+        end = await log_end(store)
+        if end != START and router.profiles.checkpoint == str(end):
+            return end
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"router still at {router.profiles.checkpoint}, log at {end}")

@@ -54,10 +54,13 @@ class RacingReplayer(Replayer):
         source: RunState,
         spec: JudgeSpec,
         *,
+        tenant: str,
         batch_id: str | None = None,
         force: bool = False,
     ) -> list[Event]:
-        events = await super().rejudge(replay_id, run_id, source, spec, batch_id=batch_id)
+        events = await super().rejudge(
+            replay_id, run_id, source, spec, tenant=tenant, batch_id=batch_id
+        )
         if str(run_id) == self.victim:
             theirs = stamp(events, replay_id, "default", "other-worker", None)
             await self.store.append_to_stream(f"replay-{replay_id}", theirs, NO_STREAM)

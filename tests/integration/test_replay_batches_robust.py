@@ -24,7 +24,7 @@ from service.domain.events import (
     SourceRun,
 )
 from service.domain.judging import Candidate, vote
-from service.domain.profiles import CellStats, ProfileSnapshot
+from service.domain.profiles import CellStats, ProfileSnapshot, TenantProfiles
 from service.orchestration.batch import BatchProgress, BatchReplayer
 from service.orchestration.replay import Replayer, batch_replay_id
 from service.orchestration.replay_sources import resolve_runs
@@ -127,11 +127,12 @@ async def test_more_batches_than_a_small_pool_holds_complete_and_the_pool_keeps_
         await small.close()
 
 
-def track_record_snapshot() -> ProfileSnapshot:
-    """model-e is known to be right in the category; model-b and model-c, wrong."""
+def track_records() -> TenantProfiles:
+    """model-e is known to be right in the category; model-b and model-c, wrong (for
+    the tenant "default")."""
     right, wrong = CellStats(right=200), CellStats(wrong=200)
     cells = {(PANEL[0], CATEGORY): wrong, (PANEL[1], CATEGORY): wrong, (PANEL[2], CATEGORY): right}
-    return ProfileSnapshot(cells=cells)
+    return TenantProfiles(tenants={"default": ProfileSnapshot(cells=cells)})
 
 
 async def record_run(store: EventStore, events: list[Event], run_id: uuid.UUID) -> None:
@@ -144,11 +145,11 @@ async def test_weighted_and_informed_replays_of_a_plain_vote_use_the_track_recor
 ) -> None:
     run_id, answers = uuid.uuid4(), ("B", "B", "A")
     await record_run(store, recorded_run(run_id, answers), run_id)  # the plain vote chose B
-    router = Router(offline_config(), snapshot=track_record_snapshot())
+    router = Router(offline_config(), profiles=track_records())
     replayer = Replayer(store, ScriptedJudge(), offline_config(), router=router)
     batches = BatchReplayer(store, replayer)
     members = [(f"m{i + 1}", model) for i, model in enumerate(PANEL)]
-    expected = router.member_weights(CATEGORY, members)
+    expected = router.member_weights(CATEGORY, members, tenant="default")
     assert expected["m3"] > expected["m1"] + expected["m2"]
     # What a live weighted vote decides with these weights:
     candidates = [Candidate(m, f"Answer: {a}") for (m, _), a in zip(members, answers, strict=True)]
@@ -182,7 +183,7 @@ async def test_weights_the_original_judge_recorded_are_replayed_as_they_were(
         member_weights=recorded,
     )
     await record_run(store, source, run_id)
-    router = Router(offline_config(), snapshot=track_record_snapshot())
+    router = Router(offline_config(), profiles=track_records())
     replayer = Replayer(store, ScriptedJudge(), offline_config(), router=router)
     outcome = await replayer.replay(
         run_id, JudgeSpec(kind="vote", weighted=True), tenant="default", actor="test"

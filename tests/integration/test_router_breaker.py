@@ -12,7 +12,7 @@ import pytest
 
 from service.config import Config
 from service.domain.breaker import BreakerSettings
-from service.domain.profiles import ProfileBuilder
+from service.domain.profiles import DEFAULT_TENANT, ProfileBuilder, TenantProfiles
 from service.orchestration.fusion import FusionRunner
 from service.orchestration.router import Router
 from service.providers.http import create_http_transport
@@ -45,7 +45,8 @@ async def world(
     for i in range(200):
         builder.record_outcome("multiple_choice", [(FAILING, True), (HEALTHY, i % 2 == 0)])
     clock = Clock()
-    router = Router(config, breaker=BREAKER, clock=clock, snapshot=builder.snapshot("1:1"))
+    profiles = TenantProfiles("1:1", {DEFAULT_TENANT: builder.snapshot("1:1")})
+    router = Router(config, breaker=BREAKER, clock=clock, profiles=profiles)
     async with httpx.AsyncClient() as client, create_http_transport() as transport:
         runner = FusionRunner(
             store, ProviderRegistry(config, transport, lambda _: None), router=router

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from service.config import parse_config
 from service.domain.breaker import Breaker, BreakerSettings, record_call, start_probe
 from service.domain.events import (
+    Event,
     JudgeDecided,
     JudgeIdentity,
     JudgeSpec,
@@ -24,7 +25,13 @@ from service.domain.events import (
     RunRequested,
     Verdict,
 )
-from service.domain.profiles import ProfileBuilder, ProfileFold, ProfileSnapshot
+from service.domain.profiles import (
+    DEFAULT_TENANT,
+    ProfileBuilder,
+    ProfileFold,
+    ProfileSnapshot,
+    TenantProfiles,
+)
 from service.domain.routing import (
     PoolModel,
     Route,
@@ -36,7 +43,7 @@ from service.domain.routing import (
     route,
 )
 from service.orchestration.plan import RouteRequest
-from service.orchestration.router import Router
+from service.orchestration.router import Router, pool_models
 
 POOL = tuple(PoolModel(m, 1.0, 3.0) for m in ("a", "b", "c", "d"))
 # A configuration with models needs its default preset (the routers here ignore it).
@@ -50,6 +57,11 @@ def labelled(results: dict[str, tuple[int, int]], category: str = "math") -> Pro
         for i in range(right + wrong):
             builder.record_outcome(category, [(model, i < right)])
     return builder.snapshot("5:9")
+
+
+def profiles_of(snapshot: ProfileSnapshot, tenant: str = DEFAULT_TENANT) -> TenantProfiles:
+    """One tenant's profiles, as a follower installs them."""
+    return TenantProfiles(snapshot.checkpoint, {tenant: snapshot})
 
 
 def test_same_snapshot_and_seed_give_the_same_decision() -> None:
@@ -288,11 +300,91 @@ def test_the_fold_counts_calls_verdicts_outcomes_and_pairs() -> None:
     for event in events:
         fold.apply("run-r", event)
         fold.apply("replay-x", event)  # replays re-judge counted runs: ignored
-    snap = fold.builder.snapshot("1:6")
+    snap = fold.profiles("1:6").of(DEFAULT_TENANT)
     a, b = snap.cell("a", "math"), snap.cell("b", "math")
     assert (a.calls, a.failures, a.cost_usd, a.agree, a.right) == (1, 0, 0.5, 1, 1)
     assert (b.calls, b.failures, b.latency_ms, b.wrong) == (1, 1, 30, 1)
     assert snap.pair("math", "b", "a").one_wrong == 1
+
+
+def graded_run(run: str, model: str, correct: bool) -> list[Event]:
+    """A run of one seat: its request, panel, call and ground truth."""
+    return [
+        RunRequested(
+            run_id=run, messages=[Message(role="user", content="q")], category="math",
+            panel="auto", judge=JudgeSpec(kind="vote"),
+        ),
+        PanelSelected(members=[PanelMember(member_id="m1", model=model)], method="router"),
+        PanelCallSucceeded(
+            member_id="m1", model=model, provider="p", text="1", finish_reason="stop",
+            input_tokens=1, output_tokens=1, cost_usd=0.5, latency_ms=10, attempts=[],
+        ),
+        OutcomeRecorded(
+            source="dataset", final_correct=correct,
+            members=[MemberOutcome(member_id="m1", correct=correct)],
+        ),
+    ]  # fmt: skip
+
+
+def test_the_fold_counts_each_run_for_its_own_tenant() -> None:
+    fold = ProfileFold()
+    for event in graded_run("a1", "x", correct=True):  # tenant a: x right
+        fold.apply("run-a1", event, "a")
+    for event in graded_run("b1", "x", correct=False):  # tenant b: x wrong
+        fold.apply("run-b1", event, "b")
+    first = fold.profiles("1:8")
+    a, b = first.of("a").cell("x", "math"), first.of("b").cell("x", "math")
+    assert (a.right, a.wrong, a.calls) == (1, 0, 1) and (b.right, b.wrong, b.calls) == (0, 1, 1)
+    assert not first.of("c").cells and first.of("c").checkpoint == "0:0"  # no history: prior
+    # A correction of b's run: only b's snapshot is frozen again, a's stays as it was,
+    # labelled with the checkpoint its own counts last changed at.
+    fold.apply("run-b1", graded_run("b1", "x", correct=True)[-1])
+    second = fold.profiles("2:9")
+    assert second.checkpoint == "2:9"
+    assert second.of("a") is first.of("a") and second.of("a").checkpoint == "1:8"
+    assert second.of("b").checkpoint == "2:9"
+    corrected = second.of("b").cell("x", "math")
+    assert (corrected.right, corrected.wrong) == (1, 0)
+
+
+def test_a_tenants_decisions_and_judge_weights_read_its_own_profiles_only() -> None:
+    config = parse_config(
+        '[providers.p]\nbase_url = "http://p.test/v1"\n'
+        + "".join(f'[models.{m}]\nprovider = "p"\n' for m in "abc")
+        + PRESET
+    )
+    good = labelled({"a": (90, 10), "b": (10, 90)})
+    bad = labelled({"a": (10, 90), "b": (90, 10)})
+    router = Router(config, profiles=TenantProfiles("5:9", {"good": good, "bad": bad}))
+    pool = pool_models(config, "abc")
+    for tenant, snapshot in (("good", good), ("bad", bad), ("new", ProfileSnapshot())):
+        decided = router.decide("math", ABC, 3, tenant=tenant)
+        assert decided == route(snapshot, RouteQuery("math", pool, 2, seed=3))
+    members = [("m1", "a"), ("m2", "b")]
+    assert router.member_weights("math", members, tenant="good") == member_weights(
+        good, "math", members
+    )
+    assert router.member_weights("math", members, tenant="bad") == member_weights(
+        bad, "math", members
+    )
+    assert router.member_weights("math", members, tenant="new") == {"m1": 0.5, "m2": 0.5}
+
+
+def test_any_tenants_calls_elsewhere_feed_the_shared_breakers() -> None:
+    config = parse_config(
+        '[providers.p]\nbase_url = "http://p.test/v1"\n[models.x]\nprovider = "p"\n' + PRESET
+    )
+    router = Router(config, clock=lambda: 50.0)
+    quiet, failing = ProfileBuilder(), ProfileBuilder()
+    for _ in range(10):  # tenant a's lifetime: x answers
+        quiet.record_call("x", "math", failed=False, cost_usd=0, latency_ms=1)
+    router.install(TenantProfiles("1:1", {"a": quiet.snapshot("1:1")}), history=True)
+    for _ in range(3):  # tenant b's calls, made by another replica: x fails
+        failing.record_call("x", "math", failed=True, cost_usd=0, latency_ms=1)
+    unchanged = router.profiles.of("a")  # a has nothing new: its snapshot is kept
+    router.install(TenantProfiles("2:2", {"a": unchanged, "b": failing.snapshot("2:2")}))
+    # the news is b's 3 failures (a's history is not news): x rests, for every tenant
+    assert router.breakers(["x"])["x"].state == "open"
 
 
 def test_expected_costs_follow_the_prompt_and_the_tokens_models_write() -> None:
@@ -322,7 +414,7 @@ def test_calls_other_replicas_made_can_rest_a_model() -> None:
         failing.record_call("x", "math", failed=True, cost_usd=0, latency_ms=1)
         failing.record_call("y", "math", failed=True, cost_usd=0, latency_ms=1)
     router.record_call("y", failed=False)  # this process has fresher news about y
-    router.install(failing.snapshot("9:9"))
+    router.install(profiles_of(failing.snapshot("9:9")))
     views = router.breakers(["x", "y"])
     assert views["x"].state == "open" and views["y"].state == "closed"
 
@@ -335,11 +427,11 @@ def test_a_start_from_the_read_models_opens_no_breaker() -> None:
     lifetime = ProfileBuilder()
     for i in range(40):  # x failed 3 calls in 4 over its lifetime, none of them lately
         lifetime.record_call("x", "math", failed=i % 4 != 0, cost_usd=0, latency_ms=1)
-    router.install(lifetime.snapshot("5:5"), history=True)
+    router.install(profiles_of(lifetime.snapshot("5:5")), history=True)
     assert router.breakers(["x"])["x"].state == "closed"
     for _ in range(6):  # what other replicas see after the start still counts
         lifetime.record_call("x", "math", failed=True, cost_usd=0, latency_ms=1)
-    router.install(lifetime.snapshot("9:9"))
+    router.install(profiles_of(lifetime.snapshot("9:9")))
     assert router.breakers(["x"])["x"].state == "open"
 
 
@@ -371,7 +463,7 @@ def run_panels(router: Router, clock: Clock, runs: int, failing: str = "") -> li
     every call, the others answer."""
     decided = []
     for seed in range(runs):
-        panel = router.decide("math", ABC, seed)
+        panel = router.decide("math", ABC, seed, tenant=DEFAULT_TENANT)
         for model in panel.seats:
             router.record_call(model, failed=model == failing)
         decided.append(panel)
