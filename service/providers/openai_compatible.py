@@ -4,8 +4,10 @@
 propagates): every outcome is a ``CallSucceeded`` or a ``CallFailed`` whose
 ``error_kind`` is one of DESIGN.md's closed list, with every attempt kept for
 attribution. ``timeout_s`` bounds the whole call, retries and backoff included.
-API keys never leave this module: every message is scrubbed of the key and of
-anything that looks like a bearer token before it is returned or logged.
+API keys never leave this module: every text a provider sent is redacted of the key
+(``redact_key``: the answer, its finish_reason and id) and every error message is
+scrubbed of it and of anything that looks like a bearer token (``scrub``), here,
+before anything else sees them or they are logged.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from service.providers.outcomes import (
     CallSucceeded,
     classify_status,
     error_text,
+    redact_key,
     retry_after_s,
     scrub,
 )
@@ -122,7 +125,8 @@ async def complete(
             )
         )
         if isinstance(result, _Reply):
-            return _succeeded(result, model, messages, attempts, (loop.time() - start) * 1000)
+            latency_ms = (loop.time() - start) * 1000
+            return _succeeded(result, model, messages, attempts, latency_ms, api_key)
         failure = result
         if failure.kind not in RETRYABLE or number == provider.max_attempts:
             break
@@ -230,7 +234,10 @@ def _succeeded(
     messages: list[Message],
     attempts: list[Attempt],
     latency_ms: float,
+    api_key: str | None,
 ) -> CallSucceeded:
+    """The outcome of a reply, every text of it redacted of the key: a provider may echo
+    it, and events (which keep these texts) can never be purged of it."""
     usage = reply.usage or _Usage()
     input_tokens = usage.prompt_tokens
     output_tokens = usage.completion_tokens
@@ -239,14 +246,14 @@ def _succeeded(
     if output_tokens is None:
         output_tokens = math.ceil(len(reply.text) / 4)
     return CallSucceeded(
-        text=reply.text,
-        finish_reason=reply.finish_reason,
+        text=redact_key(reply.text, api_key),
+        finish_reason=_redacted(reply.finish_reason, api_key),
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         cost_usd=model.price.cost_usd(input_tokens, output_tokens),
         latency_ms=latency_ms,
         attempts=attempts,
-        provider_response_id=reply.response_id,
+        provider_response_id=_redacted(reply.response_id, api_key),
         usage_estimated=usage.prompt_tokens is None or usage.completion_tokens is None,
     )
 
@@ -257,6 +264,10 @@ def _backoff_s(provider: ProviderConfig, number: int, retry_after: float | None)
         return retry_after
     cap = min(provider.backoff_max_s, provider.backoff_base_s * 2 ** (number - 1))
     return random.uniform(0, cap)
+
+
+def _redacted(value: str | None, api_key: str | None) -> str | None:
+    return None if value is None else redact_key(value, api_key)
 
 
 def _no_nul(value: str | None) -> str | None:

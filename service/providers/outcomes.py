@@ -1,12 +1,15 @@
 """What a provider call came to, and how a failed one is described safely.
 
 Shared by every protocol adapter: the two outcome Structs, the HTTP-status
-classification into DESIGN.md's closed list of error kinds, Retry-After parsing, and
-``scrub``, which keeps keys and bearer tokens out of every message.
+classification into DESIGN.md's closed list of error kinds, Retry-After parsing,
+``redact_key``, which takes the provider's key out of any text a provider sent (its
+answers too), and ``scrub``, which also takes bearer tokens out of error messages.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
 import math
 import re
 from datetime import UTC, datetime
@@ -20,6 +23,8 @@ from service.domain.events import Attempt, ErrorKind
 MESSAGE_LIMIT = 500
 _BODY_LIMIT = 4000  # longer than MESSAGE_LIMIT + any key, so a cut key cannot survive
 REDACTED = "[redacted]"
+KEY_REDACTED = "[redacted provider key]"
+SHORT_KEY = 8  # shorter keys: only the key itself, as a whole token (see redact_key)
 
 
 class CallSucceeded(msgspec.Struct, frozen=True, kw_only=True):
@@ -104,20 +109,21 @@ def _finite(value: str | None) -> float | None:
     return number if number is not None and math.isfinite(number) else None
 
 
-_BEARER = re.compile(r"(?i)\bbearer\s+[^\s\"',;]+")
+_BEARER = re.compile(r"(?i)\bbearer\s+(?!\[redacted)[^\s\"',;]+")
 _SK_TOKEN = re.compile(r"\bsk-[A-Za-z0-9_\-*.]{4,}")
 _TOKEN = re.compile(r"[A-Za-z0-9_\-.~+/=*]{8,}")
 
 
 def scrub(text: str, api_key: str | None) -> str:
-    """``text`` without the key, bearer tokens, ``sk-…`` tokens or NULs, truncated.
+    """``text`` without the key (``redact_key``), bearer tokens, ``sk-…`` tokens or NULs,
+    truncated: for error messages, where no answer's wording is at stake.
 
     A token sharing any 8-character run with the key is redacted too, because
     providers often echo a key partly masked (``abcd1234****wxyz``).
     """
-    text = text[:_BODY_LIMIT].replace("\x00", "")
-    if api_key:
-        text = text.replace(api_key, REDACTED)
+    text = redact_key(text[:_BODY_LIMIT].replace("\x00", ""), api_key)
+    if api_key and len(api_key) < SHORT_KEY:  # in a message, also inside a longer word
+        text = text.replace(api_key, KEY_REDACTED)
     text = _BEARER.sub(f"Bearer {REDACTED}", text)
     text = _SK_TOKEN.sub(REDACTED, text)
     if api_key and len(api_key) >= 8:
@@ -128,3 +134,110 @@ def scrub(text: str, api_key: str | None) -> str:
     if len(text) > MESSAGE_LIMIT:
         text = text[: MESSAGE_LIMIT - 1] + "…"
     return text
+
+
+def redact_key(text: str, api_key: str | None) -> str:
+    """``text`` with every form of ``api_key`` below replaced by ``KEY_REDACTED``.
+
+    The forms: the key itself; the key in standard or URL-safe base64 at any byte
+    alignment, so inside an encoded ``Bearer KEY`` or ``user:KEY`` too (the whole
+    base64 run is replaced); the key with separators between its characters
+    (``E V I L``, ``E-V-I-L``, zero-width characters); each of these behind JSON
+    escapes (``\\u0045``, ``\\/``), up to three levels deep. When the key shows only
+    once escapes are decoded, the text is returned decoded, the key replaced.
+
+    A key shorter than ``SHORT_KEY`` characters is replaced only where it stands as a
+    whole token: its encodings and spaced forms would match ordinary text, and so short
+    a key (a local server's placeholder such as ``EMPTY``) is no secret anyway.
+    """
+    if not api_key or not text:
+        return text
+    forms = _key_forms(api_key)
+    result = view = forms.redact(text)
+    # Only escapes that can stand for a key's characters are worth decoding: LaTeX in
+    # answers (\\frac) is common, and escaped separators (\\n, \\") are separators.
+    for _ in range(3):
+        if "\\" not in view or not _HIDING_ESCAPE.search(view):
+            break
+        decoded = _unescape(view)
+        view = forms.redact(decoded)
+        if view != decoded:
+            result = view
+    return result
+
+
+_SEPARATOR_CHARS = r"\s\-_.,:;|/'\"\u00ad\u00b7\u2010-\u2015\u2022\u2027\u200b-\u200f\u2060\ufeff"
+_SEPARATOR = rf"(?:[{_SEPARATOR_CHARS}]|\\[\\\"/bfnrt])"
+_IS_SEPARATOR = re.compile(f"[{_SEPARATOR_CHARS}]")
+_HIDING_ESCAPE = re.compile(r"\\(?:u[0-9a-fA-F]{4}|x[0-9a-fA-F]{2}|/)")
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/\-_]+=*")
+_URL_SAFE = str.maketrans("+/", "-_")
+
+
+class _KeyForms:
+    """The forms of one key ``redact_key`` looks for, compiled once per key."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.short: re.Pattern[str] | None = None
+        self.encoded: tuple[str, ...] = ()  # base64, where ``in`` is cheaper than a regex
+        self.spaced: re.Pattern[str] | None = None
+        if len(key) < SHORT_KEY:
+            self.short = re.compile(rf"(?<![A-Za-z0-9]){re.escape(key)}(?![A-Za-z0-9])")
+            return
+        self.encoded = _base64_middles(key.encode())
+        skeleton = [c for c in key if not _IS_SEPARATOR.fullmatch(c)]
+        if len(skeleton) >= SHORT_KEY:
+            # Possessive: a separator run is never given back, so matching stays linear.
+            self.spaced = re.compile(f"{_SEPARATOR}*+".join(map(re.escape, skeleton)))
+
+    def redact(self, text: str) -> str:
+        """``text`` with the key's plain, base64 and spaced forms replaced."""
+        if self.short is not None:
+            return self.short.sub(KEY_REDACTED, text) if self.key in text else text
+        if self.key in text:
+            text = text.replace(self.key, KEY_REDACTED)
+        if any(middle in text for middle in self.encoded):
+            text = _BASE64_RUN.sub(self._encoded_run, text)
+        return self.spaced.sub(KEY_REDACTED, text) if self.spaced is not None else text
+
+    def _encoded_run(self, match: re.Match[str]) -> str:
+        run = match.group()
+        return KEY_REDACTED if any(middle in run for middle in self.encoded) else run
+
+
+@functools.lru_cache(maxsize=32)
+def _key_forms(key: str) -> _KeyForms:
+    # By value: compiling costs ~60 us, a call ~20 us; a rotated key gets its own entry,
+    # and holding a key here exposes nothing the process's environment does not.
+    return _KeyForms(key)
+
+
+def _base64_middles(secret: bytes) -> tuple[str, ...]:
+    """The base64 characters that depend on ``secret`` alone, at each of the three byte
+    alignments it can have inside a longer encoded text, in both alphabets."""
+    middles: set[str] = set()
+    for offset in range(3):
+        encoded = base64.b64encode(bytes(offset) + secret).decode()
+        middle = encoded[-(-8 * offset // 6) : 8 * (offset + len(secret)) // 6]
+        middles |= {middle, middle.translate(_URL_SAFE)}
+    return tuple(sorted(middles))
+
+
+_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|x([0-9a-fA-F]{2})|([\"\\/bfnrt]))")
+_SIMPLE_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def _unescape(text: str) -> str:
+    """``text`` with JSON (and ``\\xHH``) escapes decoded, surrogate pairs joined, lone
+    surrogates replaced and NULs dropped: the result may be stored as jsonb."""
+    decoded = _ESCAPE.sub(_unescaped, text)
+    joined = decoded.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return joined.replace("\x00", "")
+
+
+def _unescaped(match: re.Match[str]) -> str:
+    code, byte, simple = match.groups()
+    if simple is not None:
+        return _SIMPLE_ESCAPES.get(simple, simple)
+    return chr(int(code or byte, 16))

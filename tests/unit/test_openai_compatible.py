@@ -8,17 +8,21 @@ cost, and that keys never leak.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import httpx
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from service.config import ModelConfig, ProviderConfig
 from service.domain.events import GenerationParams, Message
+from service.providers import openai_compatible
 from service.providers.openai_compatible import CallFailed, CallOutcome, CallSucceeded, complete
+from service.providers.outcomes import KEY_REDACTED
 
 KEY = "sk-test-9f8e7d6c5b4a39281716"
 PROVIDER = ProviderConfig(
@@ -51,6 +55,18 @@ def completion(
         "usage": usage if usage is not None else {"prompt_tokens": 1000, "completion_tokens": 2000},
         **extra,
     }  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def debug_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Provider calls log their failures at debug level, which an earlier test may have
+    filtered out for the whole process (a command's ``configure_logging``, whose loggers
+    are cached on first use): log at every level, with a logger not yet cached."""
+    saved = structlog.get_config()
+    structlog.reset_defaults()
+    monkeypatch.setattr(openai_compatible, "log", structlog.get_logger(openai_compatible.__name__))
+    yield
+    structlog.configure(**saved)
 
 
 def scripted(*responses: httpx.Response | Exception) -> tuple[Handler, list[httpx.Request]]:
@@ -340,8 +356,94 @@ async def test_a_key_echoed_by_the_provider_never_reaches_results_or_logs() -> N
         assert KEY not in text
         assert KEY[:12] not in text and KEY[-12:] not in text
         assert masked not in text
-    assert "[redacted]" in outcome.message
+    assert KEY_REDACTED in outcome.message and "[redacted]" in outcome.message  # masked one
     assert len(outcome.message) <= 500
+
+
+def echoed_key(request: httpx.Request) -> str:
+    """The key as the provider received it, which a careless provider echoes back."""
+    return request.headers["authorization"].removeprefix("Bearer ")
+
+
+async def test_a_key_echoed_in_a_successful_reply_is_redacted_from_every_text() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        key = echoed_key(request)
+        reply = completion(f"Your key is {key}.\nAnswer: 4", f"stop ({key})", id=f"resp-{key}")
+        return httpx.Response(200, json=reply)
+
+    with capture_logs() as logs:
+        outcome = succeeded(await call(handler))
+
+    assert outcome.text == f"Your key is {KEY_REDACTED}.\nAnswer: 4"
+    assert outcome.finish_reason == f"stop ({KEY_REDACTED})"
+    assert outcome.provider_response_id == f"resp-{KEY_REDACTED}"
+    assert KEY not in repr(logs)
+
+
+ODD_KEY = "sk-odd~?>key~?>with~?>chars"  # encodes to "+" and "/", unlike letters and digits
+
+
+def base64_echo(text: str, *, url_safe: bool, padded: bool) -> str:
+    encode = base64.urlsafe_b64encode if url_safe else base64.b64encode
+    encoded = encode(text.encode()).decode()
+    return encoded if padded else encoded.rstrip("=")
+
+
+@pytest.mark.parametrize("prefix", ["", "x", "xy"], ids=["aligned", "offset-1", "offset-2"])
+@pytest.mark.parametrize("url_safe", [False, True], ids=["standard", "url-safe"])
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
+async def test_a_base64_echo_of_the_authorization_header_is_redacted(
+    prefix: str, url_safe: bool, padded: bool
+) -> None:
+    echoes: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        header = f"{prefix}Bearer {echoed_key(request)}"
+        echoes.append(base64_echo(header, url_safe=url_safe, padded=padded))
+        return httpx.Response(401, json={"error": {"message": f"bad header {echoes[-1]} sent"}})
+
+    with capture_logs() as logs:
+        outcome = failed(await call(handler, api_key=ODD_KEY))
+
+    assert "+" in echoes[0] or "-" in echoes[0]  # the two alphabets differ for this key
+    assert outcome.message == f"HTTP 401: bad header {KEY_REDACTED} sent"
+    assert echoes[0] not in repr(logs)
+
+
+def json_escaped(text: str) -> str:
+    return "".join(f"\\u{ord(c):04x}" for c in text)
+
+
+async def test_a_json_escaped_key_in_an_error_body_over_64_kib_is_redacted() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        message = f"invalid key {json_escaped(echoed_key(request))}"
+        body = f'{{"error": {{"message": "{message}", "trace": "{"x" * 70_000}"}}}}'
+        return httpx.Response(500, content=body.encode(), headers={"content-type": "text/json"})
+
+    with capture_logs() as logs:
+        outcome = failed(await call(handler))
+
+    assert outcome.error_kind == "server_error" and len(outcome.attempts) == 3
+    assert KEY_REDACTED in outcome.message
+    for text in (outcome.message, repr(logs)):
+        assert json_escaped(KEY) not in text and json_escaped(KEY[:8]) not in text
+        assert KEY not in text
+
+
+@pytest.mark.parametrize("separator", [" ", "-", ".", "\u200b", " . "])
+async def test_a_key_echoed_with_separators_between_its_characters_is_redacted(
+    separator: str,
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        spaced = separator.join(echoed_key(request))
+        return httpx.Response(403, json={"error": {"message": f"key {spaced} is revoked"}})
+
+    outcome = failed(await call(handler))
+    assert outcome.message == f"HTTP 403: key {KEY_REDACTED} is revoked"
+
+    answer = separator.join(KEY)
+    handler, _ = scripted(httpx.Response(200, json=completion(f"The key: {answer}. Answer: 4")))
+    assert succeeded(await call(handler)).text == f"The key: {KEY_REDACTED}. Answer: 4"
 
 
 async def test_retries_stop_at_the_overall_deadline() -> None:

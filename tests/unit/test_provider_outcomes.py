@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import re
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -9,16 +12,21 @@ import httpx
 import pytest
 
 from service.providers.outcomes import (
+    KEY_REDACTED,
     MESSAGE_LIMIT,
     classify_status,
     error_text,
+    redact_key,
     retry_after_s,
     scrub,
 )
 
+KEY = "sk-live-0123456789abcdefSECRET"
+
 
 def test_the_exact_key_is_redacted_even_when_short() -> None:
-    assert scrub("bad key abc123 given", "abc123") == "bad key [redacted] given"
+    assert scrub("bad key abc123 given", "abc123") == f"bad key {KEY_REDACTED} given"
+    assert scrub("key=xabc123", "abc123") == f"key=x{KEY_REDACTED}"  # not an answer's word
 
 
 def test_any_bearer_token_is_redacted_whatever_the_key() -> None:
@@ -53,6 +61,81 @@ def test_a_key_at_the_truncation_boundary_does_not_survive_in_part() -> None:
     key = "key-0123456789abcdef"
     text = "x" * (MESSAGE_LIMIT - 10) + key
     assert "0123456789" not in scrub(text, key)
+
+
+def test_an_error_body_over_64_kib_with_a_json_escaped_key_is_scrubbed() -> None:
+    escaped = "".join(f"\\u{ord(c):04x}" for c in KEY)
+    body = f'{{"error": {{"message": "key {escaped}", "pad": "{"x" * 70_000}"}}}}'.encode()
+    message = scrub(error_text(body), KEY)
+    assert KEY_REDACTED in message and escaped[:30] not in message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        KEY,
+        f'"{KEY}"',
+        f"{KEY}{KEY}",
+        " ".join(KEY),
+        "-".join(KEY),
+        "\u200b".join(KEY),
+        "\u2060".join(KEY),
+        ", ".join(f'"{c}"' for c in KEY),
+        json.dumps(list(KEY)),
+        "\\n".join(KEY),  # separators behind JSON escapes
+        "".join(f"\\u{ord(c):04X}" for c in KEY),
+        json.dumps(json.dumps("".join(f"\\u{ord(c):04x}" for c in KEY))),  # escaped twice
+        base64.b64encode(f"Bearer {KEY}".encode()).decode(),
+        base64.b64encode(f"user:{KEY}".encode()).decode(),
+        base64.urlsafe_b64encode(KEY.encode()).decode().rstrip("="),
+    ],
+)
+def test_every_known_form_of_the_key_is_redacted(text: str) -> None:
+    redacted = redact_key(f"before {text} after", KEY)
+    # nothing is left of the form but the marker and the quotes or brackets around it
+    assert KEY_REDACTED in redacted
+    assert re.sub(r'["\[\]]', "", redacted.replace(KEY_REDACTED, "")) == "before  after"
+
+
+ODD_KEY = "sk-odd~?>key~?>with~?>chars"  # encodes to "+" and "/", unlike letters and digits
+
+
+@pytest.mark.parametrize("prefix", ["", "x", "xy"])
+def test_base64_with_either_alphabet_or_escaped_slashes_is_redacted(prefix: str) -> None:
+    standard = base64.b64encode(f"{prefix}Bearer {ODD_KEY}".encode()).decode()
+    url_safe = base64.urlsafe_b64encode(f"{prefix}Bearer {ODD_KEY}".encode()).decode()
+    assert standard != url_safe
+    for encoded in (standard, url_safe.rstrip("="), standard.replace("/", "\\/")):
+        assert redact_key(f"got {encoded}.", ODD_KEY) == f"got {KEY_REDACTED}."
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Let me think step by step: 2 + 2 = 4, so the answer is 4.",
+        r"$\frac{1}{2} + \sqrt{x} \neq \underline{y}$, and \u00e9 is é",
+        "sk-live is a prefix; 0123456789 are digits; abcdef are letters; SECRET is a word",
+        base64.b64encode(b"an unrelated attachment, nothing secret" * 10).decode(),
+        "s k - l i v e",  # the key's first characters only
+    ],
+)
+def test_text_without_the_key_is_left_alone(text: str) -> None:
+    assert redact_key(text, KEY) == text
+
+
+def test_a_json_answer_stays_json_when_the_key_in_it_is_redacted() -> None:
+    answer = json.dumps({"final_answer": f"The key is {KEY}", "chosen": "A"})
+    assert json.loads(redact_key(answer, KEY))["final_answer"] == f"The key is {KEY_REDACTED}"
+
+
+def test_a_key_hidden_behind_escapes_comes_back_decoded_and_redacted() -> None:
+    hidden = "".join(f"\\u{ord(c):04x}" for c in KEY)
+    assert redact_key(f"tab\\there {hidden}!", KEY) == f"tab\there {KEY_REDACTED}!"
+
+
+def test_a_short_key_is_redacted_only_as_a_whole_token() -> None:
+    text = "EMPTY means EMPTYING nothing; base64 RU1QVFk= and E M P T Y stay"
+    assert redact_key(text, "EMPTY") == text.replace("EMPTY means", f"{KEY_REDACTED} means")
 
 
 def headers(**values: str) -> httpx.Headers:
