@@ -25,7 +25,7 @@ from service.domain.events import (
     Message,
     PanelRequest,
 )
-from service.domain.routing import RouteInfeasible
+from service.domain.routing import RouteInfeasible, prompt_tokens
 from service.orchestration.judge import FALLBACKS
 from service.orchestration.plan import FusionPlan, RouteRequest
 from service.orchestration.router import check_affordable, route_request
@@ -82,6 +82,8 @@ def plan_fusion(config: Config, ask: FusionAsk) -> FusionPlan:
     _check_judge(config, judge, panel, preset.allow_panel_judge)
     if ask.max_cost_usd is not None and ask.max_cost_usd < 0:
         raise InvalidRequest("max_cost_usd", "must be zero or more")
+    if method != "router":
+        _check_budget(config, ask, panel)
     route = _route(config, ask, preset, judge) if method == "router" else None
     timeout = ask.timeout_s if ask.timeout_s is not None else preset.timeout_s
     if not 0 < timeout <= MAX_TIMEOUT_S:
@@ -163,6 +165,25 @@ def _panel(
         raise InvalidRequest("panel", f"at most {MAX_PANEL_SEATS} seats")
     requests = [PanelRequest(model=e.model, samples=e.samples, params=e.params) for e in entries]
     return requests, ("preset" if ask.panel is None else "fixed")
+
+
+def _check_budget(config: Config, ask: FusionAsk, panel: list[PanelRequest]) -> None:
+    """A budget a fixed panel could never keep: the prompt's input tokens alone, at the
+    seats' list prices, cost more. (Within it the run goes ahead; when the panel alone
+    reaches it, the judge becomes the free vote.)"""
+    if ask.max_cost_usd is None:
+        return
+    tokens = prompt_tokens(ask.messages)
+    floor = sum(
+        p.samples * tokens * config.model(p.model).price.input_per_million / 1_000_000
+        for p in panel
+    )
+    if floor > ask.max_cost_usd:
+        raise InvalidRequest(
+            "max_cost_usd",
+            f"{ask.max_cost_usd:.6g} USD cannot pay for this panel: the prompt alone costs "
+            f"at least {floor:.6g} USD at its models' input prices",
+        )
 
 
 def _route(config: Config, ask: FusionAsk, preset: PresetConfig, judge: JudgeSpec) -> RouteRequest:

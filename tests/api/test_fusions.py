@@ -333,6 +333,9 @@ async def test_a_judge_out_of_time_fails_the_run_as_timeout(
         ({"prompt": "x", "tags": ["t"] * 33}, 422, "the limit is 32"),
         ({"messages": [{"role": "user", "content": "y"}] * 1001}, 422, "the limit is 1000"),
         ({"prompt": "x", "params": {"temperature": -5}}, 400, "temperature"),
+        # A budget the panel's input alone exceeds at list prices: refused, not run and
+        # then overspent 3,750 times (the judge swapped for a vote without a word).
+        ({"prompt": "x" * 4000, "max_cost_usd": 1e-7}, 422, "cannot pay for this panel"),
         ({"prompt": "x", "params": {"max_tokens": 0}}, 400, "max_tokens"),
         ({"prompt": "x", "params": {"temprature": 0.5}}, 400, "temprature"),
         ({"prompt": "x", "panel": [{"model": "mock/a", "params": {"top_p": 2}}]}, 400, "top_p"),
@@ -537,3 +540,15 @@ async def test_a_run_cancelled_on_shutdown_is_counted_with_its_reason(
     assert runs("fusion_runs_total", {"status": "failed", "reason": "shutdown"}) == 1
     summaries = [(e["status"], e["reason"]) for e in logs if e["event"] == "run.summary"]
     assert summaries == [("failed", "shutdown")]
+
+
+async def test_a_panel_that_reaches_the_budget_is_judged_by_a_free_vote(
+    client: AsyncTestClient[Any],
+) -> None:
+    # Within the budget by list prices (the prompt's 4 tokens: 1.2e-05 USD for three
+    # seats), but the three answers cost 6e-05: the preset's paid judge is not called.
+    response = await client.post("/v1/fusions", json={"prompt": "2+2?", "max_cost_usd": 3e-5})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["judge"]["kind"] == "vote"  # said in the answer and in judge.decided
+    assert body["cost_usd"] == pytest.approx(6e-5)
