@@ -21,7 +21,7 @@ import msgspec
 from rich.console import Console
 
 from service.cli_http import api_key_option, bearer, fail_response
-from service.cli_output import DataTable, console, err_console, fail, id_column, inline, shown
+from service.cli_output import DataTable, console, err_console, fail, inline, shown
 from service.settings import Settings, SettingsError, switch
 from service.store import database
 from service.store.migrations import MigrationError, migrate
@@ -206,23 +206,12 @@ def verify_command(ctx: click.Context, digest_file: Path | None, as_json: bool) 
         )
     else:
         console.print(f"checked {report.events} events in {report.streams} streams")
-        if report.problems:
-            table = DataTable(
-                id_column("stream", [p.stream_id for p in report.problems]),
-                "version",
-                "position",
-                id_column("event id", [p.event_id or "-" for p in report.problems]),
-                "problem",
-            )
-            for p in report.problems:
-                table.add_row(
-                    p.stream_id,
-                    str(p.stream_version or "-"),
-                    str(p.global_position or "-"),
-                    p.event_id or "-",
-                    p.reason,
-                )
-            console.print(table)
+        # A line a problem, not a table: the ids are long and the reason longer, and a
+        # table at 80 columns (a CI log, a pipe) squeezed the reason to nothing.
+        for p in report.problems:
+            where = f"{p.stream_id} v{p.stream_version or '-'} position {p.global_position or '-'}"
+            event = f" event {p.event_id}" if p.event_id else ""
+            console.print(shown(f"{where}{event}: {p.reason}"), soft_wrap=True)
         if check is not None:
             console.print(("[green]" if check.ok else "[red]") + inline(check.message))
         console.print("[green]OK[/green]" if ok else "[red]TAMPERED[/red]")

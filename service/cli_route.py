@@ -9,7 +9,7 @@ import click
 import msgspec
 
 from service.cli import _database_url, _emit_json, _open_pool, _run, database_url_option
-from service.cli_output import DataTable, console, fail, inline
+from service.cli_output import DataTable, console, fail, id_column, inline
 from service.config import Config, ConfigError
 from service.orchestration.route_explain import Explanation, NotRouted, explain_run
 from service.store import EventStore
@@ -107,7 +107,9 @@ def _print(e: Explanation) -> None:
         f"router {d.version}  profile checkpoint {d.profile_checkpoint}  seed {d.seed}  "
         f"k {d.k}  budget {budget}"
     )
-    table = DataTable("model", "score", "reproduced", "expected $", "chosen", "reason")
+    models = [c.model for c in d.candidates]  # whole: two names may share their start
+    table = DataTable(id_column("model", models), "score", "reproduced", "expected $", "chosen",
+                      "reason")  # fmt: skip
     for old, new in zip(d.candidates, e.reproduced.candidates, strict=True):
         table.add_row(
             old.model,

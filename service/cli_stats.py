@@ -203,8 +203,9 @@ def _print_answer(result: StatsAnswer, title: str, as_json: bool) -> None:
 def _tables(rows: list[dict[str, Any]], title: str, width: int) -> list[DataTable]:
     """The rows as aligned tables no wider than the terminal: the labels (model,
     category, ...) on the left of each, and as many of the figures as fit beside them,
-    the rest in the next table, instead of every column squeezed to "…". One table
-    when even one figure beside the labels would not fit (splitting would not help)."""
+    the rest in the next table, instead of every column squeezed to "…". When not
+    even one figure fits beside the labels, each row is a table of its own, one
+    field a line (a narrow terminal, long judge or model names)."""
     columns = list(rows[0])
     # A column with text in it labels the rows; the others are figures (or empty).
     numeric = {c for c in columns if not any(isinstance(r.get(c), str) for r in rows)}
@@ -224,8 +225,10 @@ def _tables(rows: list[dict[str, Any]], title: str, width: int) -> list[DataTabl
             made.add_row(*(_cell(row.get(c)) for c in labels + chosen))
         return made
 
-    if sum(wide[c] for c in figures) <= room or max((wide[c] for c in figures), default=0) > room:
+    if sum(wide[c] for c in figures) <= room:
         return [table(figures, "")]
+    if max((wide[c] for c in figures), default=0) > room:
+        return [_record(row, f"{title} ({i} of {len(rows)})") for i, row in enumerate(rows, 1)]
     parts: list[list[str]] = [[]]
     used = 0
     for column in figures:
@@ -235,6 +238,13 @@ def _tables(rows: list[dict[str, Any]], title: str, width: int) -> list[DataTabl
         parts[-1].append(column)
         used += wide[column]
     return [table(chosen, f" ({i} of {len(parts)})") for i, chosen in enumerate(parts, 1)]
+
+
+def _record(row: dict[str, Any], title: str) -> DataTable:
+    made = DataTable("field", "value", title=title, show_header=False)
+    for column, value in row.items():
+        made.add_row(column, _cell(value))
+    return made
 
 
 def _cell(value: Any) -> str:

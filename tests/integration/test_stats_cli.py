@@ -127,6 +127,12 @@ async def test_worker_status_rebuild_and_statistics_commands(
         assert code == 0, err
         assert "…" not in out and max(map(len, out.splitlines())) <= 80, out
         assert header in out  # headers whole too
+    # Narrower than the labels and one figure: a table per row, a field a line (the
+    # judge and category columns collapsed to nothing at 60 columns).
+    code, out, err = await cli(database, "stats", "judges", columns=40)
+    assert code == 0, err
+    assert "…" not in out and max(map(len, out.splitlines())) <= 40, out
+    assert "vote" in out and "posterior_accuracy" in out
 
     code, out, err = await cli(database, "projections", "rebuild", "model_stats", "--json")
     assert code == 0, err
