@@ -20,7 +20,7 @@ import click
 import msgspec
 from rich.console import Console
 
-from service.cli_http import api_key_option, bearer, fail_response
+from service.cli_http import api_key_option, bearer, fail_response, unanswered
 from service.cli_output import DataTable, console, err_console, fail, inline, shown
 from service.settings import Settings, SettingsError, switch
 from service.store import database
@@ -536,7 +536,7 @@ def fuse_command(
             f"{url.rstrip('/')}/v1/fusions", json=body, headers=bearer(api_key), timeout=timeout
         )
     except httpx.HTTPError as exc:
-        fail(f"cannot reach the service at {url}: {exc}")
+        fail(unanswered(url, exc))
     try:
         result = response.json()
     except ValueError:

@@ -17,7 +17,14 @@ import click
 import httpx
 import msgspec
 
-from service.cli_http import api_key_option, bearer, fail_response, refused_scope, scope_probe
+from service.cli_http import (
+    api_key_option,
+    bearer,
+    fail_response,
+    refused_scope,
+    scope_probe,
+    unanswered,
+)
 from service.cli_output import DataTable, console, fail, inline, progress_bar
 from service.evaluation import (
     DatasetError,
@@ -131,7 +138,7 @@ async def _evaluate(
         try:
             answered = await client.request(method, path, json=probe)
         except httpx.HTTPError as exc:
-            fail(f"cannot reach the service at {url}: {exc!r}; nothing was run")
+            fail(f"{unanswered(url, exc)}; nothing was run")
         if refused_scope(answered):
             fail_response(answered)
         with progress:
@@ -165,7 +172,13 @@ async def _evaluate(
     help="The service's base URL.",
 )
 @api_key_option("the fuse and label scopes")
-@click.option("--timeout", type=float, default=300.0, show_default=True, help="Per request, s.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300.0,
+    show_default=True,
+    help="Per request, s.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def eval_command(
     dataset: Path,

@@ -26,6 +26,19 @@ def api_key_option(scopes: str) -> Callable[[F], F]:
     )
 
 
+def unanswered(url: str, exc: httpx.HTTPError) -> str:
+    """What went wrong on the way to the service, in one line: not reached at all, or
+    reached and not answered in time (what it received, it still does)."""
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return f"cannot reach the service at {url}: {exc!r}"
+    if isinstance(exc, httpx.TimeoutException):
+        return (
+            f"the service at {url} did not answer within the timeout ({type(exc).__name__}); "
+            "what it received goes on there (GET /v1/runs lists runs; --timeout waits longer)"
+        )
+    return f"the connection to the service at {url} failed: {exc!r}"
+
+
 def bearer(api_key: str | None) -> dict[str, str]:
     """The ``Authorization`` header for the key; none without one."""
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}

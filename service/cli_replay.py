@@ -21,7 +21,14 @@ import click
 import httpx
 import msgspec
 
-from service.cli_http import api_key_option, bearer, fail_response, refused_scope, scope_probe
+from service.cli_http import (
+    api_key_option,
+    bearer,
+    fail_response,
+    refused_scope,
+    scope_probe,
+    unanswered,
+)
 from service.cli_output import DataTable, console, fail, inline, note, progress_bar
 
 _RELATIVE = re.compile(r"^(\d+)\s*([mhdw])$")
@@ -187,7 +194,7 @@ def replay_command(
                 batch_id = _submit(client, base, body)
             report = _follow(client, batch_id, poll_s, quiet=as_json)
         except httpx.HTTPError as exc:
-            fail(f"cannot reach the service at {url}: {exc}")
+            fail(unanswered(url, exc))
     if as_json:
         _emit_json(report)
     else:

@@ -380,3 +380,19 @@ def test_a_provider_key_that_is_set_and_the_simulator_without_keys_start() -> No
     _check_provider_keys(Settings(environ={}), Config())  # no provider: the simulator
     with pytest.raises(SystemExit):
         _check_provider_keys(Settings(environ={}), keyed)
+
+
+def test_not_answered_in_time_is_not_unreachable(tmp_path: Path) -> None:
+    # A fuse with --timeout 0.01 said "cannot reach the service" of a service that had
+    # received the request (its run goes on); eval took --timeout 0 and then said so.
+    import httpx
+
+    from service.cli_http import unanswered
+
+    late = unanswered("http://h:1", httpx.ReadTimeout("timed out"))
+    assert "did not answer within the timeout" in late and "goes on there" in late
+    assert "cannot reach" in unanswered("http://h:1", httpx.ConnectError("refused"))
+    dataset = tmp_path / "d.jsonl"
+    dataset.write_text('{"prompt": "2+2?", "category": "arithmetic", "expected": "4"}\n')
+    refused = invoke("eval", str(dataset), "--timeout", "0")
+    assert refused.exit_code == 2 and "--timeout" in refused.output
