@@ -120,7 +120,11 @@ async def get_run(
         parsed = uuid.UUID(run_id)
     except ValueError:
         raise Problem(404, "Run not found", f"{run_id!r} is not a run id") from None
-    records = await services.store.read_stream(f"run-{parsed}")
+    # A replay's id shows its own stream the same way (its request, the new judge's
+    # events, its end): replays are provenance too.
+    records = await services.store.read_stream(f"run-{parsed}") or (
+        await services.store.read_stream(f"replay-{parsed}")
+    )
     tenant = getattr(request.state, "tenant", "default")
     if not records or records[0].metadata_dict().get("tenant") != tenant:
         raise Problem(404, "Run not found", f"no run {parsed}")

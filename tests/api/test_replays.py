@@ -86,6 +86,12 @@ async def test_replay_calls_only_the_judge_and_leaves_the_run_untouched(
     assert await source_rows(pool, run["run_id"]) == before  # byte for byte, hashes too
     async with pool.acquire() as conn:
         assert (await verify_chains(conn)).ok
+    # The replay's own provenance, as a run's: its events in order with their hashes.
+    shown = await client.get(f"/v1/runs/{body['replay_id']}")
+    assert shown.status_code == 200, shown.text
+    assert [e["event_type"] for e in shown.json()["events"]] == [r.event_type for r in records]
+    assert [e["hash"] for e in shown.json()["events"]] == [r.hash.hex() for r in records]
+    assert shown.json()["summary"]["answer"] == body["answer"]
 
 
 async def test_the_same_judge_twice_returns_the_first_replay_unless_forced(
