@@ -49,6 +49,7 @@ class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
     top_p: TopP | None = None
     seed: Seed | None = None
     user: str | None = None
+    n: int = 1  # choices: a fusion gives one answer
 
 
 def _text(message: ChatMessage) -> str:
@@ -134,6 +135,8 @@ async def chat_completions(
 ) -> Response[Any]:
     """Run a fusion for the last user message and answer as a chat completion."""
     preset = _preset(data.model, services.config.presets)
+    if data.n != 1:  # one choice came back whatever was asked
+        raise Problem(400, "Bad request", f"n: a fusion answers with one choice, not {data.n}")
     params = GenerationParams(
         temperature=data.temperature, max_tokens=data.max_completion_tokens or data.max_tokens,
         top_p=data.top_p, seed=data.seed,
@@ -202,9 +205,16 @@ async def _chunks(completion: dict[str, Any]) -> AsyncIterator[str]:
 async def list_models(services: NamedDependency[Services]) -> dict[str, Any]:
     """``fusion`` (the default preset) and ``fusion/<preset>`` for every preset."""
     ids = ["fusion", *(f"fusion/{name}" for name in sorted(services.config.presets))]
-    return {
-        "object": "list",
-        "data": [
-            {"id": i, "object": "model", "created": 0, "owned_by": "fusion-ledger"} for i in ids
-        ],
-    }
+    return {"object": "list", "data": [_model(i) for i in ids]}
+
+
+@get("/v1/models/{model_id:path}", dependencies=_DEPS, summary="One model this endpoint serves")
+async def retrieve_model(services: NamedDependency[Services], model_id: str) -> dict[str, Any]:
+    """A model of /v1/models (the official clients' ``models.retrieve``); 404 otherwise."""
+    name = model_id.removeprefix("/")
+    _preset(name, services.config.presets)
+    return _model(name)
+
+
+def _model(model_id: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "fusion-ledger"}

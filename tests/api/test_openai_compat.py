@@ -110,6 +110,15 @@ async def test_the_official_client_does_not_rerun_a_failed_run(
 async def test_models_and_unknown_model(client: AsyncTestClient[Any]) -> None:
     models = await sdk(client).models.list()
     assert {m.id for m in models.data} == {"fusion", "fusion/default", "fusion/cheap"}
+    # models.retrieve was a 404 for every listed model (no such route).
+    for listed in models.data:
+        assert (await sdk(client).models.retrieve(listed.id)).id == listed.id
+    with pytest.raises(openai.NotFoundError):
+        await sdk(client).models.retrieve("fusion/none-such")
+    with pytest.raises(openai.BadRequestError, match="one choice"):  # one came back before
+        await sdk(client).chat.completions.create(
+            model="fusion", n=2, messages=[{"role": "user", "content": "hi"}]
+        )
     with pytest.raises(openai.NotFoundError):
         await sdk(client).chat.completions.create(
             model="gpt-unknown", messages=[{"role": "user", "content": "hi"}]
