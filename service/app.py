@@ -25,6 +25,7 @@ from service.api.auth import auth_middleware
 from service.api.deps import Services
 from service.api.errors import EXCEPTION_HANDLERS
 from service.api.observability import metrics_endpoint, timing_middleware
+from service.api.query_check import check_query
 from service.config import Config
 from service.metrics import Metrics
 from service.orchestration.batch import create_replays
@@ -144,6 +145,7 @@ def create_app(
     return Litestar(
         route_handlers=[*ROUTES, metrics_endpoint],
         middleware=[timing_middleware, auth_middleware],
+        before_request=check_query,
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=MAX_BODY_BYTES,

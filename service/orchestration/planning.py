@@ -203,6 +203,8 @@ def _check_judge(
     if judge.fallback not in FALLBACKS:
         raise InvalidRequest("judge.fallback", f"must be one of {', '.join(FALLBACKS)}")
     if judge.kind == "vote":
+        if judge.model is not None:  # it would be recorded, and never called
+            raise InvalidRequest("judge.model", "a vote judge calls no model; leave it out")
         return
     if judge.model is None:
         raise InvalidRequest("judge.model", f"a {judge.kind} judge needs a model")

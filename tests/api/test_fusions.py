@@ -286,20 +286,27 @@ async def test_a_run_out_of_time_fails_as_timeout(
 
 
 @pytest.mark.parametrize(
-    ("judge", "status", "reason"),
+    ("judge", "timeout_s", "status", "reason"),
     [
-        ("mock/slow", 504, "timeout"),  # the deadline left the judge no more time
-        ("mock/badjudge", 502, "judge_failed"),  # the judge failed on its own
+        ("mock/slow", 0.3, 504, "timeout"),  # the deadline left the judge no more time
+        # the judge failed on its own (with time to spare on a loaded machine: under
+        # 0.3 s this case once ran out of time first)
+        ("mock/badjudge", 10.0, 502, "judge_failed"),
     ],
 )
 async def test_a_judge_out_of_time_fails_the_run_as_timeout(
-    client: AsyncTestClient[Any], pool: asyncpg.Pool, judge: str, status: int, reason: str
+    client: AsyncTestClient[Any],
+    pool: asyncpg.Pool,
+    judge: str,
+    timeout_s: float,
+    status: int,
+    reason: str,
 ) -> None:
     body = {
         "prompt": "2+2?",
         "panel": ["mock/a", "mock/b"],
         "judge": {"kind": "synthesize", "model": judge, "fallback": "fail"},
-        "timeout_s": 0.3,
+        "timeout_s": timeout_s,
     }
     response = await client.post("/v1/fusions", json=body)
     assert response.status_code == status, response.text
@@ -321,6 +328,7 @@ async def test_a_judge_out_of_time_fails_the_run_as_timeout(
         ({"prompt": "x", "panel": "everyone"}, 400, "panel"),
         ({"prompt": "x", "judge": {"kind": "oracle"}}, 400, "kind"),
         ({"prompt": "x", "judge": {"kind": "synthesize"}}, 422, "needs a model"),
+        ({"prompt": "x", "judge": {"kind": "vote", "model": "mock/judge"}}, 422, "no model"),
         ({"prompt": "x", "judge": {"kind": "select", "model": "mock/a"}}, 422, "panel"),
         ({"prompt": "x", "timeout_s": 0}, 400, "timeout_s"),
         ({"prompt": "x", "surprise": True}, 400, "surprise"),

@@ -512,6 +512,10 @@ async def test_a_window_to_the_last_day_there_is_answers(
         ("/v1/stats/failures?until=9999-12-31T23:00-05:00", "out of range"),
         ("/v1/stats/failures?model=a%00b", "model: holds the NUL"),
         ("/v1/stats/failures?since=2026-02-01T12:00:00Z", "not a whole day"),
+        # A misspelt or repeated parameter was answered as if absent (or the last kept).
+        ("/v1/stats/judges?foo=bar", "unknown query parameter foo"),
+        ("/v1/runs?categry=x", "unknown query parameter categry"),
+        ("/v1/stats/failures?group_by=model&group_by=day", "group_by given more than once"),
     ],
 )
 async def test_bad_filters_are_4xx(
