@@ -163,6 +163,11 @@ def replay_command(
     The same command run again reports the batch it submitted before."""
     if force and run_id is None:
         fail("--force makes a new replay of one run: it needs --run")
+    filters = {"--since": since, "--until": until, "--category": category, "--preset": preset,
+               "--model": model, "--ground-truth": has_ground_truth}  # fmt: skip
+    chosen = [name for name, value in filters.items() if value is not None]
+    if run_id is not None and chosen:  # they were ignored
+        fail(f"--run replays one run; {', '.join(chosen)} select a batch: give one or the other")
     if batch_id is not None:
         if run_id is not None:
             fail("--batch follows a batch and --run replays one run: give one of them")

@@ -22,6 +22,7 @@ from service.cli_replay import parse_moment
 from tests.unit.http_double import local_http
 
 BATCH_ID = "0b7c1f3e-2d4a-4c5b-9e6f-7a8b9c0d1e2f"
+RUN_ID = "5f0e9a1c-3b2d-4e6f-8a7b-1c2d3e4f5a6b"
 RUNNING = {"batch_id": BATCH_ID, "status": "running", "runs": 3, "done": 1}
 
 
@@ -133,3 +134,20 @@ def test_a_span_counts_back_from_a_whole_minute_or_hour() -> None:
     assert parse_moment("12h", now) == datetime(2025, 3, 10, 0, 34, tzinfo=UTC)
     assert parse_moment("7d", now) == datetime(2025, 3, 3, 12, 0, tzinfo=UTC)
     assert parse_moment("2w", now) == datetime(2025, 2, 24, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--force"], "it needs --run"),
+        (["--run", RUN_ID, "--batch", BATCH_ID], "give one of them"),
+        # the filters were ignored with --run: one run was replayed, whatever they said
+        (
+            ["--run", RUN_ID, "--since", "1h", "--category", "x"],
+            "--since, --category select a batch",
+        ),
+    ],
+)
+def test_options_that_cannot_go_together_are_refused(args: list[str], says: str) -> None:
+    refused = invoke("--judge", "vote", *args, "--url", "http://127.0.0.1:9")
+    assert refused.exit_code == 2 and says in refused.output, refused.output
