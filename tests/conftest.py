@@ -25,7 +25,9 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+import structlog
 
+from service.providers import openai_compatible
 from service.store import EventStore
 from service.store.database import connect, create_pool
 from service.store.migrations import migrate
@@ -161,3 +163,15 @@ def simulator() -> Iterator[RunningSimulator]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         loop.close()
+
+
+@pytest.fixture
+def debug_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Provider calls log their failures at debug level, which an earlier test may have
+    filtered out for the whole process (a command's ``configure_logging``, whose loggers
+    are cached on first use): log at every level, with a logger not yet cached."""
+    saved = structlog.get_config()
+    structlog.reset_defaults()
+    monkeypatch.setattr(openai_compatible, "log", structlog.get_logger(openai_compatible.__name__))
+    yield
+    structlog.configure(**saved)

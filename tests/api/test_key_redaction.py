@@ -10,14 +10,11 @@ from typing import Any
 
 import asyncpg
 import httpx
-import pytest
-import structlog
 from litestar.testing import AsyncTestClient
 from structlog.testing import capture_logs
 
 from service.app import create_app
 from service.config import parse_config
-from service.providers import openai_compatible
 from service.providers.outcomes import KEY_REDACTED
 from service.settings import Settings
 from tests.conftest import RunningSimulator, TestDatabase
@@ -165,18 +162,6 @@ def strings(value: Any) -> Iterator[str]:
             yield from strings(item)
     elif value is not None:
         yield str(value)
-
-
-@pytest.fixture
-def debug_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Provider calls log their failures at debug level, which an earlier test may have
-    filtered out for the whole process (a command's ``configure_logging``, whose loggers
-    are cached on first use): log at every level, with a logger not yet cached."""
-    saved = structlog.get_config()
-    structlog.reset_defaults()
-    monkeypatch.setattr(openai_compatible, "log", structlog.get_logger(openai_compatible.__name__))
-    yield
-    structlog.configure(**saved)
 
 
 async def test_a_key_echoed_in_answers_and_errors_is_redacted_everywhere(

@@ -15,12 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
-import structlog
 from structlog.testing import capture_logs
 
 from service.config import ModelConfig, ProviderConfig
 from service.domain.events import GenerationParams, Message
-from service.providers import openai_compatible
 from service.providers.openai_compatible import CallFailed, CallOutcome, CallSucceeded, complete
 from service.providers.outcomes import KEY_REDACTED
 
@@ -57,16 +55,7 @@ def completion(
     }  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def debug_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Provider calls log their failures at debug level, which an earlier test may have
-    filtered out for the whole process (a command's ``configure_logging``, whose loggers
-    are cached on first use): log at every level, with a logger not yet cached."""
-    saved = structlog.get_config()
-    structlog.reset_defaults()
-    monkeypatch.setattr(openai_compatible, "log", structlog.get_logger(openai_compatible.__name__))
-    yield
-    structlog.configure(**saved)
+pytestmark = pytest.mark.usefixtures("debug_logs")
 
 
 def scripted(*responses: httpx.Response | Exception) -> tuple[Handler, list[httpx.Request]]:
