@@ -9,7 +9,9 @@
 -- function of the same name), and the role keeps only SELECT on the two tables: every
 -- event it writes gets the database's own time, transaction id, version and chain.
 -- Running as the owner, the functions are no longer everyone's to call (functions are
--- executable by PUBLIC by default): only the service's role may, where it exists.
+-- executable by PUBLIC by default): PUBLIC loses EXECUTE whether or not the service's
+-- role exists yet (where it does not, the grant list gives it EXECUTE once created;
+-- the owner keeps it regardless).
 DO $$
 BEGIN
     EXECUTE format(
@@ -21,14 +23,14 @@ BEGIN
     EXECUTE format(
         'ALTER FUNCTION append_new_streams(jsonb) SECURITY DEFINER SET search_path = %I, pg_temp',
         current_schema());
+    REVOKE EXECUTE ON FUNCTION
+        append_to_stream(text, integer, uuid[], text[], smallint[], jsonb[], jsonb[]),
+        append_new_streams(text[], uuid[], text[], smallint[], jsonb[], jsonb[]),
+        append_new_streams(jsonb)
+        FROM PUBLIC;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'fusion_ledger_app') THEN
         REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON events, streams FROM fusion_ledger_app;
         GRANT SELECT ON events, streams TO fusion_ledger_app;
-        REVOKE EXECUTE ON FUNCTION
-            append_to_stream(text, integer, uuid[], text[], smallint[], jsonb[], jsonb[]),
-            append_new_streams(text[], uuid[], text[], smallint[], jsonb[], jsonb[]),
-            append_new_streams(jsonb)
-            FROM PUBLIC;
         GRANT EXECUTE ON FUNCTION
             append_to_stream(text, integer, uuid[], text[], smallint[], jsonb[], jsonb[]),
             append_new_streams(text[], uuid[], text[], smallint[], jsonb[], jsonb[]),

@@ -76,3 +76,19 @@ async def test_the_grant_list_is_what_the_service_needs(database: TestDatabase) 
         await admin.execute(f'DROP OWNED BY "{group}"')
         await admin.execute(f'DROP ROLE IF EXISTS "{group}"')
         await admin.close()
+
+
+async def test_a_role_without_the_grants_cannot_append(ungranted_url: str) -> None:
+    # The append functions run as their owner: were they still everyone's to call (the
+    # default for functions), any login with USAGE on the schema could write the log.
+    conn = await asyncpg.connect(ungranted_url)
+    try:
+        for call in (
+            "SELECT append_to_stream('run-x', 0, ARRAY[gen_random_uuid()], ARRAY['run.failed'],"
+            " ARRAY[1::smallint], ARRAY['{}'::jsonb], ARRAY['{}'::jsonb])",
+            "SELECT append_new_streams('[]'::jsonb)",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(call)
+    finally:
+        await conn.close()
