@@ -24,7 +24,9 @@ MESSAGE_LIMIT = 500
 _BODY_LIMIT = 4000  # longer than MESSAGE_LIMIT + any key, so a cut key cannot survive
 REDACTED = "[redacted]"
 KEY_REDACTED = "[redacted provider key]"
-SHORT_KEY = 8  # shorter keys: only the key itself, as a whole token (see redact_key)
+# A key that is not secret-like (shorter than this without separators, or of one kind
+# of character) is only replaced as itself, a whole token (see redact_key).
+SECRET_LIKE_CHARS = 16
 
 
 class CallSucceeded(msgspec.Struct, frozen=True, kw_only=True):
@@ -122,7 +124,7 @@ def scrub(text: str, api_key: str | None) -> str:
     providers often echo a key partly masked (``abcd1234****wxyz``).
     """
     text = redact_key(text[:_BODY_LIMIT].replace("\x00", ""), api_key)
-    if api_key and len(api_key) < SHORT_KEY:  # in a message, also inside a longer word
+    if api_key and not secret_like(api_key):  # in a message, also inside a longer word
         text = text.replace(api_key, KEY_REDACTED)
     text = _BEARER.sub(f"Bearer {REDACTED}", text)
     text = _SK_TOKEN.sub(REDACTED, text)
@@ -146,9 +148,10 @@ def redact_key(text: str, api_key: str | None) -> str:
     escapes (``\\u0045``, ``\\/``), up to three levels deep. When the key shows only
     once escapes are decoded, the text is returned decoded, the key replaced.
 
-    A key shorter than ``SHORT_KEY`` characters is replaced only where it stands as a
-    whole token: its encodings and spaced forms would match ordinary text, and so short
-    a key (a local server's placeholder such as ``EMPTY``) is no secret anyway.
+    A key that is not ``secret_like`` is replaced only where it stands as a whole
+    token: its encodings and spaced forms would match ordinary text ("not needed" for
+    the key ``not-needed``), and such a key (a local server's placeholder: ``EMPTY``,
+    ``lm-studio``, ``anything``) is no secret anyway.
     """
     if not api_key or not text:
         return text
@@ -174,6 +177,18 @@ _BASE64_RUN = re.compile(r"[A-Za-z0-9+/\-_]+=*")
 _URL_SAFE = str.maketrans("+/", "-_")
 
 
+def secret_like(key: str) -> bool:
+    """A key that looks generated: 16 characters or more besides separators, mixing at
+    least two of lower case, upper case, digits and symbols (real keys do; a
+    placeholder such as ``not-needed-anyway`` does not)."""
+    skeleton = [c for c in key if not _IS_SEPARATOR.fullmatch(c)]
+    kinds = {
+        "lower" if c.islower() else "upper" if c.isupper() else "digit" if c.isdigit() else "symbol"
+        for c in skeleton
+    }
+    return len(skeleton) >= SECRET_LIKE_CHARS and len(kinds) >= 2
+
+
 class _KeyForms:
     """The forms of one key ``redact_key`` looks for, compiled once per key."""
 
@@ -182,12 +197,12 @@ class _KeyForms:
         self.short: re.Pattern[str] | None = None
         self.encoded: tuple[str, ...] = ()  # base64, where ``in`` is cheaper than a regex
         self.spaced: re.Pattern[str] | None = None
-        if len(key) < SHORT_KEY:
+        if not secret_like(key):
             self.short = re.compile(rf"(?<![A-Za-z0-9]){re.escape(key)}(?![A-Za-z0-9])")
             return
         self.encoded = _base64_middles(key.encode())
         skeleton = [c for c in key if not _IS_SEPARATOR.fullmatch(c)]
-        if len(skeleton) >= SHORT_KEY:
+        if len(skeleton) >= SECRET_LIKE_CHARS:
             # Possessive: a separator run is never given back, so matching stays linear.
             self.spaced = re.compile(f"{_SEPARATOR}*+".join(map(re.escape, skeleton)))
 

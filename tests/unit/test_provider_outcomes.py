@@ -133,6 +133,15 @@ def test_a_key_hidden_behind_escapes_comes_back_decoded_and_redacted() -> None:
     assert redact_key(f"tab\\there {hidden}!", KEY) == f"tab\there {KEY_REDACTED}!"
 
 
+@pytest.mark.parametrize("placeholder", ["not-needed", "anything", "lm-studio", "password"])
+def test_a_placeholder_key_leaves_ordinary_words_alone(placeholder: str) -> None:
+    # Local servers take any key; these common ones redacted words out of answers
+    # ("That step is not needed here." lost "not needed"), for good.
+    text = "That step is not needed here; lm studio, passwords or anythings will do."
+    assert redact_key(text, placeholder) == text
+    assert redact_key(f"key={placeholder}!", placeholder) == f"key={KEY_REDACTED}!"
+
+
 def test_a_short_key_is_redacted_only_as_a_whole_token() -> None:
     text = "EMPTY means EMPTYING nothing; base64 RU1QVFk= and E M P T Y stay"
     assert redact_key(text, "EMPTY") == text.replace("EMPTY means", f"{KEY_REDACTED} means")
