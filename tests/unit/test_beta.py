@@ -120,3 +120,9 @@ def test_an_interval_takes_a_few_evaluations_of_the_distribution_function(
     monkeypatch.setattr(beta, "_continued_fraction", counted)
     beta_summary(right, wrong)
     assert calls <= 2 * 15
+
+
+def test_counts_below_zero_count_as_none() -> None:
+    # A read model kept by an older rule and not rebuilt can hold them: a 500 before.
+    assert beta_summary(-1, 0) == beta_summary(0, 0)
+    assert beta_summary(3, -2) == beta_summary(3, 0)
