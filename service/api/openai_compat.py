@@ -49,7 +49,7 @@ class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
     top_p: TopP | None = None
     seed: Seed | None = None
     user: str | None = None
-    n: int = 1  # choices: a fusion gives one answer
+    n: int | None = None  # choices: a fusion gives one answer (null, as OpenAI's API takes)
 
 
 def _text(message: ChatMessage) -> str:
@@ -135,7 +135,7 @@ async def chat_completions(
 ) -> Response[Any]:
     """Run a fusion for the last user message and answer as a chat completion."""
     preset = _preset(data.model, services.config.presets)
-    if data.n != 1:  # one choice came back whatever was asked
+    if data.n not in (None, 1):  # one choice came back whatever was asked
         raise Problem(400, "Bad request", f"n: a fusion answers with one choice, not {data.n}")
     params = GenerationParams(
         temperature=data.temperature, max_tokens=data.max_completion_tokens or data.max_tokens,

@@ -115,6 +115,8 @@ async def test_models_and_unknown_model(client: AsyncTestClient[Any]) -> None:
         assert (await sdk(client).models.retrieve(listed.id)).id == listed.id
     with pytest.raises(openai.NotFoundError):
         await sdk(client).models.retrieve("fusion/none-such")
+    asked = {"model": "fusion", "n": None, "messages": [{"role": "user", "content": "hi"}]}
+    assert (await client.post("/v1/chat/completions", json=asked)).status_code == 200
     with pytest.raises(openai.BadRequestError, match="one choice"):  # one came back before
         await sdk(client).chat.completions.create(
             model="fusion", n=2, messages=[{"role": "user", "content": "hi"}]
