@@ -8,6 +8,7 @@ from functools import cache
 from typing import Any
 
 from litestar import Request
+from litestar.enums import ParamType
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import ParameterKwarg
 
@@ -20,10 +21,14 @@ _NOT_QUERY = frozenset({"request", "data", "state", "scope", "headers", "cookies
 
 async def check_query(request: Request[Any, Any, Any]) -> None:
     """Litestar's before_request hook: refuse unknown and repeated query parameters of
-    the API's routes (/v1/)."""
-    if not request.query_params or not request.url.path.startswith("/v1/"):
+    the API's routes (/v1/; not Litestar's own OPTIONS answers)."""
+    if (
+        not request.query_params
+        or request.method == "OPTIONS"
+        or not request.url.path.startswith("/v1/")
+    ):
         return
-    known = _query_names(request.route_handler)
+    known, lists = _query_names(request.route_handler)
     unknown = sorted(set(request.query_params) - known)
     if unknown:
         takes = ", ".join(sorted(known)) or "none"
@@ -32,7 +37,11 @@ async def check_query(request: Request[Any, Any, Any]) -> None:
             "Bad request",
             f"unknown query parameter {', '.join(unknown)} (this route takes: {takes})",
         )
-    repeated = sorted(k for k in request.query_params if len(request.query_params.getall(k)) > 1)
+    repeated = sorted(
+        k
+        for k in request.query_params
+        if k not in lists and len(request.query_params.getall(k)) > 1
+    )
     if repeated:
         raise Problem(
             400,
@@ -43,22 +52,28 @@ async def check_query(request: Request[Any, Any, Any]) -> None:
 
 
 @cache
-def _query_names(handler: HTTPRouteHandler) -> frozenset[str]:
-    """The query parameters a handler declares (their aliases where given)."""
+def _query_names(handler: HTTPRouteHandler) -> tuple[frozenset[str], frozenset[str]]:
+    """The query parameters a handler (or its dependencies' providers) declares, by the
+    names a client sends (aliases where given); and those that take a list (repeats)."""
     path_params = {p for path in handler.paths for p in _path_params(path)}
-    dependencies = handler.dependencies or {}
-    names = set()
-    for name, field in handler.parsed_fn_signature.parameters.items():
+    dependencies = handler.resolve_dependencies()
+    fields = dict(handler.parsed_fn_signature.parameters)
+    for provider in dependencies.values():  # what providers take from the query too
+        fields.update(provider.parsed_fn_signature.parameters)
+    names, lists = set(), set()
+    for name, field in fields.items():
         kwarg = field.kwarg_definition
         if name in _NOT_QUERY or name in path_params or name in dependencies:
             continue
-        if isinstance(kwarg, ParameterKwarg):
-            if kwarg.header or kwarg.cookie:
-                continue
-            names.add(kwarg.query or name)
-        elif kwarg is None:
-            names.add(name)
-    return frozenset(names)
+        if isinstance(kwarg, ParameterKwarg) and kwarg.param_type is not ParamType.QUERY:
+            continue  # a header or a cookie
+        if kwarg is not None and not isinstance(kwarg, ParameterKwarg):
+            continue  # the body, a dependency marker
+        alias = (kwarg.name if isinstance(kwarg, ParameterKwarg) else None) or name
+        names.add(alias)
+        if field.is_non_string_sequence:
+            lists.add(alias)
+    return frozenset(names), frozenset(lists)
 
 
 def _path_params(path: str) -> list[str]:

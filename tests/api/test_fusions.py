@@ -560,3 +560,15 @@ async def test_a_panel_that_reaches_the_budget_is_judged_by_a_free_vote(
     body = response.json()
     assert body["judge"]["kind"] == "vote"  # said in the answer and in judge.decided
     assert body["cost_usd"] == pytest.approx(6e-5)
+
+
+async def test_the_query_string_is_checked_against_what_the_route_takes(
+    client: AsyncTestClient[Any], pool: asyncpg.Pool
+) -> None:
+    # The Idempotency-Key is a header: as a query parameter it was taken silently and
+    # ignored (the check read it as one of the route's query parameters).
+    response = await client.post("/v1/fusions?idempotency_key=k", json={"prompt": "2+2?"})
+    assert response.status_code == 400 and "idempotency_key" in response.json()["detail"]
+    assert await count(pool) == 0
+    # Litestar's own OPTIONS answers are not the API's to check.
+    assert (await client.options("/v1/runs?category=x")).status_code < 400
