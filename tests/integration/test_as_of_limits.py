@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -46,11 +47,24 @@ async def test_a_second_as_of_answer_at_once_is_told_to_retry(
 
 
 async def test_an_as_of_answer_that_takes_too_long_is_stopped(
-    client: AsyncTestClient[Any], monkeypatch: pytest.MonkeyPatch
+    client: AsyncTestClient[Any], database: TestDatabase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(stats, "AS_OF_TIMEOUT_S", 0.000_001)
-    slow = await client.get("/v1/stats/judges?as_of=1")
-    assert slow.status_code == 503, slow.text
-    assert "took over" in slow.json()["detail"]
-    monkeypatch.undo()  # the connection and the slot are usable again
+    # Held up mid-transaction (its temporary table copies judge_profile, which another
+    # session has locked), the answer is stopped at its deadline: rolled back, its
+    # connection back in the pool, the slot free.
+    monkeypatch.setattr(stats, "AS_OF_TIMEOUT_S", 0.5)
+    blocker = await asyncpg.connect(database.url)
+    try:
+        await blocker.execute("BEGIN; LOCK TABLE judge_profile IN ACCESS EXCLUSIVE MODE")
+        slow = await client.get("/v1/stats/judges?as_of=1")
+        await blocker.execute("ROLLBACK")
+        assert slow.status_code == 503, slow.text
+        assert "took over" in slow.json()["detail"]
+        stuck = await blocker.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()"
+        )
+        assert stuck == 0
+    finally:
+        await blocker.close()
     assert (await client.get("/v1/stats/judges?as_of=1")).status_code == 200
