@@ -180,14 +180,10 @@ class FusionRunner:
         try:
             return await self._run_on(writer, run_id, plan, started)
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if writer.recorded or not self._shutting_down(run_id) or task is None:
-                raise
-            if task.cancelling() != 1:  # cancelled by something else too
+            if writer.recorded or not self._taken_back_for_shutdown(run_id):
                 raise
             # Shut down before this run wrote anything (its first append did not land),
             # or while it waited for another replica's run of its Idempotency-Key.
-            task.uncancel()
             raise ShuttingDown("the service is shutting down; nothing was run") from None
         finally:
             # Every path that closes the run (unroutable, failed, finalized, internal
@@ -216,6 +212,8 @@ class FusionRunner:
             return await self._existing(stream_id, plan, requested)
         except asyncio.CancelledError:
             await asyncio.wait([first])
+            if not first.cancelled():
+                first.exception()  # read: a failed append is handled below, not reported
             if not writer.recorded:
                 raise  # nothing of this run was written (_run says why)
             return await self._cancelled(writer, run_id, started)
@@ -241,10 +239,8 @@ class FusionRunner:
         cancellation (a bare 500 from the server)."""
         reason: RunFailureReason = "shutdown" if self._shutting_down(run_id) else "cancelled"
         await asyncio.shield(self._fail(writer, reason, f"run {reason}", started))
-        task = asyncio.current_task()
-        if reason != "shutdown" or task is None or task.cancelling() != 1:
+        if not self._taken_back_for_shutdown(run_id):
             raise asyncio.CancelledError
-        task.uncancel()
         state = fold(writer.recorded)
         if not state.closed:  # its end came from elsewhere (or landed as it was cut)
             state = fold(e.decode() for e in await self.store.read_stream(writer.stream_id))
@@ -253,6 +249,15 @@ class FusionRunner:
     def _shutting_down(self, run_id: uuid.UUID) -> bool:
         handle = self._open.get(run_id)
         return handle is not None and "shutdown" in handle.cancel_reason
+
+    def _taken_back_for_shutdown(self, run_id: uuid.UUID) -> bool:
+        """When this process's close() cancelled the run's task, and nothing else did:
+        take the cancellation back (the caller answers with the run's end instead)."""
+        task = asyncio.current_task()
+        if task is None or not self._shutting_down(run_id) or task.cancelling() != 1:
+            return False
+        task.uncancel()
+        return True
 
     def _closed(self, writer: RunWriter, started: float) -> None:
         """Count the run and log its summary, if this process wrote its terminal event

@@ -25,10 +25,10 @@ from service.domain.events import (
     Message,
     PanelRequest,
 )
-from service.domain.routing import RouteInfeasible, prompt_tokens
+from service.domain.routing import RouteInfeasible, price_estimate, prompt_tokens
 from service.orchestration.judge import FALLBACKS
 from service.orchestration.plan import FusionPlan, RouteRequest
-from service.orchestration.router import check_affordable, route_request
+from service.orchestration.router import check_affordable, pool_models, route_request
 
 PanelMethod = Literal["fixed", "preset", "router"]
 MAX_PROMPT_CHARS = 200_000
@@ -174,10 +174,8 @@ def _check_budget(config: Config, ask: FusionAsk, panel: list[PanelRequest]) -> 
     if ask.max_cost_usd is None:
         return
     tokens = prompt_tokens(ask.messages)
-    floor = sum(
-        p.samples * tokens * config.model(p.model).price.input_per_million / 1_000_000
-        for p in panel
-    )
+    seats = pool_models(config, [p.model for p in panel])  # one per entry, in order
+    floor = sum(p.samples * price_estimate(m, tokens, 0) for p, m in zip(panel, seats, strict=True))
     if floor > ask.max_cost_usd:
         raise InvalidRequest(
             "max_cost_usd",
