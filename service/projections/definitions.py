@@ -304,27 +304,25 @@ calls_in AS NOT MATERIALIZED (  -- the panel calls in the range
     WHERE e.event_type IN ('panel.call.succeeded', 'panel.call.failed')
       AND e.stream_id LIKE 'run-%' AND {IN_RANGE}
 ),
-outcomes_in AS MATERIALIZED (  -- the outcomes in the range, each with the one before it
+outcomes_in AS MATERIALIZED (  -- the outcomes in the range
     SELECT e.stream_id, e.stream_version AS version, e.global_position AS event,
-           e.data->'members' AS marks,
-           lag(e.global_position) OVER by_version AS prior_event,
-           lag(e.data->'members') OVER by_version AS prior_marks
+           e.data->'members' AS marks
     FROM events e
     WHERE e.event_type = 'outcome.recorded' AND e.stream_id LIKE 'run-%' AND {IN_RANGE}
-    WINDOW by_version AS (PARTITION BY e.stream_id ORDER BY e.stream_version)
 ),
 marks_in AS NOT MATERIALIZED (  -- the verdicts and graded outcomes in the range, signed
     SELECT e.stream_id, e.global_position AS event, e.event_type AS type, 1 AS sign,
            e.data->'verdicts' AS marks
     FROM events e
     WHERE e.event_type = 'judge.decided' AND e.stream_id LIKE 'run-%' AND {IN_RANGE}
+    -- A run's latest outcome is its truth: over a range, a run's outcomes add up to its
+    -- latest one in the range, less the latest one before the range (looked up only
+    -- when the range does not start at the log's start); the ones between cancel out.
     UNION ALL
-    SELECT stream_id, event, 'outcome.recorded', 1, marks FROM outcomes_in
-    -- A run's latest outcome is its truth: each outcome takes back the one before it,
-    -- from the range, or looked up when the range does not start at the log's start.
-    UNION ALL
-    SELECT stream_id, prior_event, 'outcome.recorded', -1, prior_marks
-    FROM outcomes_in WHERE prior_event IS NOT NULL
+    SELECT o.stream_id, o.event, 'outcome.recorded', 1, o.marks
+    FROM outcomes_in o
+    WHERE NOT EXISTS (SELECT 1 FROM outcomes_in n
+                      WHERE n.stream_id = o.stream_id AND n.version > o.version)
     UNION ALL
     SELECT o.stream_id, p.global_position, 'outcome.recorded', -1, p.data->'members'
     FROM outcomes_in o
@@ -332,7 +330,9 @@ marks_in AS NOT MATERIALIZED (  -- the verdicts and graded outcomes in the range
                         WHERE p.stream_id = o.stream_id AND p.stream_version < o.version
                           AND p.event_type = 'outcome.recorded'
                         ORDER BY p.stream_version DESC LIMIT 1) AS p
-    WHERE {AFTER_START} AND o.prior_event IS NULL
+    WHERE {AFTER_START}
+      AND NOT EXISTS (SELECT 1 FROM outcomes_in n
+                      WHERE n.stream_id = o.stream_id AND n.version < o.version)
 ),
 context AS MATERIALIZED (  -- from the range when it holds the run's request, else looked up
     SELECT stream_id, coalesce(tenant, 'default') AS tenant, category
