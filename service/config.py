@@ -14,7 +14,7 @@ Environment overrides (pass ``Settings.environ``; this module never reads
   ``base_url``; ``<NAME>`` is the provider's name upper-cased, with every character
   other than a letter or digit replaced by ``_`` (``open-router`` -> ``OPEN_ROUTER``).
 - Provider keys are never in the file: ``api_key_env`` names the variable that holds
-  one, read at call time.
+  one, read from the environment when the process starts (Settings.from_env).
 """
 
 from __future__ import annotations
