@@ -141,10 +141,21 @@ async def test_models_and_unknown_model(client: AsyncTestClient[Any]) -> None:
     assert "temperature" in bad.value.message
 
 
-async def test_health_and_schema(client: AsyncTestClient[Any]) -> None:
+async def test_health_and_schema(client: AsyncTestClient[Any], pool: asyncpg.Pool) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    # A schema behind the code (a migration undone, say) is not ready: it said "ready"
+    # whatever version the database held.
+    row = await pool.fetchrow("SELECT * FROM schema_migrations ORDER BY version DESC LIMIT 1")
+    await pool.execute("DELETE FROM schema_migrations WHERE version = $1", row["version"])
+    try:
+        behind = await client.get("/readyz")
+    finally:
+        columns = ", ".join(row.keys())
+        values = ", ".join(f"${i}" for i in range(1, len(row) + 1))
+        await pool.execute(f"INSERT INTO schema_migrations ({columns}) VALUES ({values})", *row)
+    assert behind.status_code == 503 and behind.json()["status"] == "not migrated"
     schema = (await client.get("/schema/openapi.json")).json()
     assert "/v1/fusions" in schema["paths"]
 

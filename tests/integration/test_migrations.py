@@ -13,7 +13,13 @@ import asyncpg
 import pytest
 
 from service.store.database import connect
-from service.store.migrations import Migration, MigrationError, load_migrations, migrate
+from service.store.migrations import (
+    Migration,
+    MigrationError,
+    is_up_to_date,
+    load_migrations,
+    migrate,
+)
 
 CLI = Path(sys.executable).with_name("fusion-ledger")
 ALL = [f"{m.version:04d}_{m.name}" for m in load_migrations()]
@@ -166,3 +172,18 @@ async def test_co_failure_pairs_move_to_code_point_order_and_merge(empty_schema_
         ("sim/Model-c", "sim/model-b", 11, 22, 33),
         ("sim/Model-y", "sim/model-x", 4, 5, 6),
     ]
+
+
+async def test_code_of_the_release_before_starts_on_a_newer_schema(empty_schema_url: str) -> None:
+    # A pod of the previous release restarting mid-rollout, or brought back by a
+    # rollback: every migration it knows is applied, and newer ones too. It exited
+    # with "not migrated" (and a rollback after `migrate` could not work).
+    known = load_migrations()
+    future = extra(9003, "CREATE TABLE from_the_next_release (id int)")
+    conn = await connect(empty_schema_url)
+    try:
+        await migrate(conn, [*known, future])
+        assert await is_up_to_date(conn, known)
+        assert await migrate(conn, known) == []
+    finally:
+        await conn.close()
