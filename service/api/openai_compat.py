@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
 from litestar.response import ServerSentEvent
 
 from service.api.deps import IdempotencyKey, Services, provide_services
@@ -209,7 +209,9 @@ async def list_models(services: NamedDependency[Services]) -> dict[str, Any]:
 
 
 @get("/v1/models/{model_id:path}", dependencies=_DEPS, summary="One model this endpoint serves")
-async def retrieve_model(services: NamedDependency[Services], model_id: str) -> dict[str, Any]:
+async def retrieve_model(
+    services: NamedDependency[Services], model_id: FromPath[str]
+) -> dict[str, Any]:
     """A model of /v1/models (the official clients' ``models.retrieve``); 404 otherwise."""
     name = model_id.removeprefix("/")
     _preset(name, services.config.presets)
