@@ -15,7 +15,13 @@ from service.api.errors import Problem
 from service.api.views import FusionResponse, fusion_view
 from service.config import BoundedParams, PanelEntry
 from service.domain.events import ClientIdentity, JudgeSpec, Message
-from service.orchestration.fusion import Fused, IdempotencyConflict, Overloaded, ShuttingDown
+from service.orchestration.fusion import (
+    Fused,
+    IdempotencyConflict,
+    Overloaded,
+    ShuttingDown,
+    StillOpen,
+)
 from service.orchestration.planning import FusionAsk, InvalidRequest, plan_fusion
 from service.store import UnstorableEvent
 
@@ -155,6 +161,8 @@ async def run_ask(services: Services, ask: FusionAsk) -> tuple[str, Fused]:
     except Overloaded as exc:
         detail = f"the service is at capacity ({exc}); retry shortly"
         raise Problem(503, "Overloaded", detail, headers={"retry-after": "1"}) from exc
+    except StillOpen as exc:  # not a failed run: the 502 it was said nothing of the kind
+        raise Problem(503, "Run still open", str(exc), headers={"retry-after": "10"}) from exc
     except ShuttingDown as exc:
         detail = f"{exc}; retry (with the same Idempotency-Key, if any)"
         raise Problem(503, "Shutting down", detail, headers={"retry-after": "1"}) from exc

@@ -56,6 +56,10 @@ log = structlog.get_logger("fusion")
 # per run 4.0 -> 3.02, Postgres CPU per fusion 6.5-6.8 -> 5.6-5.9 ms, A/B alternating).
 MEMBER_LINGER_S = 0.005
 
+# How much longer than a run's own deadline a request waits for the run its
+# Idempotency-Key made elsewhere (another replica's, closing late) before saying so.
+EXISTING_GRACE_S = 30.0
+
 # A call that timed out this close to the run's deadline (or after it) was stopped by
 # the deadline, not by its own bound: a run that then fails, fails for lack of time.
 DEADLINE_SLACK_S = 0.005
@@ -68,6 +72,11 @@ class IdempotencyConflict(Exception):
 class ShuttingDown(Exception):
     """This process stopped before the run began here; retrying elsewhere is safe (with
     the same Idempotency-Key, the retry finds the run if another replica drives it)."""
+
+
+class StillOpen(Exception):
+    """The Idempotency-Key's run is open and not driven here (another replica's, or a
+    crashed process's that the sweeper has not closed yet): nothing to answer with."""
 
 
 class Overloaded(Exception):
@@ -506,13 +515,19 @@ class FusionRunner:
         handle = self._open.get(uuid.UUID(stream_id.removeprefix("run-")))
         if handle is not None:
             handle.earlier = True
-        deadline = time.monotonic() + plan.timeout_s + 30
+        deadline = time.monotonic() + plan.timeout_s + EXISTING_GRACE_S
         while True:
             state = fold(e.decode() for e in await self.store.read_stream(stream_id))
             if state.request is not None and not _same_request(state.request, mine):
                 raise IdempotencyConflict(_KEY_REUSED)
-            if state.closed or time.monotonic() > deadline:
+            if state.closed:
                 return state
+            if time.monotonic() > deadline:
+                raise StillOpen(
+                    f"run {stream_id.removeprefix('run-')} of this Idempotency-Key is still "
+                    "open, driven by another process or left by one that stopped (the sweeper "
+                    "closes such runs); retry later with the same key"
+                )
             await asyncio.sleep(0.05)
 
 

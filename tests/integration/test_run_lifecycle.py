@@ -211,6 +211,24 @@ async def test_shutdown_while_waiting_for_another_replicas_run(
     assert await types_of(store, f"run-{run_id}") == ["run.requested"]  # left to its owner
 
 
+async def test_a_run_left_open_elsewhere_is_still_open_not_failed(
+    store: EventStore, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The key's run was left open by a process killed mid-run (the sweeper has not
+    # closed it yet). Waiting out its deadline, the request got the open run back and
+    # the API answered it as a failed run (502, status "running"); eval then stopped.
+    monkeypatch.setattr(fusion, "EXISTING_GRACE_S", 0.1)
+    run_id = uuid.uuid4()
+    asked = plan(["fast"], timeout_s=0.1)
+    left = [NewEvent(fusion._requested(run_id, asked, CURRENT_NORMALIZER), {"tenant": "t1"})]
+    await store.append_to_stream(f"run-{run_id}", left, NO_STREAM)
+    async with httpx.MockTransport(Remote().handle) as http:
+        runner = FusionRunner(store, ProviderRegistry(config, http, lambda _: None))
+        with pytest.raises(fusion.StillOpen, match="still open"):
+            await runner.fuse(asked, run_id)
+    assert await types_of(store, f"run-{run_id}") == ["run.requested"]  # not touched
+
+
 async def test_client_disconnect_does_not_stop_the_run(store: EventStore, config: Config) -> None:
     remote = Remote()
     async with httpx.MockTransport(remote.handle) as http:
