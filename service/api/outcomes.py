@@ -7,6 +7,8 @@ every refusal is a problem response and writes nothing.
 
 from __future__ import annotations
 
+import asyncio
+import random
 import uuid
 from typing import Annotated, Any
 
@@ -31,7 +33,7 @@ from service.store import EventIdConflict, NewEvent, RecordedEvent, UnstorableEv
 from service.store.errors import WrongExpectedVersion
 
 OUTCOME_NAMESPACE = uuid.UUID("3d0a6c1e-7b4f-4e52-9c1d-52a8e0f4b6a9")
-_ATTEMPTS = 3  # another outcome landing between our read and our append: read again
+_ATTEMPTS = 6  # another outcome landing between our read and our append: read again
 Answer = Annotated[str, msgspec.Meta(min_length=1, max_length=10_000)]
 MemberId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
@@ -131,14 +133,30 @@ def _view(
     )
 
 
+async def _not_a_replay(services: Services, tenant: str, run_id: uuid.UUID) -> None:
+    """A replay's id is no run's: say where its ground truth goes (its source run)."""
+    replay = await services.store.read_stream(f"replay-{run_id}", 0, 1)
+    if replay and replay[0].metadata_dict().get("tenant") == tenant:
+        source = getattr(replay[0].decode(), "source_run_id", "?")
+        raise Problem(
+            422,
+            "Not a run",
+            f"{run_id} is a replay; record ground truth on its source run {source}, "
+            "whose replays are all graded by it",
+        )
+
+
 async def _record(
     services: Services, tenant: str, actor: str, run_id: uuid.UUID, stream_id: str,
     body: OutcomeBody, event_id: uuid.UUID,
 ) -> tuple[RunState, OutcomeRecorded, RecordedEvent, bool]:  # fmt: skip
     """Read the run, decide, append at the version read; (state, event, record, new)."""
-    for _ in range(_ATTEMPTS):
+    for attempt in range(_ATTEMPTS):
+        if attempt:  # others' outcomes landed between our read and append: let them pass
+            await asyncio.sleep(random.uniform(0.005, 0.02) * 2**attempt)
         records = await services.store.read_stream(stream_id)
         if not records or records[0].metadata_dict().get("tenant") != tenant:
+            await _not_a_replay(services, tenant, run_id)
             raise Problem(404, "Run not found", f"no run {run_id}")
         state = fold(r.decode() for r in records)
         event = decide(state, body, actor)
@@ -168,7 +186,12 @@ async def _record(
             stream_id, result.stream_version - 1, result.stream_version
         )
         return state, event, written[0], True
-    raise Problem(409, "Run busy", "other outcomes kept landing on this run; try again")
+    raise Problem(
+        409,
+        "Run busy",
+        "other outcomes kept landing on this run; try again",
+        headers={"retry-after": "1"},
+    )
 
 
 def _same_or_conflict(earlier: RecordedEvent, wanted: OutcomeRecorded) -> OutcomeRecorded:

@@ -185,6 +185,7 @@ class _Request(msgspec.Struct):
 class _Judged(msgspec.Struct):
     cost_usd: float = 0.0
     latency_ms: float = 0.0
+    fallback: str | None = None  # judge.failed: the policy its run then followed
 
 
 class _Final(msgspec.Struct):
@@ -250,7 +251,8 @@ def _absorb(facts: _Facts, event_type: str, data: str) -> None:
         case "judge.decided" | "judge.failed":
             judged = msgspec.json.decode(data, type=_Judged)
             facts.judge_cost, facts.judge_latency = judged.cost_usd, judged.latency_ms
-            facts.fell_back = event_type == "judge.failed"
+            # A fallback answered only if the policy was one ("fail" ends the run).
+            facts.fell_back = event_type == "judge.failed" and judged.fallback != "fail"
         case "answer.finalized":
             facts.answer, facts.closed = msgspec.json.decode(data, type=_Final).answer, True
         case "run.failed":

@@ -92,6 +92,10 @@ async def test_replay_calls_only_the_judge_and_leaves_the_run_untouched(
     assert [e["event_type"] for e in shown.json()["events"]] == [r.event_type for r in records]
     assert [e["hash"] for e in shown.json()["events"]] == [r.hash.hex() for r in records]
     assert shown.json()["summary"]["answer"] == body["answer"]
+    # Ground truth goes on the source run (it grades every replay); a replay's id said
+    # "no run" though GET /v1/runs knows it.
+    graded = await client.post(f"/v1/runs/{body['replay_id']}/outcomes", json={"expected": "4"})
+    assert graded.status_code == 422 and run["run_id"] in graded.json()["detail"], graded.text
 
 
 async def test_the_same_judge_twice_returns_the_first_replay_unless_forced(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -80,3 +81,15 @@ def test_answers_are_compared_with_the_source_runs_normaliser() -> None:
     assert (v1.agreement.successes, v1.ground_truth.original.successes) == (1, 1)
     assert (v2.agreement.successes, v2.ground_truth.original.successes) == (0, 0)
     assert v2.ground_truth.replay.successes == 1
+
+
+@pytest.mark.parametrize(("fallback", "fell_back"), [("vote", True), ("fail", False)])
+def test_a_judge_failure_is_a_fallback_only_when_one_answered(
+    fallback: str, fell_back: bool
+) -> None:
+    # A batch with fallback "fail" reported every failed replay as a fallback too.
+    from service.orchestration.replay_sources import _absorb, _Facts
+
+    facts = _Facts()
+    _absorb(facts, "judge.failed", json.dumps({"fallback": fallback, "cost_usd": 0.001}))
+    assert facts.fell_back is fell_back
