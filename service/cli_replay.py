@@ -198,8 +198,23 @@ def replay_command(
                 }
                 batch_id = _submit(client, base, body)
             report = _follow(client, batch_id, poll_s, quiet=as_json)
+        except KeyboardInterrupt:  # before the batch was named (_follow says its own)
+            fail(
+                "interrupted; if the service accepted the batch it runs on there: the "
+                "same command run again within the minute finds it (its key counts "
+                "spans from the current minute or hour)",
+                130,
+            )
         except httpx.HTTPError as exc:
-            fail(unanswered(url, exc))
+            if batch_id is None:
+                fail(unanswered(url, exc))
+            # Exit 1, as eval's: a batch is kept by the service and resumes after a
+            # restart, so following it again goes on.
+            fail(
+                f"{unanswered(url, exc)}; batch {batch_id} is kept there and resumes when "
+                f"the service is back: fusion-ledger replay --batch {batch_id} follows it",
+                1,
+            )
     if as_json:
         _emit_json(report)
     else:

@@ -13,6 +13,7 @@ from email.message import Message
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner, Result
 
@@ -151,3 +152,18 @@ def test_a_span_counts_back_from_a_whole_minute_or_hour() -> None:
 def test_options_that_cannot_go_together_are_refused(args: list[str], says: str) -> None:
     refused = invoke("--judge", "vote", *args, "--url", "http://127.0.0.1:9")
     assert refused.exit_code == 2 and says in refused.output, refused.output
+
+
+def test_a_service_gone_while_following_names_the_batch_to_follow_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # It said only "cannot reach the service" (exit 2): the batch, kept and resumed by
+    # the service, was not named, and a re-run after a minute made a new one.
+    def gone(_: float) -> None:
+        raise httpx.ConnectError("connection refused")
+
+    monkeypatch.setattr(cli_replay, "time", SimpleNamespace(sleep=gone))
+    with batch_service() as service:
+        done = invoke("--judge", "vote", "--since", "2025-03-01", "--url", service.url)
+    assert done.exit_code == 1, done.output
+    assert f"fusion-ledger replay --batch {BATCH_ID}" in done.stderr.splitlines()[-1]
