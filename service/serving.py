@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -259,9 +261,37 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
         ) from exc
     folder = (data_dir / "postgres").resolve()
     folder.mkdir(parents=True, exist_ok=True)
+    _forget_dead_owners(folder)
     server = pgserver.get_server(folder, cleanup_mode="stop")
     try:
         yield server.get_uri()
     finally:
         with contextlib.suppress(Exception):
             server.cleanup()
+
+
+def _forget_dead_owners(folder: Path) -> None:
+    """pgserver counts the processes using a server in ``.handle_pids.json`` and stops it
+    when the last one lets go; a process killed outright (SIGKILL, a crash) never lets
+    go, so after one the embedded Postgres was never stopped again, Ctrl-C or not.
+    Keep only the processes still alive."""
+    handles = folder / ".handle_pids.json"
+    try:
+        pids = json.loads(handles.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(pids, list):
+        return
+    alive = [pid for pid in pids if isinstance(pid, int) and _alive(pid)]
+    if alive != pids:
+        handles.write_text(json.dumps(alive))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

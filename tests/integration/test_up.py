@@ -3,6 +3,7 @@ stopped with Ctrl-C and started again, it still has the earlier run."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -89,6 +90,11 @@ def test_up_serves_and_keeps_runs_across_restarts(tmp_path: Path) -> None:
     finally:
         assert stop(process) == 0, log.read_text()
     assert "simulator" in log.read_text()  # it says the providers are simulated
+    # As after an `up` killed outright: its process id stays in pgserver's list of the
+    # server's users, and the next `up` never stopped the embedded Postgres again.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    next(data.rglob(".handle_pids.json")).write_text(json.dumps([dead.pid]))
     process = start(data, port, sim_port, log)
     try:
         wait_ready(url, process, log)
