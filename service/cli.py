@@ -537,6 +537,8 @@ def fuse_command(
         )
     except httpx.HTTPError as exc:
         fail(unanswered(url, exc))
+    except KeyboardInterrupt:  # click's own "Aborted!" said nothing of the run
+        fail("interrupted; a run the service received goes on there (GET /v1/runs)", 130)
     try:
         result = response.json()
     except ValueError:

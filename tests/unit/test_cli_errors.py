@@ -396,3 +396,15 @@ def test_not_answered_in_time_is_not_unreachable(tmp_path: Path) -> None:
     dataset.write_text('{"prompt": "2+2?", "category": "arithmetic", "expected": "4"}\n')
     refused = invoke("eval", str(dataset), "--timeout", "0")
     assert refused.exit_code == 2 and "--timeout" in refused.output
+
+
+def test_ctrl_c_while_fuse_waits_says_what_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    # It printed click's "Aborted!" with exit 1.
+    import httpx
+
+    def interrupted(*_: object, **__: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(httpx, "post", interrupted)
+    done = invoke("fuse", "2+2?", "--url", "http://127.0.0.1:9")
+    assert done.exit_code == 130 and "goes on there" in done.output, done.output
