@@ -90,7 +90,7 @@ def create_app(
                 stack.push_async_callback(close_pool, db)
             if run_migrations:
                 async with stateful(db) as conn:  # the migrations' advisory lock
-                    applied = await migrate(conn)
+                    applied = await migrate(conn, newer_ok=True)  # see is_up_to_date
                 if applied:
                     log.info("migrations.applied", names=applied)
             transport = http_transport

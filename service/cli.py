@@ -404,7 +404,7 @@ def _check_port(host: str, port: int, what: str) -> None:
 async def _migrated_or_fail(conn: Any) -> None:
     """Migrate when a migration is pending (as the server's start does), or say why not."""
     try:
-        await migrate(conn)
+        await migrate(conn, newer_ok=True)
     except (MigrationError, asyncpg.PostgresError) as exc:
         _migration_failed(exc)
 

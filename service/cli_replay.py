@@ -199,10 +199,12 @@ def replay_command(
                 batch_id = _submit(client, base, body)
             report = _follow(client, batch_id, poll_s, quiet=as_json)
         except KeyboardInterrupt:  # before the batch was named (_follow says its own)
+            if run_id is not None:
+                fail("interrupted; a replay the service received is kept there", 130)
             fail(
                 "interrupted; if the service accepted the batch it runs on there: the "
-                "same command run again within the minute finds it (its key counts "
-                "spans from the current minute or hour)",
+                "same command run again finds it while its spans resolve alike (within "
+                "the minute for m and h, the hour for d and w)",
                 130,
             )
         except httpx.HTTPError as exc:

@@ -261,7 +261,10 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
         ) from exc
     folder = (data_dir / "postgres").resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    _forget_dead_owners(folder)
+    # pgserver's own lock on that list, across processes (held as it edits it)
+    lock = getattr(getattr(pgserver, "PostgresServer", None), "_lock", contextlib.nullcontext())
+    with lock:
+        _forget_dead_owners(folder)
     server = pgserver.get_server(folder, cleanup_mode="stop")
     try:
         yield server.get_uri()
@@ -283,8 +286,10 @@ def _forget_dead_owners(folder: Path) -> None:
     if not isinstance(pids, list):
         return
     alive = [pid for pid in pids if isinstance(pid, int) and _alive(pid)]
-    if alive != pids:
-        handles.write_text(json.dumps(alive))
+    if alive != pids:  # whole or not at all, for a reader in another process
+        fresh = handles.with_suffix(".tmp")
+        fresh.write_text(json.dumps(alive))
+        fresh.replace(handles)
 
 
 def _alive(pid: int) -> bool:

@@ -130,8 +130,10 @@ class FusionRunner:
         return len(self._open)
 
     def owned_run_ids(self) -> frozenset[uuid.UUID]:
-        """Ids of the runs this process is driving (the sweeper leaves them alone)."""
-        return frozenset(self._open)
+        """Ids of the runs this process is driving (the sweeper leaves them alone); not
+        those a request only waits on (its key's run, made elsewhere): a crashed
+        process's run must stay the sweeper's to close."""
+        return frozenset(run_id for run_id, h in self._open.items() if not h.earlier)
 
     async def fuse(self, plan: FusionPlan, run_id: uuid.UUID | None = None) -> RunState:
         """Run a fusion (or return the run its idempotency key already made)."""

@@ -70,23 +70,32 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
     return found
 
 
-async def is_up_to_date(conn: Connection, wanted: list[Migration]) -> bool:
+async def is_up_to_date(
+    conn: Connection, wanted: list[Migration], *, newer_ok: bool = False
+) -> bool:
     """True when every migration is applied unchanged; reads only (no DDL, no lock),
     so a service running as a role without CREATE can start on a migrated database.
 
-    Migrations of a newer release may be applied too: each keeps the release before it
-    working (ops/k8s/README.md), so that release's pods restarting during a rollout,
-    or brought back by a rollback, start on the migrated database."""
+    ``newer_ok``: migrations of a newer release may be applied too. Each keeps the
+    release before it serving (ops/k8s/README.md), so that release's API pods restarting
+    during a rollout, or brought back by a rollback, start on the migrated database.
+    What writes read models (worker, rebuild) keeps the strict check: by an older
+    release's rules it would undo the newer one's rebuild."""
     if not await conn.fetchval(LEDGER_EXISTS_SQL):
         return False
     applied = {r["version"]: r["checksum"] for r in await conn.fetch(APPLIED_SQL)}
-    return all(applied.get(m.version) == m.checksum for m in wanted)
+    known = all(applied.get(m.version) == m.checksum for m in wanted)
+    return known and (newer_ok or set(applied) <= {m.version for m in wanted})
 
 
-async def migrate(conn: Connection, migrations: list[Migration] | None = None) -> list[str]:
-    """Apply pending migrations; returns the names applied (empty when up to date)."""
+async def migrate(
+    conn: Connection, migrations: list[Migration] | None = None, *, newer_ok: bool = False
+) -> list[str]:
+    """Apply pending migrations; returns the names applied (empty when up to date).
+    ``newer_ok`` as for is_up_to_date (the API's start); else a newer release's
+    migrations are refused ("upgrade the code")."""
     wanted = migrations if migrations is not None else load_migrations()
-    if await is_up_to_date(conn, wanted):
+    if await is_up_to_date(conn, wanted, newer_ok=newer_ok):
         return []
     await conn.execute(LOCK_SQL)
     try:

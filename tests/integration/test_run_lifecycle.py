@@ -217,15 +217,19 @@ async def test_a_run_left_open_elsewhere_is_still_open_not_failed(
     # The key's run was left open by a process killed mid-run (the sweeper has not
     # closed it yet). Waiting out its deadline, the request got the open run back and
     # the API answered it as a failed run (502, status "running"); eval then stopped.
-    monkeypatch.setattr(fusion, "EXISTING_GRACE_S", 0.1)
+    monkeypatch.setattr(fusion, "EXISTING_GRACE_S", 0.3)
     run_id = uuid.uuid4()
     asked = plan(["fast"], timeout_s=0.1)
     left = [NewEvent(fusion._requested(run_id, asked, CURRENT_NORMALIZER), {"tenant": "t1"})]
     await store.append_to_stream(f"run-{run_id}", left, NO_STREAM)
     async with httpx.MockTransport(Remote().handle) as http:
         runner = FusionRunner(store, ProviderRegistry(config, http, lambda _: None))
+        waiting = asyncio.create_task(runner.fuse(asked, run_id))
+        await asyncio.sleep(0.1)
+        # Only waited on here, not driven: the sweeper may close it (it was hidden).
+        assert not waiting.done() and run_id not in runner.owned_run_ids()
         with pytest.raises(fusion.StillOpen, match="still open"):
-            await runner.fuse(asked, run_id)
+            await waiting
     assert await types_of(store, f"run-{run_id}") == ["run.requested"]  # not touched
 
 
