@@ -9,12 +9,15 @@ it instead of replaying (and paying for) every run twice.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import re
 import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import click
@@ -196,7 +199,11 @@ def replay_command(
                     "judge": spec,
                     "concurrency": concurrency,
                 }
-                batch_id = _submit(client, base, body)
+                # As typed (spans unresolved): the same command after a restart, or
+                # when the minute has turned, finds the batch it left unfinished.
+                asked = {**selection, "since": since, "until": until}
+                batch_id = _unfinished(client, base, asked, spec) or _submit(client, base, body)
+                _remember(base, asked, spec, batch_id)
             report = _follow(client, batch_id, poll_s, quiet=as_json)
         except KeyboardInterrupt:  # before the batch was named (_follow says its own)
             if run_id is not None:
@@ -228,6 +235,66 @@ def _check_batch_id(batch_id: str) -> None:
         uuid.UUID(batch_id)
     except ValueError:
         fail(f"--batch {batch_id!r} is not a batch id (a UUID)")
+
+
+# A batch submitted by this command is found again by the same command for a day,
+# while unfinished (the spans it was given resolve to other times a minute later, so
+# the Idempotency-Key alone finds it only within that minute or hour).
+REMEMBER_S = 24 * 3600
+
+
+def _now() -> float:
+    return datetime.now(UTC).timestamp()
+
+
+def _remembered_path() -> Path:
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    settings = obj.get("settings") if isinstance(obj, dict) else None
+    return (settings.data_dir if settings is not None else Path(".fusion-ledger")) / "replays.json"
+
+
+def _command_key(base: str, asked: dict[str, Any], spec: dict[str, Any]) -> str:
+    identity = msgspec.json.encode([base, asked, spec], order="sorted")
+    return hashlib.sha256(identity).hexdigest()[:40]
+
+
+def _remembered() -> dict[str, Any]:
+    try:
+        known = json.loads(_remembered_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def _remember(base: str, asked: dict[str, Any], spec: dict[str, Any], batch_id: str) -> None:
+    """Note the batch under the command that made it (best effort: a folder that cannot
+    be written only loses the convenience)."""
+    now = _now()
+    known = {k: v for k, v in _remembered().items() if now - v.get("at", 0) < REMEMBER_S}
+    known[_command_key(base, asked, spec)] = {"batch_id": batch_id, "at": now}
+    path = _remembered_path()
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(known))
+
+
+def _unfinished(
+    client: httpx.Client, base: str, asked: dict[str, Any], spec: dict[str, Any]
+) -> str | None:
+    """The batch this command submitted in the last day, if the service still runs it."""
+    entry = _remembered().get(_command_key(base, asked, spec))
+    if not isinstance(entry, dict) or _now() - entry.get("at", 0) >= REMEMBER_S:
+        return None
+    batch_id = str(entry.get("batch_id"))
+    response = client.get(f"/v1/replays/{batch_id}")
+    if response.status_code != 200 or response.json().get("status") == "completed":
+        return None
+    note(
+        f"batch {batch_id}, submitted before by this command, is still running: following "
+        f"it (fusion-ledger replay --batch {batch_id})"
+    )
+    return batch_id
 
 
 def _submit(client: httpx.Client, base: str, body: dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -20,6 +21,12 @@ from service.domain.events import OutcomeRecorded
 from service.domain.scoring import answers_match
 from service.store import EventStore, NewEvent
 from tests.conftest import RunningSimulator
+
+
+@pytest.fixture(autouse=True)
+def own_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the command remembers the batches it submitted: this test's own."""
+    monkeypatch.setenv("FUSION_LEDGER_DATA_DIR", str(tmp_path / "data"))
 
 
 async def test_replay_command_prints_the_comparison(

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import Message
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,6 +26,12 @@ from tests.unit.http_double import local_http
 BATCH_ID = "0b7c1f3e-2d4a-4c5b-9e6f-7a8b9c0d1e2f"
 RUN_ID = "5f0e9a1c-3b2d-4e6f-8a7b-1c2d3e4f5a6b"
 RUNNING = {"batch_id": BATCH_ID, "status": "running", "runs": 3, "done": 1}
+
+
+@pytest.fixture(autouse=True)
+def own_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the command remembers the batches it submitted: this test's own."""
+    monkeypatch.setenv("FUSION_LEDGER_DATA_DIR", str(tmp_path / "data"))
 
 
 @dataclass
@@ -123,7 +130,10 @@ def test_the_idempotency_key_is_the_filter_and_judge_sent(monkeypatch: pytest.Mo
     posts = [r for r in service.requests if r[0] == "POST"]
     keys = [key for _, _, key, _ in posts]
     assert all(key and key.startswith("replay:") and len(key) <= 200 for key in keys)
-    assert keys[0] == keys[1] and len(set(keys)) == 3
+    # the batch asked again (another concurrency) is followed, not submitted again
+    assert len(keys) == len(set(keys)) == 3
+    again = {**posts[0][3], "concurrency": 2}
+    assert cli_replay.batch_key(again) == keys[0]  # and its key would be the same
     # the times sent are absolute and in UTC: the key stands for what the service records
     assert posts[0][3]["filter"] == {"since": "2025-03-01T00:00:00+00:00"}
 
@@ -167,3 +177,19 @@ def test_a_service_gone_while_following_names_the_batch_to_follow_again(
         done = invoke("--judge", "vote", "--since", "2025-03-01", "--url", service.url)
     assert done.exit_code == 1, done.output
     assert f"fusion-ledger replay --batch {BATCH_ID}" in done.stderr.splitlines()[-1]
+
+
+def test_the_same_command_follows_its_unfinished_batch_without_submitting_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Re-run after a restart once the minute had turned, `--since 1h` resolved to other
+    # times, so another Idempotency-Key: a second batch, the judge paid twice.
+    monkeypatch.setattr(cli_replay, "time", SimpleNamespace(sleep=interrupt))  # Ctrl-C
+    with batch_service() as service:
+        first = invoke("--judge", "vote", "--since", "1h", "--url", service.url)
+        again = invoke("--judge", "vote", "--since", "1h", "--url", service.url)
+        other = invoke("--judge", "vote", "--since", "2h", "--url", service.url)
+    assert first.exit_code == again.exit_code == other.exit_code == 130
+    assert "submitted before by this command, is still running" in again.stderr
+    posts = [r for r in service.requests if r[0] == "POST"]
+    assert len(posts) == 2  # the first command's and the other command's, not a repeat
