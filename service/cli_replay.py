@@ -73,8 +73,12 @@ def batch_key(body: dict[str, Any]) -> str:
     """The Idempotency-Key of a batch: its filter (absolute times) and judge as sent.
     Not its concurrency: the service does not compare that either, and a batch asked
     again with another is still the same batch."""
-    identity = msgspec.json.encode([body["filter"], body["judge"]], order="sorted")
-    return f"replay:{hashlib.sha256(identity).hexdigest()[:40]}"
+    return f"replay:{_digest(body['filter'], body['judge'])}"
+
+
+def _digest(*parts: Any) -> str:
+    """A short stable name for JSON-able parts (keys sorted)."""
+    return hashlib.sha256(msgspec.json.encode(parts, order="sorted")).hexdigest()[:40]
 
 
 def judge_body(
@@ -254,11 +258,6 @@ def _remembered_path() -> Path:
     return (settings.data_dir if settings is not None else Path(".fusion-ledger")) / "replays.json"
 
 
-def _command_key(base: str, asked: dict[str, Any], spec: dict[str, Any]) -> str:
-    identity = msgspec.json.encode([base, asked, spec], order="sorted")
-    return hashlib.sha256(identity).hexdigest()[:40]
-
-
 def _remembered() -> dict[str, Any]:
     try:
         known = json.loads(_remembered_path().read_text())
@@ -272,7 +271,7 @@ def _remember(base: str, asked: dict[str, Any], spec: dict[str, Any], batch_id: 
     be written only loses the convenience)."""
     now = _now()
     known = {k: v for k, v in _remembered().items() if now - v.get("at", 0) < REMEMBER_S}
-    known[_command_key(base, asked, spec)] = {"batch_id": batch_id, "at": now}
+    known[_digest(base, asked, spec)] = {"batch_id": batch_id, "at": now}
     path = _remembered_path()
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -283,7 +282,7 @@ def _unfinished(
     client: httpx.Client, base: str, asked: dict[str, Any], spec: dict[str, Any]
 ) -> str | None:
     """The batch this command submitted in the last day, if the service still runs it."""
-    entry = _remembered().get(_command_key(base, asked, spec))
+    entry = _remembered().get(_digest(base, asked, spec))
     if not isinstance(entry, dict) or _now() - entry.get("at", 0) >= REMEMBER_S:
         return None
     batch_id = str(entry.get("batch_id"))
