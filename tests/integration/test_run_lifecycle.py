@@ -445,8 +445,9 @@ async def test_a_stopping_server_answers_a_waiting_request_with_its_runs_end(
         polling = asyncio.create_task(
             client.post("/v1/fusions", json={"prompt": "1+1?"}, headers=key)
         )
-        for _ in range(400):  # both members called: the run is open, waiting on `hang`
-            if remote.calls >= 2:
+        for _ in range(400):  # both members called: the run is open, waiting on `hang`;
+            # and the second request arrived (it waits on the other replica's run)
+            if remote.calls >= 2 and app.state.services.runner.open_runs >= 2:
                 break
             await asyncio.sleep(0.01)
         server.should_exit = True  # as SIGTERM does
