@@ -231,7 +231,11 @@ async def _profiles(
 
 _DIM_SQL = {"model": "model", "category": "category", "day": "day"}
 
-FAILURE_BASE = """
+# The calls a failures question counts. A question that names days (grouped by day, or
+# a window) reads the daily rows; the others read the day-less totals, about a tenth as
+# many rows (the same calls: one projection statement writes both). $4 and $5, the
+# window, are then always null: the guard answers nothing rather than ignore a window.
+FAILURE_DAILY = """
 base AS (
     SELECT model, category, day, outcome, latency_bucket, calls, latency_ms, input_tokens,
            output_tokens, cost_usd
@@ -240,9 +244,19 @@ base AS (
       AND ($3::text IS NULL OR category = $3)
       AND ($4::date IS NULL OR day >= $4) AND ($5::date IS NULL OR day < $5)
 )"""
+FAILURE_TOTALS = """
+base AS (
+    SELECT model, category, outcome, latency_bucket, calls, latency_ms, input_tokens,
+           output_tokens, cost_usd
+    FROM model_call_totals
+    WHERE tenant = $1 AND ($2::text IS NULL OR model = $2)
+      AND ($3::text IS NULL OR category = $3)
+      AND $4::date IS NULL AND $5::date IS NULL
+)"""
 
 
-def _failures_sql(group_by: Sequence[str]) -> str:
+def _failures_sql(group_by: Sequence[str], windowed: bool) -> str:
+    base = FAILURE_DAILY if windowed or "day" in group_by else FAILURE_TOTALS
     dims = [_DIM_SQL[d] for d in group_by if d != "error_kind"]
     cols = ", ".join(dims)
     select_dims = f"{cols}, " if dims else ""
@@ -251,7 +265,7 @@ def _failures_sql(group_by: Sequence[str]) -> str:
         # outcomes (a window over the few grouped rows), then the failures are kept.
         partition = f"PARTITION BY {cols}" if dims else ""
         return f"""
-WITH {FAILURE_BASE},
+WITH {base},
 outcomes AS (
     SELECT {select_dims}outcome, sum(calls) AS n, sum(latency_ms) AS latency_ms
     FROM base GROUP BY {select_dims}outcome
@@ -266,7 +280,7 @@ ORDER BY {select_dims}failures DESC, error_kind
     # One pass: sums per group and latency bucket; the rows of a group are merged in
     # Python (a few hundred rows), which also gives the histogram for the quantiles.
     return f"""
-WITH {FAILURE_BASE}
+WITH {base}
 SELECT {select_dims}latency_bucket, sum(calls) AS calls,
        coalesce(sum(calls) FILTER (WHERE outcome <> 'ok'
                                    AND ($6::text IS NULL OR outcome = $6)), 0) AS failures,
@@ -502,7 +516,13 @@ async def _rows(conn: Connection, q: Query) -> list[dict[str, Any]]:
         since = q.window.since.astimezone(UTC).date() if q.window.since else None
         until = q.window.until.astimezone(UTC).date() if q.window.until else None
         rows = await conn.fetch(
-            _failures_sql(q.group_by), q.tenant, q.model, q.category, since, until, q.error_kind
+            _failures_sql(q.group_by, windowed=since is not None or until is not None),
+            q.tenant,
+            q.model,
+            q.category,
+            since,
+            until,
+            q.error_kind,
         )
         return failure_rows(rows, q.group_by)
     if q.kind == "co-failures":

@@ -174,6 +174,31 @@ async def test_co_failure_pairs_move_to_code_point_order_and_merge(empty_schema_
     ]
 
 
+async def test_call_totals_start_from_the_daily_rows(empty_schema_url: str) -> None:
+    # 0039 fills the day-less totals from the daily rows a worker kept before it.
+    conn = await connect(empty_schema_url)
+    try:
+        await migrate(conn)
+        await conn.executemany(
+            "INSERT INTO model_call_stats"
+            " VALUES ('t', 'm', 'math', $1::text::date, $2, 3, $3, 10, 2, 5, 0.5)",
+            [("2026-11-01", "ok", 4), ("2026-11-02", "ok", 1), ("2026-11-02", "timeout", 2)],
+        )
+        await conn.execute("DROP TABLE model_call_totals")
+        totals = next(m for m in load_migrations() if m.version == 39)
+        await conn.execute(totals.sql)
+        rows = await conn.fetch(
+            "SELECT outcome, latency_bucket, calls, latency_ms, input_tokens, output_tokens,"
+            " cost_usd FROM model_call_totals ORDER BY outcome"
+        )
+    finally:
+        await conn.close()
+    assert [tuple(r) for r in rows] == [
+        ("ok", 3, 5, 20.0, 4, 10, 1.0),
+        ("timeout", 3, 2, 10.0, 2, 5, 0.5),
+    ]
+
+
 async def test_code_of_the_release_before_starts_on_a_newer_schema(empty_schema_url: str) -> None:
     # A pod of the previous release restarting mid-rollout, or brought back by a
     # rollback: every migration it knows is applied, and newer ones too. It exited

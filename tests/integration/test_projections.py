@@ -273,6 +273,10 @@ def check_answers(expected: dict[str, Any], got: dict[str, Any]) -> None:
         fails = sum(n for (m, c, _), n in expected["failures"].items() if (m, c) == key)
         assert row["failures"] == fails and row["successes"] == row["calls"] - fails, key
         assert row["latency_p50_ms"] is not None and row["latency_p95_ms"] >= row["latency_p50_ms"]
+    # Both tables of call statistics answer alike (sums added in another order).
+    for name in ("failures", "failure_totals"):
+        daily = [{k: _exact(v) for k, v in row.items()} for row in got[f"{name}_daily"]]
+        assert daily == [{k: _exact(v) for k, v in row.items()} for row in got[name]]
     pairs = {(r["category"], r["model_a"], r["model_b"]): r for r in got["co_failures"]}
     assert set(pairs) == set(expected["pairs"])
     for key, counts in expected["pairs"].items():
@@ -297,6 +301,12 @@ async def ask_all(client: AsyncTestClient[Any], as_of: str | None = None) -> dic
         ("profiles", "/v1/profiles?"),
         ("failures", "/v1/stats/failures?group_by=model,category,error_kind"),
         ("failure_totals", "/v1/stats/failures?group_by=model,category"),
+        # The same questions over a window read the daily rows, not the totals.
+        (
+            "failures_daily",
+            "/v1/stats/failures?group_by=model,category,error_kind&since=2000-01-01",
+        ),
+        ("failure_totals_daily", "/v1/stats/failures?group_by=model,category&since=2000-01-01"),
         ("co_failures", "/v1/stats/co-failures?"),
         ("judges", "/v1/stats/judges?"),
     ):
