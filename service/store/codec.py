@@ -29,11 +29,14 @@ _ENCODER = msgspec.json.Encoder(order="sorted")
 # bytes inside a string; the exact walk in encode_json then decides.
 _MSGPACK = msgspec.msgpack.Encoder()
 _MAYBE_NON_FINITE = re.compile(rb"\xcb[\x7f\xff][\xf0-\xff]")
-# An integer of 19 digits or more, as msgspec writes one (no spaces): it may not fit 64
-# bits. Not the digits of a float (a point or an exponent follows), which a plain run
-# of digits matched in nearly every batch of events; a string can still look like
-# one, and the exact walk then decides.
-_LONG_INTEGER = re.compile(rb"(?:^|[:,\[])-?\d{19,}(?:[,\]}]|$)")
+# Runs of 19 digits or more, found as runs of 19 zeros once every digit reads as a zero:
+# bytes.translate and bytes.find take 0.4 ms over a batch replay's 487 KB chunk, whose
+# encoding takes 0.5 ms; a regex scan took 4.8 ms (a run of digits) to 8.7 ms (the run
+# with its context).
+_DIGITS_AS_ZEROS = bytes.maketrans(b"123456789", b"000000000")
+_NINETEEN_DIGITS = b"0" * 19
+_BEFORE_NUMBER = (b"", b":", b",", b"[")
+_AFTER_INTEGER = (b"", b",", b"]", b"}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -107,7 +110,7 @@ def encode_json(value: Any, name: str = "value") -> str:
         raise UnstorableEvent("jsonb cannot store the NUL character (\\u0000)")
     # jsonb would keep any integer, but the log's readers cast counts to bigint (the
     # projections) and read them as 64-bit: one beyond that would stop them for good.
-    if _LONG_INTEGER.search(raw):
+    if _may_hold_long_integer(raw):
         where = _first(msgspec.to_builtins(value), name, _beyond_64_bits)
         if where is not None:
             raise UnstorableEvent(f"{where} is an integer beyond 64 bits")
@@ -118,6 +121,28 @@ def encode_json(value: Any, name: str = "value") -> str:
         if where is not None:
             raise UnstorableEvent(f"{where} is not a finite number")
     return raw.decode()
+
+
+def _may_hold_long_integer(raw: bytes) -> bool:
+    """Whether JSON text as msgspec writes it (no spaces) holds an integer of 19 digits
+    or more, which may not fit 64 bits: a run of digits that starts a value (after an
+    optional minus) and ends it. Not the digits of a float (a point or an exponent is
+    next to them), which nearly every batch of replay events has; a string can still
+    look like one, and the exact walk then decides."""
+    flat = raw.translate(_DIGITS_AS_ZEROS)
+    at = flat.find(_NINETEEN_DIGITS)  # the leftmost: a run's first digit
+    while at != -1:
+        end = at + len(_NINETEEN_DIGITS)
+        while flat[end : end + 1] == b"0":
+            end += 1
+        start = at - 1 if flat[at - 1 : at] == b"-" else at
+        if (
+            flat[max(start - 1, 0) : start] in _BEFORE_NUMBER
+            and flat[end : end + 1] in _AFTER_INTEGER
+        ):
+            return True
+        at = flat.find(_NINETEEN_DIGITS, end)
+    return False
 
 
 def _non_finite(value: Any) -> bool:
