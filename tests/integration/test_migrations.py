@@ -184,7 +184,7 @@ async def test_call_totals_start_from_the_daily_rows(empty_schema_url: str) -> N
             " VALUES ('t', 'm', 'math', $1::text::date, $2, 3, $3, 10, 2, 5, 0.5)",
             [("2026-11-01", "ok", 4), ("2026-11-02", "ok", 1), ("2026-11-02", "timeout", 2)],
         )
-        await conn.execute("DROP TABLE model_call_totals")
+        await conn.execute("DROP TABLE model_call_totals; DROP INDEX model_call_stats_by_day")
         totals = next(m for m in load_migrations() if m.version == 39)
         await conn.execute(totals.sql)
         rows = await conn.fetch(

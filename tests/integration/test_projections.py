@@ -131,6 +131,7 @@ def expected_stats(events: list[RecordedEvent]) -> dict[str, Any]:
     category: dict[str, str] = {}
     seats: dict[str, dict[str, str]] = {}
     calls: Counter[tuple[str, str]] = Counter()
+    spent: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)  # tokens, cost, ms
     failures: Counter[tuple[str, str, str]] = Counter()
     agree: Counter[tuple[str, str]] = Counter()
     disagree: Counter[tuple[str, str]] = Counter()
@@ -148,6 +149,13 @@ def expected_stats(events: list[RecordedEvent]) -> dict[str, Any]:
                 seats[stream] = {m.member_id: m.model for m in event.members}
             case PanelCallSucceeded() | PanelCallFailed():
                 calls[(event.model, category[stream])] += 1
+                spent[(event.model, category[stream])]["latency_ms"] += event.latency_ms
+                if isinstance(event, PanelCallSucceeded):
+                    spent[(event.model, category[stream])].update(
+                        input_tokens=event.input_tokens or 0,
+                        output_tokens=event.output_tokens or 0,
+                        cost_usd=event.cost_usd or 0,
+                    )
                 if isinstance(event, PanelCallFailed):
                     failures[(event.model, category[stream], event.error_kind)] += 1
             case JudgeDecided() | JudgeFailed():
@@ -182,6 +190,7 @@ def expected_stats(events: list[RecordedEvent]) -> dict[str, Any]:
                 pairs[key]["both_wrong" if not a_ok and not b_ok else kind] += 1
     return {
         "calls": calls,
+        "spent": spent,
         "failures": failures,
         "right": right,
         "wrong": wrong,
@@ -273,6 +282,11 @@ def check_answers(expected: dict[str, Any], got: dict[str, Any]) -> None:
         fails = sum(n for (m, c, _), n in expected["failures"].items() if (m, c) == key)
         assert row["failures"] == fails and row["successes"] == row["calls"] - fails, key
         assert row["latency_p50_ms"] is not None and row["latency_p95_ms"] >= row["latency_p50_ms"]
+        spent = expected["spent"][key]
+        assert row["input_tokens"] == spent["input_tokens"], key
+        assert row["output_tokens"] == spent["output_tokens"], key
+        assert row["cost_usd"] == pytest.approx(spent["cost_usd"]), key
+        assert row["mean_latency_ms"] == pytest.approx(spent["latency_ms"] / row["calls"]), key
     # Both tables of call statistics answer alike (sums added in another order).
     for name in ("failures", "failure_totals"):
         daily = [{k: _exact(v) for k, v in row.items()} for row in got[f"{name}_daily"]]
