@@ -22,6 +22,7 @@ from litestar import Litestar
 from service.api.deps import Services
 from service.app import create_app
 from service.config import Config, load_config, parse_config
+from service.orchestration.batch import Replays
 from service.settings import Settings
 
 log = structlog.get_logger("serve")
@@ -181,7 +182,9 @@ class ClosingServer(uvicorn.Server):
     run ends on record and its request answers as for any failed run: a 502 problem
     with failure_reason "shutdown", then the connection closes. A request for which
     nothing ran here (its first append did not land, or it waited on another replica's
-    run of its Idempotency-Key) gets a 503 with Retry-After.
+    run of its Idempotency-Key) gets a 503 with Retry-After, and so does one waiting for
+    a replay its judge is still deciding (a replay is recorded in one append at its
+    end: nothing of it was written, and another replica can replay the run).
     """
 
     def __init__(self, config: uvicorn.Config, app: Litestar) -> None:
@@ -199,9 +202,15 @@ class ClosingServer(uvicorn.Server):
         grace = self.config.timeout_graceful_shutdown or 0.0
         await asyncio.sleep(max(0.0, grace - RUNS_CLOSE_MARGIN_S))
         services: Services | None = getattr(self.app.state, "services", None)  # the lifespan's
-        if services is not None and services.runner.open_runs:
+        if services is None:
+            return
+        if services.runner.open_runs:
             log.warning("shutdown.closing_open_runs", runs=services.runner.open_runs)
             await services.runner.close("shutdown")
+        replays: Replays | None = services.extras.get("replays")
+        if replays is not None and replays.replayer.in_flight:
+            log.warning("shutdown.stopping_replays", replays=replays.replayer.in_flight)
+            await replays.replayer.close()
 
 
 async def serve(

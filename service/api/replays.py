@@ -28,6 +28,7 @@ from service.orchestration.batch import BatchNotFound, BatchProgress, Replays
 from service.orchestration.planning import InvalidRequest
 from service.orchestration.replay import (
     JUDGE_KINDS,
+    ReplayInterrupted,
     ReplayOutcome,
     RunNotFound,
     RunNotReplayable,
@@ -194,6 +195,9 @@ async def replay_run(
         raise Problem(409, "Run not replayable", str(exc)) from exc
     except InvalidRequest as exc:
         raise Problem(exc.status, "Invalid replay request", str(exc), field=exc.field) from exc
+    except ReplayInterrupted as exc:  # a stopping replica: another one can replay the run
+        detail = f"{exc}; retry: the run is replayed again (or the replay recorded is returned)"
+        raise Problem(503, "Shutting down", detail, headers={"retry-after": "1"}) from exc
     return Response(replay_view(outcome), status_code=200 if outcome.existing else 201)
 
 

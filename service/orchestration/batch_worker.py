@@ -5,7 +5,9 @@ batch is closed with replay.batch.completed.
 Exactly once: a replay stream's id is a function of (batch, run), the bulk append
 creates streams only where none exists, and a restarted worker starts from the set
 of streams that exist. Across replicas, the holder of the batch's advisory lock
-drives it; the others return at once.
+drives it; the others return at once. The lock lives as long as its session, which
+can end under a running batch (see BatchLock): the driver checks it still holds the
+lock before each chunk, so that two replicas do not both pay the judge for the rest.
 
 The pool: a batch holds a connection for its lock from start to end and needs others
 to read and write, so batches started without bound (every unfinished one, at start)
@@ -45,7 +47,7 @@ from service.orchestration.replay import Replayer, batch_replay_id, check_normal
 from service.orchestration.replay_sources import existing_streams, read_sources, terminal_counts
 from service.store import NO_STREAM, EventStore, NewEvent, WrongExpectedVersion
 from service.store.bulk_append import append_new_streams
-from service.store.database import stateful
+from service.store.database import DATABASE_ERRORS, Connection, stateful
 
 log = structlog.get_logger("replay.batch")
 
@@ -67,6 +69,14 @@ BATCHES_AT_ONCE = 2  # per process; the others queue (see the pool, above)
 RESUMABLE = (ConnectionError, asyncpg.PostgresError, asyncpg.InterfaceError)
 TRY_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtextextended($1, 42))"
 UNLOCK_SQL = "SELECT pg_advisory_unlock(hashtextextended($1, 42))"
+# Whether this session holds that lock (pg_locks shows a bigint key's high half in
+# classid, its low half in objid).
+HOLDS_LOCK_SQL = """
+SELECT EXISTS (
+    SELECT 1 FROM pg_locks
+    WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND objsubid = 1
+      AND ((classid::bigint << 32) | objid::bigint) = hashtextextended($1, 42))
+"""
 
 
 def pool_shares(pool_size: int) -> tuple[int, int]:
@@ -75,6 +85,35 @@ def pool_shares(pool_size: int) -> tuple[int, int]:
     share = max(2, pool_size // 2)
     driven = min(BATCHES_AT_ONCE, share - 1)
     return driven, share - driven
+
+
+class BatchLock:
+    """The batch's advisory lock, held by the session of ``conn``.
+
+    That session sits idle while the batch's reads and writes go through other
+    connections, and it can end under a running batch (an administrator, Postgres's
+    idle_session_timeout, a proxy): its lock goes with it, another replica's resume
+    takes it, and both replicas then judged every run left (the log kept one replay of
+    each: the second writer loses on no_stream; the judge was paid twice). ``held`` is
+    asked before each chunk, so at most the chunks in flight are judged twice, and a
+    session queried that often does not sit idle.
+    """
+
+    def __init__(self, conn: Connection, stream_id: str) -> None:
+        self._conn = conn
+        self._stream_id = stream_id
+        self._turn = asyncio.Lock()  # the batch's workers share the one connection
+        self.lost = False
+
+    async def held(self) -> bool:
+        """Whether this session still holds the lock (once lost, it stays lost)."""
+        async with self._turn:
+            if not self.lost:
+                try:
+                    self.lost = not await self._conn.fetchval(HOLDS_LOCK_SQL, self._stream_id)
+                except DATABASE_ERRORS:  # the session is gone, and its lock with it
+                    self.lost = True
+        return not self.lost
 
 
 class BatchWorker:
@@ -91,21 +130,26 @@ class BatchWorker:
     async def drive(self, batch_id: uuid.UUID) -> None:
         """Finish the batch, unless another replica holds it; errors are logged."""
         stream_id = f"batch-{batch_id}"
-        async with self._driving, stateful(self.store.pool) as lock:  # the advisory lock
-            if not await lock.fetchval(TRY_LOCK_SQL, stream_id):
-                return  # another replica drives it
-            try:
-                await self._replay_batch(batch_id, stream_id)
-            except asyncio.CancelledError:
-                log.info("batch.interrupted", batch_id=str(batch_id))
-                raise
-            except Exception:
-                log.exception("batch.failed", batch_id=str(batch_id))
-            finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(lock.fetchval(UNLOCK_SQL, stream_id))
+        try:
+            async with self._driving, stateful(self.store.pool) as conn:  # the advisory lock
+                if not await conn.fetchval(TRY_LOCK_SQL, stream_id):
+                    return  # another replica drives it
+                try:
+                    await self._replay_batch(batch_id, stream_id, BatchLock(conn, stream_id))
+                except asyncio.CancelledError:
+                    log.info("batch.interrupted", batch_id=str(batch_id))
+                    raise
+                except Exception:
+                    log.exception("batch.failed", batch_id=str(batch_id))
+                finally:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(conn.fetchval(UNLOCK_SQL, stream_id))
+        except DATABASE_ERRORS as exc:
+            # The lock's connection could not be had, or died (giving it back raises
+            # then): the batch resumes later, here or on another replica.
+            log.warning("batch.connection_lost", batch_id=str(batch_id), error=repr(exc))
 
-    async def _replay_batch(self, batch_id: uuid.UUID, stream_id: str) -> None:
+    async def _replay_batch(self, batch_id: uuid.UUID, stream_id: str, lock: BatchLock) -> None:
         async with self._queries:  # every query of a batch: see the pool, above
             records = await self.store.read_stream(stream_id)
         if len(records) != 1:
@@ -129,6 +173,8 @@ class BatchWorker:
         async def worker() -> None:
             while not chunks.empty():
                 chunk = chunks.get_nowait()
+                if not await lock.held():  # before paying for more judge calls
+                    return
                 waiting.extend(
                     await self._replay_chunk(requested, chunk, replay_ids, tenant, actor, cause)
                 )
@@ -136,6 +182,13 @@ class BatchWorker:
         async with asyncio.TaskGroup() as group:
             for _ in range(min(requested.concurrency, chunks.qsize())):
                 group.create_task(worker())
+        if lock.lost:
+            log.warning(
+                "batch.lock_lost",
+                batch_id=str(batch_id),
+                why="the lock's session ended: another replica may drive the batch now",
+            )
+            return  # whoever holds the lock now finishes it (or a later resume does)
         if waiting:
             log.warning(
                 "batch.waiting_for_upgrade",

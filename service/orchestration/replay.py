@@ -62,6 +62,12 @@ class RunNotReplayable(Exception):
     """The run never reached answer.finalized, so there is no decision to compare."""
 
 
+class ReplayInterrupted(Exception):
+    """This process stopped (``close``) while the replay's judge was deciding: nothing
+    of the replay was recorded (or, cut as its one append landed, all of it), so the
+    same request again, on any replica, is safe."""
+
+
 @dataclass(frozen=True, slots=True)
 class ReplayOutcome:
     """A replay's stream folded, the source it read, and whether it existed before."""
@@ -185,7 +191,19 @@ class Replayer:
             self._inflight[replay_id] = task
             task.add_done_callback(lambda _: self._inflight.pop(replay_id, None))
         # shield: a client that goes away does not cancel a judge that is already paid for
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not _stopped_under_request(task):
+                raise
+            # Not this request's cancellation, which the server would answer with a
+            # bare 500: the process is stopping (a rolling restart), say "retry".
+            raise ReplayInterrupted("the service stopped before the replay was recorded") from None
+
+    @property
+    def in_flight(self) -> int:
+        """Replays this process is judging for requests now."""
+        return len(self._inflight)
 
     async def _replay(
         self,
@@ -290,10 +308,17 @@ class Replayer:
         return self.router.member_weights(source.request.category, members, tenant=tenant)
 
     async def close(self) -> None:
-        """Cancel replays in flight; nothing of theirs was written (one append each)."""
+        """Cancel replays in flight; nothing of theirs was written (one append each).
+        A request waiting for one gets ReplayInterrupted."""
         tasks = list(self._inflight.values())
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(BaseException):  # cancelled: nothing to record
                 await task
+
+
+def _stopped_under_request(task: asyncio.Task[ReplayOutcome]) -> bool:
+    """The replay's task was cancelled (``close``), and the request awaiting it was not."""
+    current = asyncio.current_task()
+    return task.cancelled() and current is not None and current.cancelling() == 0

@@ -11,7 +11,11 @@ The breakers are shared by every tenant: they are the providers' health (one pro
 account serves them all). They are fed twice: by this process's own member calls as
 they end (``record_call``; reacts within a few runs) and by the calls other processes
 made, as newer snapshots show them (``install``); not by the lifetime counts it starts
-from.
+from. They live in this process, so replicas do not share them: another replica's
+calls count here only for a model this process did not call since the last snapshot,
+only when one snapshot brings at least ``min_calls`` of them, and only to open a
+breaker (never to close it or to start a probe). Two replicas can therefore show the
+same model resting for different cool-downs, or one resting and one not.
 """
 
 from __future__ import annotations
