@@ -31,7 +31,7 @@ def keys_group() -> None:
     type=click.IntRange(min=1),
     default=600,
     show_default=True,
-    help="Requests per minute.",
+    help="Requests per minute, counted by each API process (replicas each allow it).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
