@@ -8,6 +8,7 @@ import json
 import socket
 import threading
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
 
@@ -15,6 +16,7 @@ import asyncpg
 import httpx
 import pytest
 import uvicorn
+from litestar import Litestar
 
 from service.api.fusions import FusionBody, ask_from_body
 from service.app import create_app
@@ -389,12 +391,14 @@ async def test_members_answering_close_together_share_one_append(
     ]
 
 
-async def test_a_stopping_server_answers_a_waiting_request_with_its_runs_end(
-    database: TestDatabase, config: Config
-) -> None:
-    # Before: the server waited its grace, cancelled the request (a bare text/plain
-    # 500), and only then did the app's shutdown record the run as failed.
-    remote = Remote()  # `hang` never answers
+@contextlib.asynccontextmanager
+async def stopping_server(
+    database: TestDatabase, config: Config, remote: Remote
+) -> AsyncIterator[tuple[Litestar, ClosingServer, httpx.AsyncClient]]:
+    """The service in a real server, as `serve` runs it, its providers answered by
+    ``remote``, and a client of it; stop it with ``server.should_exit = True`` (as
+    SIGTERM does): leaving the block waits for the server to end. What is in flight
+    is closed 1 s after the stop."""
     settings = Settings(database_url=database.url, pool_min_size=1, pool_max_size=5)
     app = create_app(
         settings,
@@ -406,7 +410,7 @@ async def test_a_stopping_server_answers_a_waiting_request_with_its_runs_end(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    grace = RUNS_CLOSE_MARGIN_S + 1  # the runs are closed 1 s after the stop
+    grace = RUNS_CLOSE_MARGIN_S + 1
     server = ClosingServer(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
                        timeout_graceful_shutdown=int(grace)),
@@ -414,13 +418,26 @@ async def test_a_stopping_server_answers_a_waiting_request_with_its_runs_end(
     )  # fmt: skip
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        for _ in range(200):
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get("/healthz")).status_code == 200:
-                    break
-            await asyncio.sleep(0.05)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            for _ in range(200):
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get("/healthz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.05)
+            yield app, server, client
+    finally:
+        server.should_exit = True
+        await asyncio.to_thread(thread.join, 30)
+
+
+async def test_a_stopping_server_answers_a_waiting_request_with_its_runs_end(
+    database: TestDatabase, config: Config
+) -> None:
+    # Before: the server waited its grace, cancelled the request (a bare text/plain
+    # 500), and only then did the app's shutdown record the run as failed.
+    remote = Remote()  # `hang` never answers
+    async with stopping_server(database, config, remote) as (app, server, client):
         body = {"prompt": "3+4?", "panel": ["fast", "hang"]}
         waiting = asyncio.create_task(client.post("/v1/fusions", json=body))
         # Another request's key names a run another replica drives (still open).
@@ -453,7 +470,6 @@ async def test_a_stopping_server_answers_a_waiting_request_with_its_runs_end(
         server.should_exit = True  # as SIGTERM does
         response = await waiting
         retry = await polling
-    await asyncio.to_thread(thread.join, 30)
     # Nothing ran here for this one: "retry", and the retry finds the other replica's run.
     assert retry.status_code == 503, retry.text
     assert retry.headers["retry-after"] == "1"
