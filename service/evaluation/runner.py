@@ -7,9 +7,10 @@ A re-run of an interrupted evaluation therefore gets back the runs it made befor
 have none from this evaluation yet (the service answers 200 with the earlier one).
 
 A run the service cut short (stopped or crashed mid-run: failed with reason shutdown,
-abandoned, ...) says nothing about the panel, so it is neither graded nor scored: the
-line runs again under the next derived key (``<key>:retry-1``, ...), which a later
-re-run finds in turn. A run that failed on its own terms (quorum, judge, budget,
+abandoned, ...; or answered still open, when the service could not record its end)
+says nothing about the panel, so it is neither graded nor scored: the line runs again
+under the next derived key (``<key>:retry-1``, ...), which a later re-run finds in
+turn. A run that failed on its own terms (quorum, judge, budget,
 timeout) is the line's result and is scored as failed.
 """
 
@@ -160,14 +161,21 @@ async def _fuse(
         if answer.status_code not in _FUSION_ANSWERED:
             raise _refused(item, "fusion refused", answer)
         run = _decode(item, answer, FusionReply)
-        if run.failure_reason not in _CUT_SHORT:
+        if not _cut_short(run):
             return run, key
     raise EvalFailed(
         item,
         f"the service cut its run short {_RERUNS + 1} times, last {run.run_id} "
-        f"({run.failure_reason}); not scored",
+        f"({run.failure_reason or run.status}); not scored",
         resumable=True,
     )
+
+
+def _cut_short(run: FusionReply) -> bool:
+    """The service ended the run for reasons of its own, or lost track of it: a run
+    answered still open (its end could not be recorded, the database failing under it)
+    is closed later by the sweeper (abandoned), and cannot be graded while open."""
+    return run.failure_reason in _CUT_SHORT or run.status == "running"
 
 
 async def _post(

@@ -21,7 +21,7 @@ from service.store.codec import (
     encode_event,
     encode_json,
 )
-from service.store.database import Connection
+from service.store.database import Connection, again_if_lost
 from service.store.errors import EventIdConflict, WrongExpectedVersion
 from service.store.postgres import NO_STREAM, EventStore
 
@@ -37,14 +37,20 @@ async def append_new_streams(
     """Create every stream with its events, atomically; returns how many streams.
 
     Raises WrongExpectedVersion when any of the streams exists (nothing is written),
-    EventIdConflict when an event id is taken.
+    EventIdConflict when an event id is taken. On the pool, a statement whose connection
+    was lost is sent again (again_if_lost); when the lost one had committed, the
+    streams exist then, and WrongExpectedVersion says so as for any other writer's.
     """
     if not streams:
         return 0
     document = events_document(streams)
     try:
-        runner = connection if connection is not None else store.pool
-        created: int = await runner.fetchval(APPEND_NEW_STREAMS_SQL, document)
+        if connection is not None:  # the caller's session (and transaction): no retry
+            created: int = await connection.fetchval(APPEND_NEW_STREAMS_SQL, document)
+        else:
+            created = await again_if_lost(
+                lambda: store.pool.fetchval(APPEND_NEW_STREAMS_SQL, document), "append_new_streams"
+            )
     except asyncpg.PostgresError as exc:
         code = getattr(exc, "sqlstate", None)
         if code == "FL409":  # DETAIL names the first stream that exists

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import asyncpg
 import structlog
@@ -21,10 +22,36 @@ from asyncpg.pool import PoolConnectionProxy
 
 log = structlog.get_logger("database")
 
+T = TypeVar("T")
+
 # A plain connection or one borrowed from the pool.
 Connection = asyncpg.Connection | PoolConnectionProxy
+# The connection went away under a statement: the server ended the session (a killed
+# backend, a restart, a failover), the network reset it, or the server could not take
+# a new one yet. asyncpg raises InternalClientError ("cannot switch to state ...") for a
+# pooled connection whose server said goodbye while it sat idle, before the socket's
+# close was read: the statement was never sent.
+CONNECTION_LOST = (
+    ConnectionError,  # reset, refused, aborted (not TimeoutError: a slow server is not gone)
+    asyncpg.PostgresConnectionError,  # 08xxx: ConnectionDoesNotExistError, ...
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InternalClientError,
+)
 # The database went away or refused: what background loops retry (a bug is not).
-DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# InternalClientError too (see CONNECTION_LOST): without it, a loop that retries only
+# these (the router's) would end for good at the first stale pooled connection.
+DATABASE_ERRORS = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+# Pauses before each new attempt of a statement whose connection was lost: a killed
+# session costs one short pause (the pool connects afresh), a restart or failover of a
+# second or so is ridden out; a longer outage is the caller's error after ~1.3 s.
+RETRY_PAUSES_S = (0.05, 0.25, 1.0)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -68,10 +95,43 @@ async def stateful(pool: asyncpg.Pool) -> AsyncIterator[PoolConnectionProxy]:
             try:
                 await conn.reset()  # asyncpg's own: rollback, then the full reset query
             except BaseException as exc:
-                conn.terminate()  # what the block did (or raised) stands; the session goes
+                # What the block did (or raised, a cancellation too) stands; the session goes.
+                was_open = _terminate(conn)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
-                log.warning("database.reset_failed", error=repr(exc))
+                if was_open:
+                    log.warning("database.reset_failed", error=repr(exc))
+
+
+def _terminate(conn: PoolConnectionProxy) -> bool:
+    """Close the session now; False when it was closed already. asyncpg gives a
+    connection the server closed back to the pool at once, and its proxy then refuses
+    every call, terminate() included: that refusal must not replace what the block
+    raised, nor swallow a cancellation (a stopping service then waited for a loop that
+    carried on)."""
+    try:
+        conn.terminate()
+    except asyncpg.InterfaceError:
+        return False
+    return True
+
+
+async def again_if_lost(work: Callable[[], Awaitable[T]], what: str) -> T:
+    """``work()``, one statement on the pool, sent again on a fresh connection when the
+    connection was lost under it (CONNECTION_LOST), up to len(RETRY_PAUSES_S) times.
+
+    Only for statements that are safe to repeat: reads, and appends (re-sent event ids
+    return the original result). A lost connection does not say whether a statement
+    committed; sent again, an append that did is found rather than reported failed.
+    """
+    for pause in RETRY_PAUSES_S:
+        try:
+            return await work()
+        except CONNECTION_LOST as exc:
+            log.warning("database.connection_lost", statement=what, retry_in_s=pause,
+                        error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+        await asyncio.sleep(pause)
+    return await work()
 
 
 async def keep_running(

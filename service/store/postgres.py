@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import asyncpg
+import structlog
 
 from service.store.codec import NewEvent, RecordedEvent, encode_event, encode_json
-from service.store.database import Connection, stateful
+from service.store.database import Connection, again_if_lost, stateful
 from service.store.errors import EventIdConflict, WrongExpectedVersion
 
 ANY: Final = -1
 NO_STREAM: Final = 0
 NOTIFY_CHANNEL: Final = "fusion_ledger_events"
+
+log = structlog.get_logger("store")
 
 APPEND_SQL = """
 SELECT first_position, last_position, stream_version, duplicate
@@ -121,10 +124,10 @@ class EventStore:
         """Append events atomically; raises WrongExpectedVersion or EventIdConflict."""
         args = (stream_id, expected_version, *event_columns(events))
         try:
-            if connection is not None:
+            if connection is not None:  # the caller's session (and transaction): no retry
                 row = await connection.fetchrow(APPEND_SQL, *args)
             else:
-                row = await self._pool.fetchrow(APPEND_SQL, *args)
+                row = await again_if_lost(lambda: self._pool.fetchrow(APPEND_SQL, *args), "append")
         except asyncpg.PostgresError as exc:
             raise _translate(exc, stream_id, expected_version) from exc
         assert row is not None
@@ -136,13 +139,19 @@ class EventStore:
         self, stream_id: str, after_version: int = 0, up_to_version: int = 2**31 - 1
     ) -> list[RecordedEvent]:
         """Events of one stream in version order (empty when it does not exist)."""
-        rows = await self._pool.fetch(READ_STREAM_SQL, stream_id, after_version, up_to_version)
+        rows = await again_if_lost(
+            lambda: self._pool.fetch(READ_STREAM_SQL, stream_id, after_version, up_to_version),
+            "read_stream",
+        )
         return [_row_to_event(r) for r in rows]
 
     async def read_all(self, after: Checkpoint = START, limit: int = 1000) -> list[RecordedEvent]:
         """Committed events after a checkpoint, in gap-safe commit order."""
-        rows = await self._pool.fetch(
-            READ_ALL_SQL, str(after.transaction_id), after.global_position, limit
+        rows = await again_if_lost(
+            lambda: self._pool.fetch(
+                READ_ALL_SQL, str(after.transaction_id), after.global_position, limit
+            ),
+            "read_all",
         )
         return [_row_to_event(r) for r in rows]
 
@@ -158,27 +167,53 @@ class EventStore:
 
         ``settle_s``: after a wake-up, wait this long before reading, so that one read
         takes the appends of that moment together (under load: one read per settle
-        period, not one per append)."""
+        period, not one per append).
+
+        The LISTEN session may end under it (a killed backend, a failover) while reads,
+        which go through the pool, still work: it listens again on a new session at
+        once, rather than go on without wake-ups, polling only."""
         wake = asyncio.Event()
+        checkpoint = after
 
         def on_notify(*_: Any) -> None:
             wake.set()
 
-        async with stateful(self._pool) as listener:  # LISTEN
-            await listener.add_listener(NOTIFY_CHANNEL, on_notify)
-            checkpoint = after
-            while True:
-                wake.clear()  # before reading, so a NOTIFY during the read is not lost
-                batch = await self.read_all(checkpoint, batch_size)
-                if batch:
-                    checkpoint = checkpoint_of(batch[-1])
-                    yield batch
-                    if len(batch) == batch_size:
-                        continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), poll_interval)
-                if settle_s > 0:
-                    await asyncio.sleep(settle_s)
+        while True:
+            async with self._listening(on_notify) as lost:
+                while not lost.is_set():
+                    wake.clear()  # before reading, so a NOTIFY during the read is not lost
+                    batch = await self.read_all(checkpoint, batch_size)
+                    if batch:
+                        checkpoint = checkpoint_of(batch[-1])
+                        yield batch
+                        if len(batch) == batch_size:
+                            continue
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), poll_interval)
+                    if settle_s > 0 and not lost.is_set():
+                        await asyncio.sleep(settle_s)
+            log.warning("store.listener_lost", channel=NOTIFY_CHANNEL, checkpoint=str(checkpoint))
+
+    @contextlib.asynccontextmanager
+    async def _listening(self, on_notify: Callable[..., None]) -> AsyncIterator[asyncio.Event]:
+        """A session that LISTENs, calling ``on_notify``; the event yielded is set (and
+        ``on_notify`` called) when the session ends under it."""
+        lost = asyncio.Event()
+
+        def on_lost(_: object) -> None:
+            lost.set()
+            on_notify()
+
+        async with stateful(self._pool) as listener:
+            listener.add_termination_listener(on_lost)
+            try:
+                await listener.add_listener(NOTIFY_CHANNEL, on_notify)
+                yield lost
+            finally:
+                # Dropped with the session if it ended; else it would outlive this use of
+                # the pooled connection (a reset keeps termination listeners).
+                with contextlib.suppress(asyncpg.InterfaceError):
+                    listener.remove_termination_listener(on_lost)
 
 
 def _translate(exc: asyncpg.PostgresError, stream_id: str, expected: int) -> Exception:
