@@ -10,6 +10,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from service.domain.scoring import UnknownNormalizer
+from service.store.database import CONNECTION_LOST
 
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger("api")
@@ -117,6 +118,21 @@ def handle_recursion(request: Request[Any, Any, Any], exc: RecursionError) -> Re
     return problem_response(request, 400, "Bad request", "the JSON body is nested too deeply")
 
 
+def handle_database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    # The database could not be reached or took the connection away under a statement
+    # (the store sends appends and reads again first, for about 1.3 s): not the service's
+    # failure nor the request's, and a retry may well succeed. What a request wrote
+    # before is found again by a retry with the same Idempotency-Key.
+    log.warning("api.database_unavailable", path=request.url.path, error=repr(exc))
+    return problem_response(
+        request,
+        503,
+        "Database unavailable",
+        "the service could not reach its database; retry",
+        headers={"retry-after": "1"},
+    )
+
+
 def handle_internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.exception("api.internal_error", path=request.url.path)
     return problem_response(request, 500, "Internal error", "the service failed; see its logs")
@@ -138,6 +154,9 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     asyncpg.CharacterNotInRepertoireError: handle_unstorable_text,
     UnknownNormalizer: handle_unknown_normalizer,
     RecursionError: handle_recursion,
+    **dict.fromkeys(
+        (*CONNECTION_LOST, asyncpg.TooManyConnectionsError), handle_database_unavailable
+    ),
     Exception: handle_internal,
 }
 

@@ -1,0 +1,87 @@
+"""The database out of reach under a running service: requests get a 503 that says so,
+with Retry-After, not a bare "Internal error" 500."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from litestar.testing import AsyncTestClient
+
+from service.app import create_app
+from service.config import Config
+from service.settings import Settings
+from tests.api.conftest import MockProviders
+from tests.conftest import TestDatabase
+
+
+class Relay:
+    """A TCP relay to Postgres in threads of its own (the test client's requests block
+    the test's event loop), which can go away: every connection cut, new ones refused."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.listener.accept()
+                server = socket.create_connection(self.target)
+                self.sockets += [client, server]
+                for a, b in ((client, server), (server, client)):
+                    threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_RDWR)
+
+    def go_away(self) -> None:
+        self.listener.close()
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+async def test_requests_while_the_database_is_out_of_reach_get_503_with_retry_after(
+    database: TestDatabase, config: Config, providers: MockProviders
+) -> None:
+    url = urlsplit(database.url)
+    relay = Relay((url.hostname or "127.0.0.1", url.port or 5432))
+    user = url.netloc.rpartition("@")[0]
+    netloc = f"{user}@127.0.0.1:{relay.port}" if user else f"127.0.0.1:{relay.port}"
+    settings = Settings(
+        database_url=urlunsplit(url._replace(netloc=netloc)), pool_min_size=1, pool_max_size=4
+    )
+    http = httpx.MockTransport(providers.handle)
+    app = create_app(
+        settings, config, http_transport=http, sweeper=False, projections=False,
+        run_migrations=False,
+    )  # fmt: skip
+    try:
+        async with AsyncTestClient(app=app) as client:
+            assert (await client.get("/v1/runs")).status_code == 200
+            relay.go_away()
+            answers: list[Any] = [
+                await client.get("/v1/runs"),
+                await client.post("/v1/fusions", json={"prompt": "2+2?"}),
+            ]
+            for answer in answers:
+                assert answer.status_code == 503, answer.text
+                assert answer.headers["retry-after"] == "1"
+                assert answer.json()["title"] == "Database unavailable"
+    finally:
+        relay.go_away()
+        await http.aclose()
