@@ -316,8 +316,14 @@ PORT = click.IntRange(1, 65535)
 
 @main.command("serve")
 @database_url_option
-@click.option("--host", default=None, help="Interface to listen on (default 127.0.0.1).")
-@click.option("--port", type=PORT, default=None, help="Port (default 8000).")
+@click.option(
+    "--host",
+    default=None,
+    help="Interface to listen on (default $FUSION_LEDGER_HOST, else 127.0.0.1).",
+)
+@click.option(
+    "--port", type=PORT, default=None, help="Port (default $FUSION_LEDGER_PORT, else 8000)."
+)
 @click.option(
     "--config",
     "config_path",
@@ -340,7 +346,10 @@ def serve_command(
     config_path: Path | None,
     simulator_port: int,
 ) -> None:
-    """Run the HTTP API (and the simulator beside it when no provider is configured)."""
+    """Run the HTTP API (and the simulator beside it when no provider is configured).
+
+    API keys are required unless FUSION_LEDGER_AUTH=off; migrates a database with
+    pending migrations; runs the projection worker unless FUSION_LEDGER_PROJECTIONS=off."""
     settings = ctx.obj["settings"].with_overrides(database_url=ctx.obj["database_url"])
     _serve(settings, config_path, host, port, simulator_port)
 
@@ -436,8 +445,14 @@ def _check_provider_keys(settings: Settings, config: Config) -> None:
 
 @main.command("up")
 @database_url_option
-@click.option("--host", default=None, help="Interface to listen on (default 127.0.0.1).")
-@click.option("--port", type=PORT, default=None, help="Port (default 8000).")
+@click.option(
+    "--host",
+    default=None,
+    help="Interface to listen on (default $FUSION_LEDGER_HOST, else 127.0.0.1).",
+)
+@click.option(
+    "--port", type=PORT, default=None, help="Port (default $FUSION_LEDGER_PORT, else 8000)."
+)
 @click.option(
     "--config",
     "config_path",
@@ -445,7 +460,13 @@ def _check_provider_keys(settings: Settings, config: Config) -> None:
     default=None,
     help="TOML configuration (or FUSION_LEDGER_CONFIG).",
 )
-@click.option("--simulator-port", type=PORT, default=8001, show_default=True)
+@click.option(
+    "--simulator-port",
+    type=PORT,
+    default=8001,
+    show_default=True,
+    help="Port of the built-in simulator, when no provider is configured.",
+)
 @click.pass_context
 def up_command(
     ctx: click.Context,
@@ -454,8 +475,10 @@ def up_command(
     config_path: Path | None,
     simulator_port: int,
 ) -> None:
-    """Everything on one machine: embedded Postgres (kept in .fusion-ledger/) unless
-    DATABASE_URL is set, the simulator unless providers are configured, the API."""
+    """Everything on one machine: embedded Postgres (kept in .fusion-ledger/, or
+    $FUSION_LEDGER_DATA_DIR) unless a database URL is given, the simulator unless
+    providers are configured, the API and the projection worker. API keys are off
+    unless FUSION_LEDGER_AUTH=on."""
     from service.serving import embedded_postgres
 
     settings: Settings = ctx.obj["settings"].with_overrides(database_url=ctx.obj["database_url"])

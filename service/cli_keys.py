@@ -62,7 +62,8 @@ def create_command(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def revoke_command(ctx: click.Context, key_id: str, as_json: bool) -> None:
-    """Revoke a key at once."""
+    """Revoke a key. Running API processes refuse it within 5 s (each remembers a
+    verified key that long)."""
     done = _run(_with_connection(_database_url(ctx), lambda conn: revoke_key(conn, key_id)))
     if as_json:
         _emit_json({"key_id": key_id, "revoked": done})

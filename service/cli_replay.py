@@ -127,7 +127,10 @@ def _emit_json(value: Any) -> None:
 )
 @click.option("--weighted", is_flag=True, help="Weighted vote.")
 @click.option("--informed", is_flag=True, help="Give an LLM judge the members' track records.")
-@click.option("--fallback", type=click.Choice(["vote", "first_success", "fail"]), default="vote")
+@click.option(
+    "--fallback", type=click.Choice(["vote", "first_success", "fail"]), default="vote",
+    show_default=True, help="What answers when the judge fails.",
+)  # fmt: skip
 @click.option("--allow-panel-model", is_flag=True, help="Let a panel model judge.")
 @click.option("--concurrency", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.option("--force", is_flag=True, help="With --run: a new replay even if one exists.")

@@ -47,7 +47,13 @@ async def _require_migrated(pool: asyncpg.Pool) -> None:
 @click.command("worker")
 @database_url_option
 @click.option("--once", is_flag=True, help="Apply what is in the log now, then exit.")
-@click.option("--poll-interval", type=float, default=1.0, show_default=True)
+@click.option(
+    "--poll-interval",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Seconds between reads of the log when no NOTIFY wakes the worker.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with --once).")
 @click.pass_context
 def worker_command(ctx: click.Context, once: bool, poll_interval: float, as_json: bool) -> None:
@@ -131,7 +137,8 @@ def _status_json(s: runner.ProjectionStatus) -> dict[str, Any]:
 @click.pass_context
 def rebuild_command(ctx: click.Context, name: str | None, as_json: bool) -> None:
     """Rebuild NAME (default: every projection) from position zero into shadow tables,
-    then swap them in. The service keeps serving the old tables meanwhile."""
+    then swap them in. The service keeps serving the old tables meanwhile. Run it as
+    the schema's owner (it creates a scratch schema and swaps tables)."""
     url = _database_url(ctx)
     names = [name] if name else [p.name for p in PROJECTIONS]
     settings = ctx.obj["settings"]
@@ -270,7 +277,12 @@ def _ask(ctx: click.Context, build: Any, title: str, as_json: bool) -> None:
     _print_answer(_run(_with_connection(_database_url(ctx), work)), title, as_json)
 
 
-_tenant = click.option("--tenant", default="default", show_default=True)
+_tenant = click.option(
+    "--tenant",
+    default="default",
+    show_default=True,
+    help="The tenant asked about (an API key's; without keys every run is 'default').",
+)
 _as_of = click.option("--as-of", default=None, help="A checkpoint 'xid:pos', a position or a time.")
 _json = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -324,7 +336,10 @@ def failures_command(
 @database_url_option
 @click.option("--model", default=None)
 @click.option("--category", default=None)
-@click.option("--min-n", type=int, default=1, show_default=True)
+@click.option(
+    "--min-n", type=int, default=1, show_default=True,
+    help="Only pairs graded together on at least this many runs.",
+)  # fmt: skip
 @_tenant
 @_as_of
 @_json
@@ -333,7 +348,7 @@ def co_failures_command(
     ctx: click.Context, model: str | None, category: str | None, min_n: int, tenant: str,
     as_of: str | None, as_json: bool,
 ) -> None:  # fmt: skip
-    """Pairs of models wrong on the same runs."""
+    """Pairs of graded panel seats on the same runs: both wrong, one wrong, both right."""
     _ask(
         ctx,
         lambda: Query(
