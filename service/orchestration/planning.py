@@ -215,5 +215,6 @@ def _check_judge(
         raise InvalidRequest(
             "judge.model",
             f"{judge.model} sits on the panel; a generator does not grade its own answers "
-            "unless the preset allows it (allow_panel_judge)",
+            "unless the request allows it (judge.allow_panel_model: true) or the preset "
+            "does (allow_panel_judge)",
         )

@@ -214,7 +214,11 @@ async def test_a_panel_model_may_judge_when_asked_and_its_failure_falls_back(
 ) -> None:
     run = await fuse(client, preset="cheap")
     providers.requests.clear()
-    judge = {"kind": "synthesize", "model": "mock/a", "allow_panel_model": True}
+    judge: dict[str, Any] = {"kind": "synthesize", "model": "mock/a"}
+    refused = await replay(client, run["run_id"], judge)
+    assert refused.status_code == 422  # and it says how to allow it
+    assert "judge.allow_panel_model: true" in refused.json()["detail"]
+    judge["allow_panel_model"] = True
     response = await replay(client, run["run_id"], judge)
     assert response.status_code == 201, response.text
     body = response.json()
