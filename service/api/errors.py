@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+import msgspec
 import structlog
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 
 from service.domain.scoring import UnknownNormalizer
 from service.store.database import CONNECTION_LOST
@@ -36,6 +38,34 @@ class Problem(HTTPException):
 # The OpenAI-compatible routes: the official clients show an error's `error.message`
 # (and read its type, code and param), not problem details' `detail`.
 OPENAI_PATHS = ("/v1/chat/completions", "/v1/models")
+
+
+class ProblemBody(msgspec.Struct, kw_only=True):
+    """An error answer (RFC 9457 problem details), for the OpenAPI document. Some add
+    fields (``field``: the request field at fault; ``errors``; a run's ``run_id`` and
+    ``failure_reason``); the OpenAI-compatible routes add OpenAI's ``error`` object."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    field: str | None = None
+
+
+# What every /v1 route can answer: a query or body it refuses, no key or no scope
+# (when keys are on), the key's rate spent, and 503 (the database out of reach; the
+# process shutting down or at its bounds).
+COMMON_PROBLEMS = (400, 401, 403, 429, 503)
+
+
+def problems(*codes: int) -> dict[int, ResponseSpec]:
+    """The error answers a route documents in OpenAPI: COMMON_PROBLEMS and ``codes``."""
+    return {
+        code: ResponseSpec(
+            ProblemBody, description=_title(code), media_type=PROBLEM_JSON, generate_examples=False
+        )
+        for code in sorted({*COMMON_PROBLEMS, *codes})
+    }
 
 
 def problem_body(status: int, title: str, detail: str, path: str, **extra: Any) -> dict[str, Any]:
@@ -167,4 +197,5 @@ __all__ = [
     "Problem",
     "problem_body",
     "problem_response",
+    "problems",
 ]

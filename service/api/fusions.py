@@ -8,10 +8,11 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Request, Response, post
 from litestar.di import NamedDependency, Provide
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
 
 from service.api.deps import IdempotencyKey, Services, provide_services
-from service.api.errors import Problem
+from service.api.errors import Problem, problems
 from service.api.views import FusionResponse, fusion_view
 from service.config import BoundedParams, PanelEntry
 from service.domain.events import ClientIdentity, JudgeSpec, Message
@@ -174,6 +175,11 @@ async def run_ask(services: Services, ask: FusionAsk) -> tuple[str, Fused]:
     dependencies={"services": Provide(provide_services, sync_to_thread=False)},
     status_code=200,
     summary="Run a fusion",
+    responses={
+        **problems(413, 422),
+        502: ResponseSpec(FusionResponse, description="The run failed: failure_reason says why"),
+        504: ResponseSpec(FusionResponse, description="The run's timeout_s cut it off"),
+    },
 )
 async def create_fusion(
     request: Request[Any, Any, Any],

@@ -7,6 +7,7 @@ from typing import Any
 
 from litestar import Response, get
 from litestar.di import NamedDependency, Provide
+from litestar.openapi.datastructures import ResponseSpec
 
 from service.api.deps import Services, provide_services
 from service.store.migrations import is_up_to_date, load_migrations
@@ -26,6 +27,7 @@ async def healthz() -> dict[str, str]:
     "/readyz",
     dependencies={"services": Provide(provide_services, sync_to_thread=False)},
     summary="Readiness",
+    responses={503: ResponseSpec(dict[str, Any], description="Not ready: the body says why")},
 )
 async def readyz(services: NamedDependency[Services]) -> Response[dict[str, Any]]:
     """The database answers within READY_WITHIN_S and the schema holds every migration

@@ -14,11 +14,12 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency, Provide
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from litestar.response import ServerSentEvent
 
 from service.api.deps import IdempotencyKey, Services, provide_services
-from service.api.errors import Problem
+from service.api.errors import Problem, problems
 from service.api.fusions import client_identity, observe_overhead, received_at, run_ask
 from service.api.views import fusion_view
 from service.config import Seed, Temperature, TokenLimit, TopP
@@ -126,6 +127,11 @@ def _tokens(state: RunState) -> tuple[int, int]:
     dependencies=_DEPS,
     status_code=200,
     summary="OpenAI-compatible chat completion through fusion",
+    responses={
+        **problems(404, 413, 422),
+        502: ResponseSpec(dict[str, Any], description="The run failed (an OpenAI error object)"),
+        504: ResponseSpec(dict[str, Any], description="The run's timeout cut it off"),
+    },
 )
 async def chat_completions(
     request: Request[Any, Any, Any],
@@ -201,14 +207,19 @@ async def _chunks(completion: dict[str, Any]) -> AsyncIterator[str]:
     yield "[DONE]"
 
 
-@get("/v1/models", dependencies=_DEPS, summary="Models this endpoint serves")
+@get("/v1/models", dependencies=_DEPS, summary="Models this endpoint serves", responses=problems())
 async def list_models(services: NamedDependency[Services]) -> dict[str, Any]:
     """``fusion`` (the default preset) and ``fusion/<preset>`` for every preset."""
     ids = ["fusion", *(f"fusion/{name}" for name in sorted(services.config.presets))]
     return {"object": "list", "data": [_model(i) for i in ids]}
 
 
-@get("/v1/models/{model_id:path}", dependencies=_DEPS, summary="One model this endpoint serves")
+@get(
+    "/v1/models/{model_id:path}",
+    dependencies=_DEPS,
+    summary="One model this endpoint serves",
+    responses=problems(404),
+)
 async def retrieve_model(
     services: NamedDependency[Services], model_id: FromPath[str]
 ) -> dict[str, Any]:

@@ -15,10 +15,11 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, Response, post
 from litestar.di import NamedDependency, Provide
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
 
 from service.api.deps import IdempotencyKey, Services, provide_services
-from service.api.errors import Problem
+from service.api.errors import Problem, problems
 from service.domain.events import OutcomeRecorded, OutcomeSource
 from service.domain.grading import (
     OutcomeRejected,
@@ -211,6 +212,10 @@ def _same_or_conflict(earlier: RecordedEvent, wanted: OutcomeRecorded) -> Outcom
     dependencies={"services": Provide(provide_services, sync_to_thread=False)},
     status_code=201,
     summary="Record ground truth or labels for a run",
+    responses={
+        **problems(404, 409, 413, 422),
+        200: ResponseSpec(OutcomeView, description="Recorded before (the same Idempotency-Key)"),
+    },
 )
 async def record_outcome(
     request: Request[Any, Any, Any],

@@ -14,10 +14,11 @@ from typing import Annotated, Any, cast
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency, Provide
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
 
 from service.api.deps import IdempotencyKey, Services, provide_services
-from service.api.errors import Problem
+from service.api.errors import Problem, problems
 from service.api.fusions import client_identity
 from service.api.views import JudgeView
 from service.domain.events import JudgeKind, JudgeSpec, ReplayFilter
@@ -175,7 +176,15 @@ def _run_uuid(text: str, what: str) -> uuid.UUID:
         raise Problem(404, f"{what} not found", f"{text!r} is not a {what.lower()} id") from None
 
 
-@post("/v1/runs/{run_id:str}/replays", dependencies=_DEPS, summary="Re-judge one run")
+@post(
+    "/v1/runs/{run_id:str}/replays",
+    dependencies=_DEPS,
+    summary="Re-judge one run",
+    responses={
+        **problems(404, 409, 413, 422),
+        200: ResponseSpec(ReplayView, description="Replayed before by this judge (no force)"),
+    },
+)
 async def replay_run(
     request: Request[Any, Any, Any],
     services: NamedDependency[Services],
@@ -243,7 +252,13 @@ def _judge_view(state: RunState) -> JudgeView | None:
     )
 
 
-@post("/v1/replays", dependencies=_DEPS, status_code=202, summary="Re-judge a batch of runs")
+@post(
+    "/v1/replays",
+    dependencies=_DEPS,
+    status_code=202,
+    summary="Re-judge a batch of runs",
+    responses=problems(413, 422),
+)
 async def create_batch(
     request: Request[Any, Any, Any],
     services: NamedDependency[Services],
@@ -272,7 +287,12 @@ async def create_batch(
     )
 
 
-@get("/v1/replays/{batch_id:str}", dependencies=_DEPS, summary="A replay batch and its report")
+@get(
+    "/v1/replays/{batch_id:str}",
+    dependencies=_DEPS,
+    summary="A replay batch and its report",
+    responses=problems(404),
+)
 async def get_batch(
     request: Request[Any, Any, Any],
     services: NamedDependency[Services],

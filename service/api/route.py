@@ -16,7 +16,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import JSONBody
 
 from service.api.deps import Services, provide_services
-from service.api.errors import Problem
+from service.api.errors import Problem, problems
 from service.api.fusions import MessageBody
 from service.config import UnknownPreset, infer_category
 from service.domain.events import Message, RouterDecision
@@ -77,6 +77,7 @@ def _messages(body: RouteBody) -> list[Message]:
     dependencies={"services": Provide(provide_services, sync_to_thread=False)},
     status_code=200,
     summary="What the router would pick now, and why",
+    responses=problems(413, 422),
 )
 async def explain_route(
     request: Request[Any, Any, Any], data: JSONBody[RouteBody], services: NamedDependency[Services]

@@ -12,7 +12,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from service.api.deps import Services, provide_services
-from service.api.errors import Problem
+from service.api.errors import Problem, problems
 from service.api.views import FusionResponse, fusion_view
 from service.domain.runs import fold
 from service.projections.queries import aware_moment
@@ -78,7 +78,7 @@ _TERMINAL = {"finalized": "answer.finalized", "failed": "run.failed", "running":
 _DEPS = {"services": Provide(provide_services, sync_to_thread=False)}
 
 
-@get("/v1/runs", dependencies=_DEPS, summary="List runs")
+@get("/v1/runs", dependencies=_DEPS, summary="List runs", responses=problems())
 async def list_runs(
     request: Request[Any, Any, Any],
     services: NamedDependency[Services],
@@ -111,7 +111,12 @@ async def list_runs(
     return RunList(runs=items, next_before=next_before)
 
 
-@get("/v1/runs/{run_id:str}", dependencies=_DEPS, summary="One run's provenance")
+@get(
+    "/v1/runs/{run_id:str}",
+    dependencies=_DEPS,
+    summary="One run's provenance",
+    responses=problems(404),
+)
 async def get_run(
     request: Request[Any, Any, Any], services: NamedDependency[Services], run_id: FromPath[str]
 ) -> RunDetail:

@@ -14,7 +14,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery, QueryParameter
 
 from service.api.deps import Services, provide_services
-from service.api.errors import Problem
+from service.api.errors import Problem, problems
 from service.projections.queries import (
     BadQuery,
     Query,
@@ -111,7 +111,7 @@ async def respond(request: Request[Any, Any, Any], services: Services, build: An
     return Response(result, headers=headers)
 
 
-@get("/v1/profiles", dependencies=_DEPS, summary="Model error profiles")
+@get("/v1/profiles", dependencies=_DEPS, summary="Model error profiles", responses=problems())
 async def get_profiles(
     request: Request[Any, Any, Any],
     services: NamedDependency[Services],
@@ -128,7 +128,7 @@ async def get_profiles(
     )
 
 
-@get("/v1/stats/failures", dependencies=_DEPS, summary="Model call failures")
+@get("/v1/stats/failures", dependencies=_DEPS, summary="Model call failures", responses=problems())
 async def get_failures(
     request: Request[Any, Any, Any],
     services: NamedDependency[Services],
@@ -158,7 +158,12 @@ async def get_failures(
     )
 
 
-@get("/v1/stats/co-failures", dependencies=_DEPS, summary="Models wrong together")
+@get(
+    "/v1/stats/co-failures",
+    dependencies=_DEPS,
+    summary="Models wrong together",
+    responses=problems(),
+)
 async def get_co_failures(
     request: Request[Any, Any, Any],
     services: NamedDependency[Services],
@@ -177,7 +182,7 @@ async def get_co_failures(
     )
 
 
-@get("/v1/stats/judges", dependencies=_DEPS, summary="Judges compared")
+@get("/v1/stats/judges", dependencies=_DEPS, summary="Judges compared", responses=problems())
 async def get_judges(
     request: Request[Any, Any, Any],
     services: NamedDependency[Services],
