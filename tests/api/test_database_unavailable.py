@@ -28,6 +28,8 @@ class Relay:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.listener.getsockname()[1]
         self.sockets: list[socket.socket] = []
+        self.gone = False
+        self.lock = threading.Lock()  # a connection accepted as the relay goes goes too
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -35,7 +37,11 @@ class Relay:
             while True:
                 client, _ = self.listener.accept()
                 server = socket.create_connection(self.target)
-                self.sockets += [client, server]
+                with self.lock:
+                    self.sockets += [client, server]
+                    if self.gone:
+                        self._cut()
+                        return
                 for a, b in ((client, server), (server, client)):
                     threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
@@ -48,11 +54,17 @@ class Relay:
             sink.shutdown(socket.SHUT_RDWR)
 
     def go_away(self) -> None:
-        self.listener.close()
+        with self.lock:
+            self.gone = True
+            self.listener.close()
+            self._cut()
+
+    def _cut(self) -> None:
         for sock in self.sockets:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+        self.sockets.clear()
 
 
 async def test_requests_while_the_database_is_out_of_reach_get_503_with_retry_after(
