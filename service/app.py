@@ -98,6 +98,7 @@ def create_app(
                 transport = create_http_transport()
                 stack.push_async_callback(transport.aclose)
             store = EventStore(db)
+            stack.push_async_callback(store.notifier.flush)  # before the pool closes
             registry = caller or ProviderRegistry(config, transport, settings.secret)
             router_ = router or Router(config)  # issue 5: profiles followed in memory
             runner = FusionRunner(

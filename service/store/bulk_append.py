@@ -59,6 +59,7 @@ async def append_new_streams(
         if isinstance(exc, asyncpg.UniqueViolationError):
             raise EventIdConflict(str(exc)) from exc
         raise
+    store.notifier.poke()
     return created
 
 

@@ -17,6 +17,8 @@ from service.store import (
     NewEvent,
     WrongExpectedVersion,
 )
+from service.store.bulk_append import APPEND_NEW_STREAMS_SQL, events_document
+from service.store.postgres import NOTIFY_CHANNEL, event_columns
 
 
 def requested(text: str = "2+2?") -> RunRequested:
@@ -205,3 +207,48 @@ async def test_killed_connection_mid_append_leaves_all_or_nothing(store: EventSt
     assert [e.stream_version for e in await store.read_stream(stream)] == [1]
     after = await store.append_to_stream(stream, big, 1)
     assert after.stream_version == 51
+
+
+async def test_readers_are_woken_after_the_commit_not_inside_the_append(
+    store: EventStore,
+) -> None:
+    # A NOTIFY inside an append holds, until the commit is flushed, a lock every other
+    # notifying commit waits for: appends committed one at a time (migration 0040).
+    # The append functions now send none; the store wakes readers after the commit.
+    woken: asyncio.Queue[str] = asyncio.Queue()
+
+    def wake(*args: object) -> None:
+        woken.put_nowait(str(args[2]))
+
+    async with store.pool.acquire() as listener:
+        await listener.add_listener(NOTIFY_CHANNEL, wake)
+        try:
+            async with store.pool.acquire() as conn:
+                await conn.fetchrow(
+                    "SELECT * FROM append_to_stream($1, 0, $2, $3, $4, $5, $6)",
+                    f"run-{uuid.uuid4()}",
+                    *event_columns([NewEvent(failed())]),
+                )
+                document = events_document([(f"run-{uuid.uuid4()}", [NewEvent(failed())])])
+                await conn.fetchval(APPEND_NEW_STREAMS_SQL, document)
+            with pytest.raises(TimeoutError):  # the functions themselves: silent
+                await asyncio.wait_for(woken.get(), 0.5)
+            await store.append_to_stream(f"run-{uuid.uuid4()}", [NewEvent(failed())], NO_STREAM)
+            assert await asyncio.wait_for(woken.get(), 5) == NOTIFY_CHANNEL
+        finally:
+            await listener.remove_listener(NOTIFY_CHANNEL, wake)
+
+
+async def test_the_append_functions_keep_their_settings(store: EventStore) -> None:
+    # Replacing a function's body (0040) resets what 0033 and 0038 set on it.
+    rows = await store.pool.fetch(
+        "SELECT p.oid::regprocedure::text AS name, p.prosecdef, p.proconfig FROM pg_proc p "
+        "WHERE p.proname IN ('append_to_stream', 'append_new_streams') "
+        "AND p.pronamespace = current_schema()::regnamespace"
+    )
+    assert len(rows) == 3
+    for row in rows:
+        assert row["prosecdef"], row["name"]
+        assert any(c.startswith("search_path=") for c in row["proconfig"]), row["name"]
+    plan = {r["name"]: r["proconfig"] for r in rows if r["name"].startswith("append_to_stream")}
+    assert "plan_cache_mode=force_generic_plan" in next(iter(plan.values()))

@@ -150,6 +150,7 @@ async def test_an_append_whose_answer_was_lost_is_found_not_failed(
     store, proxy = proxied_store
     stream = f"run-{uuid.uuid4()}"
     await store.append_to_stream(stream, [event()], NO_STREAM)
+    await store.notifier.flush()  # its wake-up's answer is not the one to lose
     proxy.mute = True
     second = event()
     append = asyncio.create_task(store.append_to_stream(stream, [second], 1))
