@@ -12,7 +12,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 
 from service.domain.scoring import UnknownNormalizer
-from service.store.database import CONNECTION_LOST
+from service.store.database import CONNECTION_LOST, connection_lost
 
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger("api")
@@ -149,6 +149,8 @@ def handle_recursion(request: Request[Any, Any, Any], exc: RecursionError) -> Re
 
 
 def handle_database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if not (connection_lost(exc) or isinstance(exc, asyncpg.TooManyConnectionsError)):
+        return handle_internal(request, exc)  # an OSError or asyncpg error of another kind
     # The database could not be reached or took the connection away under a statement
     # (the store sends appends and reads again first, for about 1.3 s): not the service's
     # failure nor the request's, and a retry may well succeed. What a request wrote
@@ -185,7 +187,8 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     UnknownNormalizer: handle_unknown_normalizer,
     RecursionError: handle_recursion,
     **dict.fromkeys(
-        (*CONNECTION_LOST, asyncpg.TooManyConnectionsError), handle_database_unavailable
+        (*CONNECTION_LOST, OSError, asyncpg.InternalClientError, asyncpg.TooManyConnectionsError),
+        handle_database_unavailable,
     ),
     Exception: handle_internal,
 }

@@ -15,6 +15,10 @@ from service.store.migrations import is_up_to_date, load_migrations
 # How long readiness waits for the database: under the probe's own timeout (3 s,
 # ops/k8s/50-api.yaml), so the probe reads an answer that says why, not a timeout.
 READY_WITHIN_S = 2.0
+# How long one check may take before its connection is closed and the check fails: a
+# check stuck on a connection that will never answer (half-open after a failover,
+# until the kernel gives up: minutes) would keep every probe at 503 meanwhile.
+CHECK_GIVES_UP_S = 10.0
 
 
 @get("/healthz", summary="Liveness")
@@ -62,8 +66,15 @@ def _database_check(services: Services) -> asyncio.Task[tuple[bool, int | None]]
 
 async def _migrated(services: Services) -> tuple[bool, int | None]:
     async with services.store.pool.acquire() as conn:
-        migrated = await is_up_to_date(conn, MIGRATIONS, newer_ok=True)
-        version: int | None = await conn.fetchval("SELECT max(version) FROM schema_migrations")
+        try:
+            async with asyncio.timeout(CHECK_GIVES_UP_S):
+                migrated = await is_up_to_date(conn, MIGRATIONS, newer_ok=True)
+                version: int | None = await conn.fetchval(
+                    "SELECT max(version) FROM schema_migrations"
+                )
+        except TimeoutError:
+            conn.terminate()  # at once: giving it back would wait on it
+            raise
     return migrated, version
 
 

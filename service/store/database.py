@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -33,12 +35,28 @@ Connection = asyncpg.Connection | PoolConnectionProxy
 # close was read: the statement was never sent.
 CONNECTION_LOST = (
     ConnectionError,  # reset, refused, aborted (not TimeoutError: a slow server is not gone)
+    socket.gaierror,  # the server's name did not resolve (a DNS restart, a failover)
     asyncpg.PostgresConnectionError,  # 08xxx: ConnectionDoesNotExistError, ...
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.CannotConnectNowError,
-    asyncpg.InternalClientError,
 )
+# No route to the server: plain OSErrors, told apart by their errno.
+_UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN}
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database could not be reached, or the connection went
+    away under a statement (see CONNECTION_LOST). asyncpg's InternalClientError counts
+    only with its messages about a connection's state ("cannot switch to state",
+    "protocol is in the failed state"): any other is a bug, not an outage."""
+    if isinstance(exc, asyncpg.InternalClientError):
+        return "state" in str(exc)
+    if isinstance(exc, OSError) and exc.errno in _UNREACHABLE:
+        return True
+    return isinstance(exc, CONNECTION_LOST)
+
+
 # The database went away or refused: what background loops retry (a bug is not).
 # InternalClientError too (see CONNECTION_LOST): without it, a loop that retries only
 # these (the router's) would end for good at the first stale pooled connection.
@@ -127,7 +145,9 @@ async def again_if_lost(work: Callable[[], Awaitable[T]], what: str) -> T:
     for pause in RETRY_PAUSES_S:
         try:
             return await work()
-        except CONNECTION_LOST as exc:
+        except Exception as exc:
+            if not connection_lost(exc):
+                raise
             log.warning("database.connection_lost", statement=what, retry_in_s=pause,
                         error=f"{type(exc).__name__}: {exc}")  # fmt: skip
         await asyncio.sleep(pause)

@@ -74,7 +74,9 @@ START: Final = Checkpoint()
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
-    """Where an append landed; ``duplicate`` when it was an idempotent retry."""
+    """Where an append landed; ``duplicate`` when an earlier call had written these
+    events (an idempotent retry), not when this call's own first attempt had and only
+    its answer was lost (the store sent it again)."""
 
     first_position: int
     last_position: int
@@ -172,19 +174,30 @@ class EventStore:
     ) -> AppendResult:
         """Append events atomically; raises WrongExpectedVersion or EventIdConflict."""
         args = (stream_id, expected_version, *event_columns(events))
+        sent = 0
+
+        async def send() -> asyncpg.Record | None:
+            nonlocal sent
+            sent += 1
+            return await self._pool.fetchrow(APPEND_SQL, *args)
+
         try:
             if connection is not None:  # the caller's session (and transaction): no retry
                 row = await connection.fetchrow(APPEND_SQL, *args)
             else:
-                row = await again_if_lost(lambda: self._pool.fetchrow(APPEND_SQL, *args), "append")
+                row = await again_if_lost(send, "append")
         except asyncpg.PostgresError as exc:
             raise _translate(exc, stream_id, expected_version) from exc
         assert row is not None
         # (On a caller's transaction the wake-up may come before its commit: readers
         # then find the events at their next poll.)
         self.notifier.poke()
+        # Sent again after a lost connection, the events found are (all but surely) the
+        # first attempt's: this call wrote them. (Another call with the same event ids
+        # between the two attempts would be told the same.)
+        duplicate = bool(row["duplicate"]) and sent <= 1
         return AppendResult(
-            row["first_position"], row["last_position"], row["stream_version"], row["duplicate"]
+            row["first_position"], row["last_position"], row["stream_version"], duplicate
         )
 
     async def read_stream(

@@ -42,16 +42,21 @@ class Relay:
                     if self.gone:
                         self._cut()
                         return
-                for a, b in ((client, server), (server, client)):
-                    threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+                for a, b, answers in ((client, server, False), (server, client, True)):
+                    threading.Thread(target=self._pump, args=(a, b, answers), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, answers: bool) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
-                sink.sendall(data)
+                if self.passes(source, data, answers):
+                    sink.sendall(data)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_RDWR)
+
+    def passes(self, source: socket.socket, data: bytes, answers: bool) -> bool:
+        """Whether to relay a chunk read from ``source`` (the server's ``answers``, or
+        the client's): all of them."""
+        return True
 
     def go_away(self) -> None:
         with self.lock:
@@ -94,6 +99,59 @@ async def test_requests_while_the_database_is_out_of_reach_get_503_with_retry_af
                 assert answer.status_code == 503, answer.text
                 assert answer.headers["retry-after"] == "1"
                 assert answer.json()["title"] == "Database unavailable"
+    finally:
+        relay.go_away()
+        await http.aclose()
+
+
+async def test_a_database_host_that_does_not_resolve_is_unavailable_too(
+    config: Config, providers: MockProviders
+) -> None:
+    # DNS failing (a DNS server restarting, a failover's name not yet published) puts the
+    # database out of reach as a refused connection does; it was a 500.
+    settings = Settings(
+        database_url="postgresql://postgres@fusion-ledger-db.invalid:5432/test",
+        pool_min_size=0,
+        pool_max_size=4,
+    )
+    http = httpx.MockTransport(providers.handle)
+    app = create_app(
+        settings, config, http_transport=http, sweeper=False, projections=False,
+        run_migrations=False,
+    )  # fmt: skip
+    try:
+        async with AsyncTestClient(app=app) as client:
+            answer = await client.get("/v1/runs")
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["retry-after"] == "1"
+    finally:
+        await http.aclose()
+
+
+async def test_a_key_checked_while_the_database_is_gone_is_unavailable(
+    database: TestDatabase, config: Config, providers: MockProviders
+) -> None:
+    # The auth middleware looks an uncached key up in the database.
+    url = urlsplit(database.url)
+    relay = Relay((url.hostname or "127.0.0.1", url.port or 5432))
+    user = url.netloc.rpartition("@")[0]
+    netloc = f"{user}@127.0.0.1:{relay.port}" if user else f"127.0.0.1:{relay.port}"
+    settings = Settings(
+        database_url=urlunsplit(url._replace(netloc=netloc)), pool_min_size=1, pool_max_size=4,
+        auth_required=True,
+    )  # fmt: skip
+    http = httpx.MockTransport(providers.handle)
+    app = create_app(
+        settings, config, http_transport=http, sweeper=False, projections=False,
+        run_migrations=False,
+    )  # fmt: skip
+    try:
+        async with AsyncTestClient(app=app) as client:
+            first = await client.get("/v1/runs", headers={"authorization": "Bearer fl_nope1"})
+            assert first.status_code == 401
+            relay.go_away()
+            answer = await client.get("/v1/runs", headers={"authorization": "Bearer fl_nope2"})
+            assert answer.status_code == 503, answer.text
     finally:
         relay.go_away()
         await http.aclose()

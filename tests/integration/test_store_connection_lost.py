@@ -13,7 +13,8 @@ import contextlib
 import socket
 import struct
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -21,9 +22,13 @@ import pytest
 
 from service.domain.events import RunFailed
 from service.projections.runner import ProjectionWorker
-from service.store import NO_STREAM, EventStore, NewEvent
+from service.store import ANY, NO_STREAM, EventStore, NewEvent, WrongExpectedVersion
+from service.store.bulk_append import append_new_streams
 from service.store.database import DATABASE_ERRORS, create_pool
+from service.store.postgres import AppendResult
 from tests.conftest import TestDatabase
+
+T = TypeVar("T")
 
 
 def event() -> NewEvent:
@@ -127,13 +132,14 @@ class Proxy:
 
 @pytest.fixture
 async def proxied_store(database: TestDatabase) -> AsyncIterator[tuple[EventStore, Proxy]]:
-    """A store whose every connection passes through a Proxy."""
+    """A store whose one connection passes through a Proxy (one: the statement to lose
+    is then prepared on it by a warm-up, before the answers are dropped)."""
     url = urlsplit(database.url)
     proxy = Proxy((url.hostname or "127.0.0.1", url.port or 5432))
     port = await proxy.start()
     user = url.netloc.rpartition("@")[0]
     netloc = f"{user}@127.0.0.1:{port}" if user else f"127.0.0.1:{port}"
-    pool = await create_pool(urlunsplit(url._replace(netloc=netloc)), 1, 2)
+    pool = await create_pool(urlunsplit(url._replace(netloc=netloc)), 1, 1)
     try:
         yield EventStore(pool), proxy
     finally:
@@ -141,36 +147,72 @@ async def proxied_store(database: TestDatabase) -> AsyncIterator[tuple[EventStor
         await proxy.close()
 
 
-async def test_an_append_whose_answer_was_lost_is_found_not_failed(
-    database: TestDatabase, proxied_store: tuple[EventStore, Proxy]
-) -> None:
-    # The append commits; the connection dies before its answer arrives. It raised, so
-    # a run's writer took it for not written: it failed the run (whose close then met
-    # a wrong expected version), or left it open for the sweeper, answering "running".
-    store, proxy = proxied_store
-    stream = f"run-{uuid.uuid4()}"
-    await store.append_to_stream(stream, [event()], NO_STREAM)
-    await store.notifier.flush()  # its wake-up's answer is not the one to lose
+async def lose_the_answer(
+    database: TestDatabase, proxy: Proxy, write: Awaitable[T], event_id: uuid.UUID
+) -> T | BaseException:
+    """Run ``write`` with the server's answers dropped; once its event ``event_id`` has
+    committed, cut every connection: what the write then returns or raises."""
     proxy.mute = True
-    second = event()
-    append = asyncio.create_task(store.append_to_stream(stream, [second], 1))
+    task = asyncio.ensure_future(write)
     admin = await asyncpg.connect(database.url)  # straight to the server
     try:
         for _ in range(500):
-            if await admin.fetchval("SELECT 1 FROM events WHERE event_id = $1", second.event_id):
+            if await admin.fetchval("SELECT 1 FROM events WHERE event_id = $1", event_id):
                 break
             await asyncio.sleep(0.01)
         else:
             pytest.fail("the append did not commit")
-        assert not append.done()  # committed, unanswered
+        assert not task.done()  # committed, unanswered
         proxy.cut()
-        result = await asyncio.wait_for(append, 10)
-        assert (result.stream_version, result.duplicate) == (2, True)
-        assert [e.event_id for e in await store.read_stream(stream)][1:] == [second.event_id]
-        third = await store.append_to_stream(stream, [event()], result.stream_version)
-        assert third.stream_version == 3  # the writer's version was right
+        [result] = await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 10)
+        return result
     finally:
         await admin.close()
+
+
+@pytest.mark.parametrize("mode", ["no_stream", "any", "exact"])
+async def test_an_append_whose_answer_was_lost_is_found_not_failed(
+    database: TestDatabase, proxied_store: tuple[EventStore, Proxy], mode: str
+) -> None:
+    # The append commits; the connection dies before its answer arrives. It raised, so
+    # a run's writer took it for not written: it failed the run (whose close then met
+    # a wrong expected version), or left it open for the sweeper, answering "running".
+    # Sent again, it is found, and reported as this call's own write, not an earlier
+    # call's (an outcome's request was answered "recorded before").
+    store, proxy = proxied_store
+    stream = f"run-{uuid.uuid4()}"
+    await store.append_to_stream(f"run-{uuid.uuid4()}", [event()], NO_STREAM)  # warm
+    if mode != "no_stream":
+        await store.append_to_stream(stream, [event()], NO_STREAM)
+    await store.notifier.flush()  # its wake-up's answer is not the one to lose
+    expected = {"no_stream": NO_STREAM, "any": ANY, "exact": 1}[mode]
+    new = event()
+    result = await lose_the_answer(
+        database, proxy, store.append_to_stream(stream, [new], expected), new.event_id
+    )
+    assert isinstance(result, AppendResult), repr(result)
+    version = 1 if mode == "no_stream" else 2
+    assert (result.stream_version, result.duplicate) == (version, False)
+    assert [e.event_id for e in await store.read_stream(stream)][-1] == new.event_id
+    after = await store.append_to_stream(stream, [event()], result.stream_version)
+    assert after.stream_version == version + 1  # the writer's version was right
+
+
+async def test_a_bulk_append_whose_answer_was_lost_says_the_streams_exist(
+    database: TestDatabase, proxied_store: tuple[EventStore, Proxy]
+) -> None:
+    # Committed, yet reported as another writer's streams: the batch worker then
+    # appends them one by one, and finds each as written.
+    store, proxy = proxied_store
+    await append_new_streams(store, [(f"replay-{uuid.uuid4()}", [event()])])  # warm
+    await store.notifier.flush()
+    writes = [(f"replay-{uuid.uuid4()}", [event(), event()]) for _ in range(3)]
+    result = await lose_the_answer(
+        database, proxy, append_new_streams(store, writes), writes[-1][1][-1].event_id
+    )
+    assert isinstance(result, WrongExpectedVersion), repr(result)
+    for stream_id, events in writes:
+        assert (await store.append_to_stream(stream_id, events, NO_STREAM)).duplicate
 
 
 async def test_a_subscription_listens_again_when_its_session_ends(
