@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,8 +24,10 @@ class Relay:
     """A TCP relay to Postgres in threads of its own (the test client's requests block
     the test's event loop), which can go away: every connection cut, new ones refused."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        url = urlsplit(database_url)
+        self.target = (url.hostname or "127.0.0.1", url.port or 5432)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.listener.getsockname()[1]
         self.sockets: list[socket.socket] = []
@@ -72,36 +75,45 @@ class Relay:
         self.sockets.clear()
 
 
-async def test_requests_while_the_database_is_out_of_reach_get_503_with_retry_after(
-    database: TestDatabase, config: Config, providers: MockProviders
-) -> None:
-    url = urlsplit(database.url)
-    relay = Relay((url.hostname or "127.0.0.1", url.port or 5432))
+@contextlib.asynccontextmanager
+async def served_through(
+    relay: Relay, config: Config, providers: MockProviders, **settings: Any
+) -> AsyncIterator[AsyncTestClient[Any]]:
+    """A client of the service whose every database connection passes through
+    ``relay`` (no sweeper, no projections); the relay goes away at the end, so the
+    service stops without waiting on connections a test left silent."""
+    url = urlsplit(relay.database_url)
     user = url.netloc.rpartition("@")[0]
     netloc = f"{user}@127.0.0.1:{relay.port}" if user else f"127.0.0.1:{relay.port}"
-    settings = Settings(
-        database_url=urlunsplit(url._replace(netloc=netloc)), pool_min_size=1, pool_max_size=4
-    )
     http = httpx.MockTransport(providers.handle)
     app = create_app(
-        settings, config, http_transport=http, sweeper=False, projections=False,
-        run_migrations=False,
+        Settings(database_url=urlunsplit(url._replace(netloc=netloc)), **settings),
+        config, http_transport=http, sweeper=False, projections=False, run_migrations=False,
     )  # fmt: skip
     try:
         async with AsyncTestClient(app=app) as client:
-            assert (await client.get("/v1/runs")).status_code == 200
+            yield client
             relay.go_away()
-            answers: list[Any] = [
-                await client.get("/v1/runs"),
-                await client.post("/v1/fusions", json={"prompt": "2+2?"}),
-            ]
-            for answer in answers:
-                assert answer.status_code == 503, answer.text
-                assert answer.headers["retry-after"] == "1"
-                assert answer.json()["title"] == "Database unavailable"
     finally:
         relay.go_away()
         await http.aclose()
+
+
+async def test_requests_while_the_database_is_out_of_reach_get_503_with_retry_after(
+    database: TestDatabase, config: Config, providers: MockProviders
+) -> None:
+    relay = Relay(database.url)
+    async with served_through(relay, config, providers, pool_min_size=1, pool_max_size=4) as client:
+        assert (await client.get("/v1/runs")).status_code == 200
+        relay.go_away()
+        answers: list[Any] = [
+            await client.get("/v1/runs"),
+            await client.post("/v1/fusions", json={"prompt": "2+2?"}),
+        ]
+        for answer in answers:
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["retry-after"] == "1"
+            assert answer.json()["title"] == "Database unavailable"
 
 
 async def test_a_database_host_that_does_not_resolve_is_unavailable_too(
@@ -132,26 +144,12 @@ async def test_a_key_checked_while_the_database_is_gone_is_unavailable(
     database: TestDatabase, config: Config, providers: MockProviders
 ) -> None:
     # The auth middleware looks an uncached key up in the database.
-    url = urlsplit(database.url)
-    relay = Relay((url.hostname or "127.0.0.1", url.port or 5432))
-    user = url.netloc.rpartition("@")[0]
-    netloc = f"{user}@127.0.0.1:{relay.port}" if user else f"127.0.0.1:{relay.port}"
-    settings = Settings(
-        database_url=urlunsplit(url._replace(netloc=netloc)), pool_min_size=1, pool_max_size=4,
-        auth_required=True,
-    )  # fmt: skip
-    http = httpx.MockTransport(providers.handle)
-    app = create_app(
-        settings, config, http_transport=http, sweeper=False, projections=False,
-        run_migrations=False,
-    )  # fmt: skip
-    try:
-        async with AsyncTestClient(app=app) as client:
-            first = await client.get("/v1/runs", headers={"authorization": "Bearer fl_nope1"})
-            assert first.status_code == 401
-            relay.go_away()
-            answer = await client.get("/v1/runs", headers={"authorization": "Bearer fl_nope2"})
-            assert answer.status_code == 503, answer.text
-    finally:
+    relay = Relay(database.url)
+    async with served_through(
+        relay, config, providers, pool_min_size=1, pool_max_size=4, auth_required=True
+    ) as client:
+        first = await client.get("/v1/runs", headers={"authorization": "Bearer fl_nope1"})
+        assert first.status_code == 401
         relay.go_away()
-        await http.aclose()
+        answer = await client.get("/v1/runs", headers={"authorization": "Bearer fl_nope2"})
+        assert answer.status_code == 503, answer.text

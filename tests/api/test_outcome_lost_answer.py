@@ -10,17 +10,12 @@ import socket
 import struct
 import threading
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import httpx
-from litestar.testing import AsyncTestClient
 
-from service.app import create_app
 from service.config import Config
-from service.settings import Settings
 from tests.api.conftest import MockProviders
-from tests.api.test_database_unavailable import Relay
+from tests.api.test_database_unavailable import Relay, served_through
 from tests.conftest import TestDatabase
 
 COUNT_OUTCOMES = "SELECT count(*) FROM events WHERE event_type = 'outcome.recorded'"
@@ -32,9 +27,9 @@ class MutingRelay(Relay):
 
     trigger = b"outcome.recorded"
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, database_url: str) -> None:
         self.mute = self.fired = False
-        super().__init__(target)
+        super().__init__(database_url)
 
     def passes(self, source: socket.socket, data: bytes, answers: bool) -> bool:
         if not answers and not self.fired and self.trigger in data:
@@ -56,22 +51,12 @@ class MutingRelay(Relay):
 async def test_the_one_outcome_whose_answer_was_lost_is_created_not_found(
     database: TestDatabase, config: Config, providers: MockProviders
 ) -> None:
-    url = urlsplit(database.url)
-    proxy = MutingRelay((url.hostname or "127.0.0.1", url.port or 5432))
-    port = proxy.port
-    user = url.netloc.rpartition("@")[0]
-    netloc = f"{user}@127.0.0.1:{port}" if user else f"127.0.0.1:{port}"
-    settings = Settings(
-        database_url=urlunsplit(url._replace(netloc=netloc)), pool_min_size=2, pool_max_size=4
-    )
-    http = httpx.MockTransport(providers.handle)
-    app = create_app(
-        settings, config, http_transport=http, sweeper=False, projections=False,
-        run_migrations=False,
-    )  # fmt: skip
+    proxy = MutingRelay(database.url)
     admin = await asyncpg.connect(database.url)
     try:
-        async with AsyncTestClient(app=app) as client:
+        async with served_through(
+            proxy, config, providers, pool_min_size=2, pool_max_size=4
+        ) as client:
             run: Any = (await client.post("/v1/fusions", json={"prompt": "2+2?"})).json()
             assert run["status"] == "finalized", run
 
@@ -102,5 +87,3 @@ async def test_the_one_outcome_whose_answer_was_lost_is_created_not_found(
         assert answer.status_code == 201, (answer.status_code, answer.text)
     finally:
         await admin.close()
-        await http.aclose()
-        proxy.go_away()

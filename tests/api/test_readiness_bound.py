@@ -6,20 +6,16 @@ import asyncio
 import socket
 import time
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
 from service.api import health
 from service.api.health import READY_WITHIN_S
-from service.app import create_app
 from service.config import Config
-from service.settings import Settings
 from tests.api.conftest import MockProviders
-from tests.api.test_database_unavailable import Relay
+from tests.api.test_database_unavailable import Relay, served_through
 from tests.conftest import TestDatabase
 
 HELD_S = 6.0  # the server itself lets go: the test's loop is blocked while a request runs
@@ -75,9 +71,9 @@ class HalfOpen(Relay):
     """A relay whose connections of the moment stop answering (half-open, as after a
     failover), while new ones work."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, database_url: str) -> None:
         self.silent: set[socket.socket] = set()
-        super().__init__(target)
+        super().__init__(database_url)
 
     def silence_existing(self) -> None:
         with self.lock:
@@ -95,31 +91,15 @@ async def test_readiness_comes_back_when_its_check_hangs_on_a_dead_connection(
     # long as the kernel kept that connection (minutes), fresh connections working.
     monkeypatch.setattr(health, "CHECK_GIVES_UP_S", 1.0)
     monkeypatch.setattr(health, "READY_WITHIN_S", 0.5)
-    url = urlsplit(database.url)
-    relay = HalfOpen((url.hostname or "127.0.0.1", url.port or 5432))
-    user = url.netloc.rpartition("@")[0]
-    netloc = f"{user}@127.0.0.1:{relay.port}" if user else f"127.0.0.1:{relay.port}"
-    settings = Settings(
-        database_url=urlunsplit(url._replace(netloc=netloc)), pool_min_size=1, pool_max_size=4
-    )
-    http = httpx.MockTransport(providers.handle)
-    app = create_app(
-        settings, config, http_transport=http, sweeper=False, projections=False,
-        run_migrations=False,
-    )  # fmt: skip
-    try:
-        async with AsyncTestClient(app=app) as client:
-            assert (await client.get("/readyz")).status_code == 200
-            relay.silence_existing()
-            assert (await client.get("/readyz")).status_code == 503
-            statuses = []
-            for _ in range(20):  # each check given up closes one silent connection
-                statuses.append((await client.get("/readyz")).status_code)
-                if statuses[-1] == 200:
-                    break
-                await asyncio.sleep(0.5)
-            assert statuses[-1] == 200, statuses
-            relay.go_away()  # the silent connections too: the app stops without waiting on them
-    finally:
-        relay.go_away()
-        await http.aclose()
+    relay = HalfOpen(database.url)
+    async with served_through(relay, config, providers, pool_min_size=1, pool_max_size=4) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        relay.silence_existing()
+        assert (await client.get("/readyz")).status_code == 503
+        statuses = []
+        for _ in range(20):  # each check given up closes one silent connection
+            statuses.append((await client.get("/readyz")).status_code)
+            if statuses[-1] == 200:
+                break
+            await asyncio.sleep(0.5)
+        assert statuses[-1] == 200, statuses
