@@ -105,8 +105,11 @@ def checkpoint_of(event: RecordedEvent) -> Checkpoint:
 
 
 # The wake-up, in a transaction of its own that need not be durable (one round trip).
+# Its payload is the log's schema (the channel is server-wide); one wake-up may stand
+# for many appends, so it names no stream.
 NOTIFY_SQL: Final = (
-    f"BEGIN; SET LOCAL synchronous_commit TO off; SELECT pg_notify('{NOTIFY_CHANNEL}', ''); COMMIT"
+    "BEGIN; SET LOCAL synchronous_commit TO off; "
+    f"SELECT pg_notify('{NOTIFY_CHANNEL}', current_schema()); COMMIT"
 )
 
 
