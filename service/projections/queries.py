@@ -231,32 +231,34 @@ async def _profiles(
 
 _DIM_SQL = {"model": "model", "category": "category", "day": "day"}
 
+
 # The calls a failures question counts. A question that names days (grouped by day, or
 # a window) reads the daily rows; the others read the day-less totals, about a tenth as
 # many rows (the same calls: one projection statement writes both). $4 and $5, the
 # window, are then always null: the guard answers nothing rather than ignore a window.
-FAILURE_DAILY = """
+def _failure_base(daily: bool) -> str:
+    table, day, window = (
+        (
+            "model_call_stats",
+            "day, ",
+            "($4::date IS NULL OR day >= $4) AND ($5::date IS NULL OR day < $5)",
+        )
+        if daily
+        else ("model_call_totals", "", "$4::date IS NULL AND $5::date IS NULL")
+    )
+    return f"""
 base AS (
-    SELECT model, category, day, outcome, latency_bucket, calls, latency_ms, input_tokens,
+    SELECT model, category, {day}outcome, latency_bucket, calls, latency_ms, input_tokens,
            output_tokens, cost_usd
-    FROM model_call_stats
+    FROM {table}
     WHERE tenant = $1 AND ($2::text IS NULL OR model = $2)
       AND ($3::text IS NULL OR category = $3)
-      AND ($4::date IS NULL OR day >= $4) AND ($5::date IS NULL OR day < $5)
-)"""
-FAILURE_TOTALS = """
-base AS (
-    SELECT model, category, outcome, latency_bucket, calls, latency_ms, input_tokens,
-           output_tokens, cost_usd
-    FROM model_call_totals
-    WHERE tenant = $1 AND ($2::text IS NULL OR model = $2)
-      AND ($3::text IS NULL OR category = $3)
-      AND $4::date IS NULL AND $5::date IS NULL
+      AND {window}
 )"""
 
 
 def _failures_sql(group_by: Sequence[str], windowed: bool) -> str:
-    base = FAILURE_DAILY if windowed or "day" in group_by else FAILURE_TOTALS
+    base = _failure_base(daily=windowed or "day" in group_by)
     dims = [_DIM_SQL[d] for d in group_by if d != "error_kind"]
     cols = ", ".join(dims)
     select_dims = f"{cols}, " if dims else ""

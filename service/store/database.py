@@ -30,9 +30,7 @@ T = TypeVar("T")
 Connection = asyncpg.Connection | PoolConnectionProxy
 # The connection went away under a statement: the server ended the session (a killed
 # backend, a restart, a failover), the network reset it, or the server could not take
-# a new one yet. asyncpg raises InternalClientError ("cannot switch to state ...") for a
-# pooled connection whose server said goodbye while it sat idle, before the socket's
-# close was read: the statement was never sent.
+# a new one yet (connection_lost adds the cases an exception class alone cannot tell).
 CONNECTION_LOST = (
     ConnectionError,  # reset, refused, aborted (not TimeoutError: a slow server is not gone)
     socket.gaierror,  # the server's name did not resolve (a DNS restart, a failover)
@@ -47,9 +45,11 @@ _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN}
 
 def connection_lost(exc: BaseException) -> bool:
     """Whether ``exc`` says the database could not be reached, or the connection went
-    away under a statement (see CONNECTION_LOST). asyncpg's InternalClientError counts
-    only with its messages about a connection's state ("cannot switch to state",
-    "protocol is in the failed state"): any other is a bug, not an outage."""
+    away under a statement (see CONNECTION_LOST). asyncpg raises InternalClientError
+    ("cannot switch to state ...") for a pooled connection whose server said goodbye
+    while it sat idle, before the socket's close was read (the statement was never
+    sent); it counts only with such messages about a connection's state: any other is
+    a bug, not an outage."""
     if isinstance(exc, asyncpg.InternalClientError):
         return "state" in str(exc)
     if isinstance(exc, OSError) and exc.errno in _UNREACHABLE:
@@ -58,7 +58,7 @@ def connection_lost(exc: BaseException) -> bool:
 
 
 # The database went away or refused: what background loops retry (a bug is not).
-# InternalClientError too (see CONNECTION_LOST): without it, a loop that retries only
+# InternalClientError too (see connection_lost): without it, a loop that retries only
 # these (the router's) would end for good at the first stale pooled connection.
 DATABASE_ERRORS = (
     OSError,
